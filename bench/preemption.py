@@ -1,0 +1,197 @@
+"""Preemption and time-limit signals: set a flag, save at the next step, requeue.
+
+Which signals arrive (SLURM, submitit 1.5.4):
+
+- ``SIGUSR2`` -- submitit's "checkpoint and requeue" signal. The ``submitit_slurm``
+  launcher writes ``#SBATCH --signal=USR2@<signal_delay_s>``, so SLURM sends it to every
+  task ``signal_delay_s`` before the time limit (and clusters that signal preemption
+  send it then too). submitit moved from USR1 to USR2 because NCCL used to catch USR1
+  (facebookincubator/submitit PR #1697); ``SUBMITIT_PREEMPT_SIGNAL=USR1`` switches back.
+- ``SIGUSR1`` -- the classic ``#SBATCH --signal=USR1@120`` of hand-written sbatch
+  scripts (and submitit with ``SUBMITIT_PREEMPT_SIGNAL=USR1``).
+- ``SIGTERM`` -- ``scancel``, SLURM preemption, and the final kill at the time limit.
+  No requeue from the app: SLURM requeues preempted jobs itself (PreemptMode=REQUEUE),
+  and ``scancel`` means stop.
+
+How submitit requeues a Hydra job (read in submitit/core/job_environment.py and
+hydra_plugins/hydra_submitit_launcher/submitit_launcher.py): before calling the task,
+``submitit.core.submission.process_job`` installs ``SignalHandler.checkpoint_and_try_requeue``
+on USR2 (SIGTERM/SIGCONT are only logged). That handler, on the global rank 0 task only,
+calls the submitted callable's ``checkpoint()`` -- the Hydra launcher's returns a
+``DelayedSubmission`` of itself with the *same* overrides and job number, hence the same
+output directory -- re-pickles it, runs ``scontrol requeue <job id>`` and raises
+``SystemExit(-1)``. Timeouts count against ``max_num_timeout`` (0 in the plugin's
+defaults: no requeue on timeout); preemptions do not. Nothing in that path saves
+training state: the app must. With ``submitit_local`` the same handler "requeues" by
+exiting with code 144 and the local controller restarts the task.
+
+So the pattern is: ``PreemptionFlag`` replaces those handlers with ones that only set a
+flag (remembering submitit's); the loop polls the flag each step; on a request it saves
+(``force=True``), waits for the save, writes its record with status "running", then
+calls ``requeue_if_slurm(flag)``, which hands the signal back to submitit's handler (so
+submitit's requeue bookkeeping and timeout countdown apply) or, outside submitit on
+SLURM, runs ``scontrol requeue`` itself. The requeued job restarts the same Hydra job,
+which resumes from its latest checkpoint::
+
+    with PreemptionFlag() as flag, Checkpointer(out / "checkpoints", every_steps=n) as ckpt:
+        ...  # restore if ckpt.latest_step() is not None
+        for step in range(start, total_steps):
+            state = train_step(state, ...)
+            if flag.requested:          # multi-process: flag.any_process_requested()
+                ckpt.save(step + 1, state, extra, force=True)
+                ckpt.wait_until_finished()
+                write_record(path, {**record, "status": "running"})
+                requeue_if_slurm(flag)  # under submitit: requeues and raises SystemExit
+                return                  # SIGTERM / not on SLURM: stop; a rerun resumes
+            ckpt.save(step + 1, state, extra)
+
+Call ``requeue_if_slurm`` outside any ``except Exception`` that writes "failed" records:
+submitit raises ``UncompletedJobError`` there when the job timed out too many times.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+#: signals sent before the time limit: the job should come back (requeue)
+REQUEUE_SIGNALS: frozenset[int] = frozenset({signal.SIGUSR1, signal.SIGUSR2})
+
+Handler = Callable[[int, types.FrameType | None], Any] | int | None
+
+
+class PreemptionFlag:
+    """Context manager: while active, the given signals only set a flag.
+
+    ``requested`` / ``signal_name`` / ``signum`` describe the first signal received.
+    On exit the previous handlers (e.g. submitit's) are restored. Must be entered from
+    the main thread (Python only runs signal handlers there).
+    """
+
+    def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
+        self.signals = tuple(signal.Signals(s) for s in signals)
+        self._signum: int | None = None
+        self._previous: dict[int, Handler] = {}
+        self._active = False
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        # Only record: no I/O, no locks, no JAX in a signal handler.
+        if self._signum is None:
+            self._signum = signum
+
+    def install(self) -> PreemptionFlag:
+        if self._active:
+            return self
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._handle)
+        self._active = True
+        return self
+
+    def restore(self) -> None:
+        """Put the previous handlers back (idempotent)."""
+        if not self._active:
+            return
+        for s, old in self._previous.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        self._active = False
+
+    def __enter__(self) -> PreemptionFlag:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    @property
+    def requested(self) -> bool:
+        return self._signum is not None
+
+    @property
+    def signum(self) -> int | None:
+        return self._signum
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self._signum is None else signal.Signals(self._signum).name
+
+    def previous_handler(self, signum: int) -> Handler:
+        """The handler that was installed for ``signum`` before this flag."""
+        return self._previous.get(signal.Signals(signum))
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Raise the flag by hand (tests, or a loop enforcing its own time budget)."""
+        self._handle(signum, None)
+
+    def any_process_requested(self) -> bool:
+        """True if any JAX process has the flag up. A collective: with several processes
+        every one must call it at the same step (e.g. every N steps), so that all of them
+        save the same step together."""
+        import jax
+
+        if jax.process_count() == 1:
+            return self.requested
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray([int(self.requested)], np.int32))
+        return bool(np.asarray(flags).max())
+
+
+def slurm_job_id() -> str | None:
+    """The id ``scontrol requeue`` needs: ``<array job>_<task>`` for arrays, else the job id."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def _submitit_requeue_handler(handler: Handler) -> bool:
+    """Is ``handler`` submitit's ``SignalHandler.checkpoint_and_try_requeue``?"""
+    owner = getattr(handler, "__self__", None)
+    if owner is None or getattr(handler, "__name__", "") != "checkpoint_and_try_requeue":
+        return False
+    try:
+        from submitit.core.job_environment import SignalHandler
+    except ImportError:
+        return False
+    return isinstance(owner, SignalHandler)
+
+
+def requeue_if_slurm(flag: PreemptionFlag, *, max_requeues: int | None = None) -> bool:
+    """Have the job requeued after the preemption save, if the signal calls for it.
+
+    - Under submitit (the Hydra submitit launchers), if the signal received is the one
+      submitit handles: restores the previous handlers and hands the signal to
+      submitit's handler. On global rank 0 that re-pickles the launcher, runs
+      ``scontrol requeue`` (submitit_local: exit code 144) and raises ``SystemExit``, so
+      this call does not return; other ranks return True.
+    - Plain SLURM (``SLURM/sbatch_template.sh``), USR1/USR2: rank 0 runs
+      ``scontrol requeue <job>``; returns True. ``max_requeues`` caps
+      ``SLURM_RESTART_COUNT`` (None: no cap).
+    - SIGTERM, no signal, or not on SLURM: returns False (nothing to do; stop).
+
+    True means "this job will run again": stop training and return.
+    """
+    signum = flag.signum
+    if signum is None:
+        return False
+    previous = flag.previous_handler(signum)
+    if _submitit_requeue_handler(previous):
+        flag.restore()
+        previous(signum, None)  # type: ignore[operator]  # rank 0: requeue + SystemExit
+        return True
+    if signum not in REQUEUE_SIGNALS:
+        return False
+    job_id = slurm_job_id()
+    if job_id is None:
+        return False
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if max_requeues is not None and restarts >= max_requeues:
+        return False
+    if int(os.environ.get("SLURM_PROCID", "0") or 0) == 0:
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+    return True
