@@ -1,0 +1,120 @@
+"""Keskar et al. (2017) epsilon-sharpness, in the full space and in a random subspace.
+
+Definition (Keskar et al. 2017, Sec. 2.2.2, Eq. 3-4), for parameters x in R^n,
+a matrix A in R^{n x p} and eps > 0:
+
+    C_eps = { z in R^p : |z_i| <= eps * (|(A^+ x)_i| + 1),  i = 1..p }
+    phi_{x,f}(eps, A) = 100 * (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x))
+
+with A^+ the Moore-Penrose pseudo-inverse. Full space: A = I_n, so
+C_eps = { y : |y_i| <= eps (|x_i| + 1) }. Random subspace: p = 100 in the paper.
+
+What is implemented (choices the paper leaves open are marked *):
+- f is the full-data mean loss over ``data`` (chunked, on device, in the params'
+  dtype); the optimiser runs on the host in float64 (scipy L-BFGS-B with the box as
+  bounds, ``maxiter`` = 10 as in the paper, gradient from jax: A^T grad f(x + A y)).
+- * A has i.i.d. standard normal entries, drawn from ``key`` (the paper only says
+  "random"); A^+ x is the least-squares solution of A u = x, computed in float64.
+  A is held in memory: O(n p) floats.
+- * The maximisation starts at a uniformly random point of the box (from ``key``),
+  not at y = 0: at an exact minimum grad f(x) = 0 and L-BFGS-B started at 0 stops
+  at once. ``init="zero"`` gives the y = 0 start.
+- y = 0 is feasible, so the maximum is at least f(x); the reported phi uses
+  max(f(x + A y*), f(x)) and is never negative.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+from jax.flatten_util import ravel_pytree
+
+from bench.metrics.hessian import Batch, LossFn, PyTree, chunked_mean
+
+__all__ = ["SharpnessResult", "keskar_sharpness", "loss_and_grad_at", "random_subspace"]
+
+
+class SharpnessResult(NamedTuple):
+    phi: float  # 100 * (f_max - f0) / (1 + f0)
+    loss: float  # f(x)
+    loss_max: float  # best f(x + A y) found (>= f(x))
+    iterations: int  # L-BFGS-B iterations used
+    evaluations: int  # loss+gradient evaluations on the full data
+
+
+@partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
+def loss_and_grad_at(
+    loss_fn: LossFn,
+    params: PyTree,
+    data: Batch,
+    a: jax.Array | None,
+    y: jax.Array,
+    *,
+    chunk_size: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(f(x + A y), A^T grad f(x + A y)) for the full-data mean loss; A = None means I."""
+    flat, unravel = ravel_pytree(params)
+    delta = y if a is None else a @ y
+    point = unravel(flat + delta.astype(flat.dtype))
+    value, grad = chunked_mean(lambda b: jax.value_and_grad(loss_fn)(point, b), data, chunk_size)
+    g = ravel_pytree(grad)[0]
+    return value, (g if a is None else a.T @ g)
+
+
+def random_subspace(key: jax.Array, num_params: int, dim: int, dtype: Any = jnp.float32) -> jax.Array:
+    """A random n x p matrix with i.i.d. N(0, 1) entries."""
+    return jax.random.normal(key, (num_params, dim), dtype)
+
+
+def keskar_sharpness(
+    loss_fn: LossFn,
+    params: PyTree,
+    data: Batch,
+    key: jax.Array,
+    *,
+    eps: float,
+    subspace: jax.Array | None = None,
+    max_iter: int = 10,
+    chunk_size: int | None = None,
+    init: Literal["random", "zero"] = "random",
+) -> SharpnessResult:
+    """Keskar epsilon-sharpness phi; ``subspace`` = A (n x p), None for the full space."""
+    flat = np.asarray(ravel_pytree(params)[0], np.float64)
+    if subspace is None:
+        center = flat
+    else:
+        a64 = np.asarray(subspace, np.float64)
+        center = np.linalg.lstsq(a64, flat, rcond=None)[0]  # A^+ x
+    bound = eps * (np.abs(center) + 1.0)
+    dtype = ravel_pytree(params)[0].dtype
+    a = None if subspace is None else jnp.asarray(subspace, dtype)
+
+    evals = 0
+
+    def objective(y: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal evals
+        evals += 1
+        value, grad = loss_and_grad_at(loss_fn, params, data, a, jnp.asarray(y, dtype), chunk_size=chunk_size)
+        return -float(value), -np.asarray(grad, np.float64)
+
+    f0 = -objective(np.zeros_like(bound))[0]
+    if init == "random":
+        y0 = np.asarray(jax.random.uniform(key, bound.shape, jnp.float32, -1.0, 1.0), np.float64) * bound
+    else:
+        y0 = np.zeros_like(bound)
+    res = scipy.optimize.minimize(
+        objective,
+        y0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=scipy.optimize.Bounds(-bound, bound),
+        options={"maxiter": max_iter},
+    )
+    f_max = max(-float(res.fun), f0)
+    phi = 100.0 * (f_max - f0) / (1.0 + f0)
+    return SharpnessResult(float(phi), float(f0), float(f_max), int(res.nit), evals)
