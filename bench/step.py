@@ -1,0 +1,175 @@
+"""Pure train and eval steps over K vectorized replicas.
+
+A job trains K replicas (LR values x seeds) at once: every leaf of :class:`TrainState` has a
+leading replica axis and the per-replica step is ``jax.vmap``-ed. Several steps are fused into
+one jitted call with ``lax.scan`` (fewer dispatches, identical numbers). The dataset lives on
+device; a step receives integer indices and gathers its batch there, sharded over the mesh's
+``data`` axis, so 1 and N devices compute the same global-batch quantities.
+
+A replica whose loss or gradient becomes non-finite is frozen (its state stops changing) and
+``diverged_step`` records when; the other replicas go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from bench.parallel import batch_sharded
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any
+    stats: Any                 # BatchNorm running statistics (empty State without BatchNorm)
+    opt_state: Any
+    peak_lr: jax.Array         # LR after the batch-size scaling rule, before the schedule
+    dropout_key: jax.Array     # raw uint32[2] key; folded with the step
+    alive: jax.Array           # False once the replica diverged
+    diverged_step: jax.Array   # step at which it diverged, -1 while alive
+    step: jax.Array
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@dataclass(frozen=True)
+class ModelFns:
+    """The Flax model turned into pure functions of (params, stats)."""
+
+    graphdef: Any
+
+    def apply(self, params, stats, x, *, train: bool, dropout_key=None):
+        model = nnx.merge(self.graphdef, params, stats)
+        rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
+        logits = model(x, train=train, rngs=rngs)
+        return logits, nnx.state(model, nnx.BatchStat)
+
+    def eval_loss_fn(self, stats) -> Callable[[Any, Batch], jax.Array]:
+        """``loss(params, batch)``: mean cross-entropy in eval mode (for curvature metrics)."""
+        def loss(params, batch: Batch) -> jax.Array:
+            logits, _ = self.apply(params, stats, batch["x"], train=False)
+            return cross_entropy(logits, batch["y"]).mean()
+        return loss
+
+
+def split_model(model: nnx.Module):
+    """(graphdef, params, stats); every variable must be a Param or a BatchStat."""
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(f"model has state other than Params and BatchStats: {rest}")
+    return graphdef, params, stats
+
+
+def _tree_all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
+                      lr_shape: Callable, accumulate: int) -> Callable:
+    """One SGD step of one replica on its batch (x [B, ...], y [B])."""
+
+    def grads_and_stats(params, stats, x, y, key):
+        def loss_fn(p):
+            logits, new_stats = fns.apply(p, stats, x, train=True, dropout_key=key)
+            losses = cross_entropy(logits, y)
+            return losses.mean(), (new_stats, (jnp.argmax(logits, -1) == y).mean())
+        (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, acc, grads, new_stats
+
+    def accumulated(params, stats, x, y, key):
+        # Microbatch j holds examples j, j+A, j+2A, ...: the leading (sharded) axis stays whole
+        # on each device, so accumulation keeps the data-parallel layout.
+        def split(a):
+            a = a.reshape((a.shape[0] // accumulate, accumulate) + a.shape[1:])
+            return jnp.moveaxis(a, 1, 0)
+
+        def body(carry, inp):
+            stats, gsum, lsum, asum = carry
+            xm, ym, j = inp
+            loss, acc, g, stats = grads_and_stats(params, stats, xm, ym, jax.random.fold_in(key, j))
+            gsum = jax.tree.map(jnp.add, gsum, g)
+            return (stats, gsum, lsum + loss, asum + acc), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        init = (stats, zeros, jnp.zeros(()), jnp.zeros(()))
+        (stats, gsum, lsum, asum), _ = jax.lax.scan(
+            body, init, (split(x), split(y), jnp.arange(accumulate)))
+        grads = jax.tree.map(lambda g: g / accumulate, gsum)
+        return lsum / accumulate, asum / accumulate, grads, stats
+
+    compute = grads_and_stats if accumulate == 1 else accumulated
+
+    def step(state: TrainState, x: jax.Array, y: jax.Array):
+        key = jax.random.fold_in(state.dropout_key, state.step)
+        loss, acc, grads, new_stats = compute(state.params, state.stats, x, y, key)
+        lr = state.peak_lr * lr_shape(state.step)
+        opt_state = state.opt_state._replace(
+            hyperparams={**state.opt_state.hyperparams, "learning_rate": lr.astype(jnp.float32)})
+        updates, new_opt = tx.update(grads, opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _tree_all_finite(new_params)
+        keep = state.alive & finite
+
+        def pick(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
+
+        new_state = TrainState(
+            params=pick(new_params, state.params), stats=pick(new_stats, state.stats),
+            opt_state=pick(new_opt, state.opt_state), peak_lr=state.peak_lr,
+            dropout_key=state.dropout_key, alive=keep,
+            diverged_step=jnp.where(state.alive & ~finite, state.step, state.diverged_step),
+            step=state.step + 1)
+        metrics = {"loss": loss, "accuracy": acc, "lr": lr, "grad_norm": grad_norm}
+        return new_state, metrics
+
+    return step
+
+
+def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_shape: Callable,
+                     accumulate: int, mesh: Mesh) -> Callable:
+    """``chunk(state, x_all, y_all, idx[n, K, B]) -> (state, metrics[n, K])``, not yet jitted."""
+    vstep = jax.vmap(make_replica_step(fns, tx, lr_shape, accumulate))
+
+    def chunk(state: TrainState, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
+        def body(state, idx_t):
+            x = jax.lax.with_sharding_constraint(x_all[idx_t], batch_sharded(mesh, 1, x_all.ndim + 1))
+            y = jax.lax.with_sharding_constraint(y_all[idx_t], batch_sharded(mesh, 1, 2))
+            return vstep(state, x, y)
+        return jax.lax.scan(body, state, idx)
+
+    return chunk
+
+
+def make_evaluate(fns: ModelFns, mesh: Mesh) -> Callable:
+    """``evaluate(params, stats, x_all, y_all, idx[C, c], mask[C, c]) -> (loss[K], acc[K])``.
+
+    Exact mean over the whole set: chunks of ``c`` examples, padding masked out.
+    """
+
+    def one_replica(params, stats, x_all, y_all, idx, mask):
+        def body(carry, inp):
+            i, m = inp
+            x = jax.lax.with_sharding_constraint(x_all[i], batch_sharded(mesh, 0, x_all.ndim))
+            logits, _ = fns.apply(params, stats, x, train=False)
+            losses = cross_entropy(logits, y_all[i])
+            correct = (jnp.argmax(logits, -1) == y_all[i]).astype(jnp.float32)
+            return (carry[0] + jnp.sum(losses * m), carry[1] + jnp.sum(correct * m)), None
+
+        (loss_sum, correct_sum), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (idx, mask))
+        n = jnp.sum(mask)
+        return loss_sum / n, correct_sum / n
+
+    return jax.vmap(one_replica, in_axes=(0, 0, None, None, None, None))
