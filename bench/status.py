@@ -1,0 +1,245 @@
+"""Status of a sweep from its run records: ``python -m bench.status <sweep dir> [--json]``.
+
+A job is a Hydra job directory (one with ``.hydra/overrides.yaml``; ``<sweep>/<num>`` in
+a multirun) or, without Hydra metadata, the directory holding its records. Its status
+comes from the records of all its replicas:
+
+    finished   every replica finished or diverged, at least one finished
+    diverged   every replica diverged
+    failed     some replica failed (and none is running)
+    running    some replica is "running" (in progress, or interrupted: preempted or
+               killed before the end) or fewer records than ``replica.count``
+    missing    no record: a job directory without records, or a job that
+               ``multirun.yaml`` (sweeper params + sweep overrides) or ``jobs.txt``
+               (``SLURM/sbatch_template.sh``) expects but that has no directory yet
+
+``is_finished(output_dir)`` is what the training entry point calls to skip jobs that are
+done, so re-running the same sweep command into the same sweep dir only runs the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.record import find_records, read_record
+
+JOB_STATUSES = ("finished", "diverged", "failed", "running", "missing")
+DONE = frozenset({"finished", "diverged"})
+_STYLE = {"finished": "green", "diverged": "yellow", "failed": "red", "running": "cyan",
+          "missing": "magenta"}
+
+
+@dataclass
+class JobStatus:
+    job: str                      # job dir relative to the sweep dir ("3"), "." for the dir itself
+    status: str                   # one of JOB_STATUSES
+    overrides: list[str] = field(default_factory=list)
+    replicas: dict[str, int] = field(default_factory=dict)   # record status -> count
+    expected_replicas: int | None = None
+    step: int | None = None       # last evaluated step (max over replicas)
+    test_accuracy: float | None = None   # best final test accuracy over replicas
+    error: str | None = None      # first error message among the records
+    records: list[str] = field(default_factory=list)
+
+
+def _load_records(paths: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for p in paths:
+        try:
+            out.append(read_record(p))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _expected_count(records: list[dict[str, Any]]) -> int | None:
+    counts = [r.get("replica", {}).get("count") for r in records]
+    counts = [c for c in counts if isinstance(c, int) and c > 0]
+    return max(counts) if counts else None
+
+
+def aggregate_status(statuses: list[str], expected_replicas: int | None = None) -> str:
+    """A job's status from its replicas' record statuses (see module docstring)."""
+    if not statuses:
+        return "missing"
+    if "running" in statuses or (expected_replicas and len(statuses) < expected_replicas):
+        return "running"
+    if "failed" in statuses:
+        return "failed"
+    if all(s == "diverged" for s in statuses):
+        return "diverged"
+    return "finished"
+
+
+def is_finished(output_dir: Path | str) -> bool:
+    """True if ``output_dir`` holds records for all replicas and each says finished or
+    diverged: the job is done and a re-submitted sweep skips it. Failed or interrupted
+    ("running") jobs, and directories without records, are not finished."""
+    records = _load_records(find_records(output_dir))
+    if not records:
+        return False
+    expected = _expected_count(records)
+    if expected is not None and len(records) < expected:
+        return False
+    return all(r.get("status") in DONE for r in records)
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    """Hydra job directories (with ``.hydra/overrides.yaml``) under ``sweep_dir``."""
+    dirs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    return sorted((d for d in dirs if ".submitit" not in d.relative_to(sweep_dir).parts),
+                  key=lambda d: _sort_key(d.relative_to(sweep_dir).as_posix()))
+
+
+def _sort_key(name: str) -> tuple[Any, ...]:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("/"))
+
+
+def _read_overrides(job_dir: Path) -> list[str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in data] if isinstance(data, list) else []
+
+
+def expected_jobs(sweep_dir: Path | str) -> list[tuple[str | None, list[str]]]:
+    """Jobs a sweep should have: ``(dir name or None, overrides)`` in launch order.
+
+    From ``multirun.yaml`` (Hydra's BasicSweeper expansion of ``hydra.sweeper.params``
+    plus the sweep overrides of ``hydra.overrides.task``; the dir name is the job number
+    when ``hydra.sweep.subdir`` is Hydra's default) or from ``jobs.txt`` (one override
+    line per array task, dir name = line index). Empty if neither can be read.
+    """
+    sweep_dir = Path(sweep_dir)
+    jobs_txt = sweep_dir / "jobs.txt"
+    if jobs_txt.is_file():
+        lines = [ln.strip() for ln in jobs_txt.read_text().splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        return [(str(i), shlex.split(ln)) for i, ln in enumerate(lines)]
+    multirun = sweep_dir / "multirun.yaml"
+    if not multirun.is_file():
+        return []
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(multirun)
+        hydra_cfg = cfg.get("hydra", {})
+        params = OmegaConf.to_container(hydra_cfg.get("sweeper", {}).get("params") or {})
+        task = OmegaConf.to_container(hydra_cfg.get("overrides", {}).get("task") or [])
+        subdir = OmegaConf.to_container(hydra_cfg.get("sweep", {}), resolve=False).get("subdir")
+        lines = [f"{k}={v}" for k, v in (params or {}).items()] + [str(t) for t in task or []]
+        parsed = OverridesParser.create().parse_overrides(lines)
+        batches = BasicSweeper.split_arguments(parsed, None)[0]
+    except Exception:  # unreadable or non-basic sweep (e.g. an optimizer sweeper)
+        return []
+    default_subdir = subdir in (None, "${hydra.job.num}")
+    return [(str(i) if default_subdir else None, list(ovr)) for i, ovr in enumerate(batches)]
+
+
+def sweep_status(sweep_dir: Path | str) -> list[JobStatus]:
+    """One ``JobStatus`` per job found or expected under ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir).absolute()
+    job_dirs = _job_dirs(sweep_dir)
+    records_by_job: dict[Path, list[Path]] = {d: [] for d in job_dirs}
+    hydra_jobs = set(job_dirs)
+    for rec in find_records(sweep_dir):
+        owner = next((d for d in (rec.parent, *rec.parent.parents) if d in hydra_jobs),
+                     rec.parent)  # the deepest job dir holding the record
+        records_by_job.setdefault(owner, []).append(rec)
+
+    jobs: list[JobStatus] = []
+    for job_dir, paths in records_by_job.items():
+        records = _load_records(paths)
+        statuses = [str(r.get("status")) for r in records]
+        expected = _expected_count(records)
+        steps = [r["final"].get("step") for r in records if isinstance(r.get("final"), dict)]
+        accs = [r["final"].get("test_accuracy") for r in records if isinstance(r.get("final"), dict)]
+        accs = [a for a in accs if isinstance(a, (int, float))]
+        errors = [r.get("error") for r in records if r.get("error")]
+        rel = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
+        overrides = _read_overrides(job_dir)
+        if not overrides and records:
+            overrides = list(records[0].get("config", {}).get("overrides", []) or [])
+        jobs.append(JobStatus(
+            job=rel, status=aggregate_status(statuses, expected), overrides=overrides,
+            replicas=dict(Counter(statuses)), expected_replicas=expected,
+            step=max((s for s in steps if isinstance(s, int)), default=None),
+            test_accuracy=max(accs) if accs else None,
+            error=str(errors[0]) if errors else None,
+            records=[p.relative_to(sweep_dir).as_posix() for p in paths]))
+
+    present_names = {j.job for j in jobs}
+    present_overrides = {tuple(sorted(j.overrides)) for j in jobs if j.overrides}
+    for i, (name, overrides) in enumerate(expected_jobs(sweep_dir)):
+        if name is not None and name in present_names:
+            continue
+        if tuple(sorted(overrides)) in present_overrides:
+            continue
+        jobs.append(JobStatus(job=name if name is not None else f"#{i}", status="missing",
+                              overrides=overrides))
+    return sorted(jobs, key=lambda j: _sort_key(j.job.lstrip("#")))
+
+
+def summary(jobs: list[JobStatus]) -> dict[str, int]:
+    counts = Counter(j.status for j in jobs)
+    return {s: counts.get(s, 0) for s in JOB_STATUSES}
+
+
+def summary_line(jobs: list[JobStatus]) -> str:
+    parts = [f"{n} {s}" for s, n in summary(jobs).items() if n]
+    return f"{len(jobs)} jobs: " + (", ".join(parts) if parts else "none found")
+
+
+def print_table(sweep_dir: Path | str, jobs: list[JobStatus]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"batch-bench sweep {sweep_dir}")
+    for col in ("job", "status", "replicas", "step", "test acc", "overrides", "error"):
+        table.add_column(col, overflow="fold")
+    for j in jobs:
+        replicas = ", ".join(f"{n} {s}" for s, n in sorted(j.replicas.items()))
+        if j.expected_replicas and sum(j.replicas.values()) < j.expected_replicas:
+            replicas += f" (of {j.expected_replicas})"
+        status = j.status + (" (interrupted?)" if j.status == "running" else "")
+        table.add_row(
+            j.job, f"[{_STYLE[j.status]}]{status}[/]", replicas or "-",
+            "-" if j.step is None else str(j.step),
+            "-" if j.test_accuracy is None else f"{j.test_accuracy:.4f}",
+            " ".join(j.overrides), (j.error or "")[:80])
+    console = Console()
+    console.print(table)
+    console.print(summary_line(jobs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.status", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"bench.status: {args.sweep_dir} is not a directory", file=sys.stderr)
+        return 2
+    jobs = sweep_status(args.sweep_dir)
+    if args.json:
+        print(json.dumps({"sweep_dir": str(args.sweep_dir), "summary": summary(jobs),
+                          "jobs": [asdict(j) for j in jobs]}, indent=1))
+    else:
+        print_table(args.sweep_dir, jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
