@@ -1,0 +1,213 @@
+"""Hessian probes against a dense Hessian of a tiny MLP (bench.metrics.hessian, curvature).
+
+Float64 throughout (scoped with ``jax.enable_x64`` for this module only): the
+assertions compare iterative estimates with ``eigvalsh`` of the dense Hessian at
+1e-4 relative and chunk/device invariance at ~1e-10, so float32 round-off in the
+dense reference and the HVPs (~1e-6 of ||H||) must not blur what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from bench.metrics import hessian as hs
+from bench.metrics.curvature import measure
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The problem is defined as source so the device-count subprocess builds the very same one.
+PROBLEM_SRC = """
+import jax, jax.numpy as jnp, numpy as np
+
+def init_mlp(key, sizes=(4, 16, 3)):
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [{"w": jax.random.normal(k, (a, b), jnp.float64) / np.sqrt(a), "b": jnp.full((b,), 0.1, jnp.float64)}
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+def loss_fn(params, batch):
+    h = batch["x"]
+    for i, layer in enumerate(params):
+        h = h @ layer["w"] + layer["b"]
+        if i < len(params) - 1:
+            h = jnp.tanh(h)
+    logp = jax.nn.log_softmax(h)
+    return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))
+
+def make_problem(n=96):
+    params = init_mlp(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, 4), jnp.float64)
+    noise = 0.5 * jax.random.normal(jax.random.PRNGKey(2), (n, 3), jnp.float64)
+    y = jnp.argmax(x[:, :3] + noise, axis=1).astype(jnp.int32)
+    return params, {"x": x, "y": y}
+"""
+exec(PROBLEM_SRC)  # defines init_mlp, loss_fn, make_problem
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _x64():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def problem():
+    params, data = make_problem()  # noqa: F821
+    flat, unravel = ravel_pytree(params)
+    dense = jax.hessian(lambda f: loss_fn(unravel(f), data))(flat)  # noqa: F821
+    eigs = np.linalg.eigvalsh(np.asarray(dense))  # ascending
+    return SimpleNamespace(params=params, data=data, flat=flat, unravel=unravel, dense=np.asarray(dense), eigs=eigs)
+
+
+@pytest.mark.parametrize("chunk_size", [96, 32, 40, 7, 1000])
+def test_hvp_equals_dense_hessian_times_v_for_any_chunk_size(problem, chunk_size):
+    v = jax.random.normal(jax.random.PRNGKey(7), problem.flat.shape, jnp.float64)
+    hv = hs.hvp(loss_fn, problem.params, problem.data, problem.unravel(v), chunk_size=chunk_size)  # noqa: F821
+    np.testing.assert_allclose(ravel_pytree(hv)[0], problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
+
+
+def test_lanczos_top_k_matches_dense_eigvalsh(problem):
+    res = hs.lanczos_top_eigenvalues(
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(3), k=3, num_iters=30, chunk_size=40  # noqa: F821
+    )
+    exact = problem.eigs[::-1][:3]
+    np.testing.assert_allclose(res.eigenvalues, exact, rtol=1e-4)
+    # Converged Ritz pairs have small explicit residuals ||Hu - theta u||.
+    assert np.all(np.asarray(res.residuals) < 1e-4 * exact[0])
+
+
+def test_lanczos_residual_bounds_eigenvalue_error_when_not_converged(problem):
+    # For symmetric H and unit u: min_i |lambda_i - theta| <= ||H u - theta u||.
+    res = hs.lanczos_top_eigenvalues(
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(3), k=2, num_iters=4, chunk_size=32  # noqa: F821
+    )
+    for theta, r in zip(np.asarray(res.eigenvalues), np.asarray(res.residuals)):
+        assert np.min(np.abs(problem.eigs - theta)) <= r * (1 + 1e-9)
+    assert res.residuals[0] > 1e-6  # 4 steps do not converge here, so the bound is not vacuous
+
+
+def test_power_iteration_matches_largest_magnitude_eigenvalue(problem):
+    eig, resid = hs.power_iteration_top_eigenvalue(
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(4), num_iters=1000, tol=1e-12, chunk_size=32  # noqa: F821
+    )
+    dominant = problem.eigs[np.argmax(np.abs(problem.eigs))]
+    np.testing.assert_allclose(eig, dominant, rtol=1e-4)
+    assert resid < 1e-2 * abs(dominant)
+
+
+def test_hutchinson_trace_within_three_standard_errors(problem):
+    mean, stderr = hs.hutchinson_trace(
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(5), num_probes=200, chunk_size=32  # noqa: F821
+    )
+    exact = np.trace(problem.dense)
+    assert 0 < stderr < 0.2 * abs(exact)  # the probes carry information
+    assert abs(mean - exact) <= 3 * stderr
+
+
+def test_slq_density_integrates_to_one_and_covers_spectrum(problem):
+    d = hs.spectral_density(
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(6), num_probes=4, num_iters=40, grid_size=256  # noqa: F821
+    )
+    grid, density = np.asarray(d["grid"]), np.asarray(d["density"])
+    assert grid.shape == density.shape == (256,)
+    assert np.all(density >= 0)
+    np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, atol=1e-4)
+    assert grid[0] <= problem.eigs[0] and grid[-1] >= problem.eigs[-1]
+    # The quadrature weights of each probe sum to 1, and the density's mean is tr(H)/P.
+    np.testing.assert_allclose(np.sum(d["weights"], axis=1), 1.0, atol=1e-4)
+    mean_eig = np.trapezoid(grid * density, grid)
+    assert abs(mean_eig - np.mean(problem.eigs)) < 0.25 * np.std(problem.eigs)
+
+
+DEVICE_SCRIPT = (
+    PROBLEM_SRC
+    + """
+import json
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from bench.metrics import hessian as hs
+
+params, data = make_problem()
+mesh = Mesh(np.array(jax.devices()), ("data",))
+data = jax.device_put(data, NamedSharding(mesh, P("data")))
+flat, unravel = ravel_pytree(params)
+v = unravel(jax.random.normal(jax.random.PRNGKey(7), flat.shape, jnp.float64))
+out = {"devices": len(jax.devices()), "shards": len(data["x"].sharding.device_set)}
+for chunk in (96, 40, 7):
+    hv = ravel_pytree(hs.hvp(loss_fn, params, data, v, chunk_size=chunk))[0]
+    top = hs.lanczos_top_eigenvalues(loss_fn, params, data, jax.random.PRNGKey(3), k=2, num_iters=30, chunk_size=chunk)
+    out[str(chunk)] = {"hvp": np.asarray(hv).tolist(), "top": np.asarray(top.eigenvalues).tolist()}
+print(json.dumps(out))
+"""
+)
+
+
+def _run_on_devices(n: int) -> dict:
+    env = dict(os.environ)
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+        JAX_ENABLE_X64="1",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", DEVICE_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_hvp_and_top_eigenvalue_independent_of_chunks_and_device_count():
+    one, four = _run_on_devices(1), _run_on_devices(4)
+    assert (one["devices"], four["devices"], four["shards"]) == (1, 4, 4)
+    ref = one["96"]
+    for run in (one, four):
+        for chunk in ("96", "40", "7"):
+            np.testing.assert_allclose(run[chunk]["hvp"], ref["hvp"], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(run[chunk]["top"], ref["top"], rtol=1e-10)
+
+
+def test_measure_reports_enabled_metrics_consistently(problem):
+    cfg = SimpleNamespace(
+        hessian=True, every=10, subset_size=0, chunk_size=40, top_k=2, lanczos_iters=30, power_iters=300,
+        hutchinson_probes=50, density=True, slq_probes=2, density_grid=64, sharpness=True,
+        sharpness_eps=[1e-3, 5e-4], sharpness_subspace_dim=10, sharpness_iters=10, noise_scale=True,
+        noise_small_batch=8, noise_num_small=4, noise_ema=0.9,
+    )  # fmt: skip
+    key = jax.random.PRNGKey(11)
+    out, ema = measure(cfg, loss_fn, problem.params, problem.data, key, lr=0.5)  # noqa: F821
+    json.dumps(out, allow_nan=False)  # valid JSON
+    exact = problem.eigs[::-1]
+    np.testing.assert_allclose(out["hessian_top_eigenvalue"], exact[0], rtol=1e-4)
+    np.testing.assert_allclose(out["hessian_eigenvalues"], exact[:2], rtol=1e-4)
+    assert len(out["hessian_lanczos_residuals"]) == 2 and out["hessian_lanczos_residual"] < 1e-4
+    assert abs(out["hessian_trace"] - np.trace(problem.dense)) <= 4 * out["hessian_trace_stderr"]
+    assert len(out["hessian_density"]["grid"]) == len(out["hessian_density"]["density"]) == 64
+    for kind in ("full", "subspace"):
+        assert out[f"sharpness_{kind}_eps1e-03"] >= out[f"sharpness_{kind}_eps5e-04"] >= 0
+    # The first EMA update is bias-corrected to the raw estimate itself.
+    np.testing.assert_allclose(out["noise_scale_simple_ema"], out["noise_scale_simple"], rtol=1e-12)
+    np.testing.assert_allclose(out["trace_sigma"] / out["grad_norm_sq"], out["noise_scale_simple"], rtol=1e-12)
+    assert out["two_over_lr"] == 4.0 and out["curvature_subset_size"] == 96
+
+    # Each probe family has its own folded key: the Lanczos result reproduces alone.
+    alone = hs.lanczos_top_eigenvalues(
+        loss_fn, problem.params, problem.data, jax.random.fold_in(key, 1), k=2, num_iters=30, chunk_size=40  # noqa: F821
+    )
+    np.testing.assert_allclose(out["hessian_eigenvalues"], np.asarray(alone.eigenvalues), rtol=1e-12)
+
+    # Disabled parts leave no keys; the EMA state carries over untouched.
+    off = SimpleNamespace(**{**vars(cfg), "hessian": False, "density": False, "sharpness": False, "noise_scale": False})
+    out2, ema2 = measure(off, loss_fn, problem.params, problem.data, key, ema_state=ema)  # noqa: F821
+    assert ema2 is ema
+    assert set(out2) == {"curvature_subset_size", "curvature_seconds"}
