@@ -92,11 +92,23 @@ class ScheduleConfig:
     final_fraction: float = 0.0        # cosine: LR at the end as a fraction of the peak
 
 
-@dataclass(frozen=True)
-class BudgetConfig:
-    steps: int | None = None
-    epochs: float | None = None
-    examples: int | None = None
+BUDGET_UNITS = ("steps", "epochs", "examples")
+
+
+def parse_budget(budget: str) -> tuple[float, str]:
+    """'3000steps' -> (3000.0, 'steps'); also '40epochs', '1000000examples' (big_vision style)."""
+    text = str(budget).strip().replace("_", "")
+    for unit in BUDGET_UNITS:
+        if text.endswith(unit):
+            try:
+                value = float(text[: -len(unit)])
+            except ValueError:
+                break
+            if value > 0 and (unit == "epochs" or value == int(value)):
+                return value, unit
+            break
+    raise ConfigError(f"budget={budget!r} must be a positive number followed by a unit, like "
+                      f"'3000steps', '40epochs' or '1000000examples'")
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,6 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
@@ -172,6 +183,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
     batch_size: int = 128
+    budget: str = "40epochs"           # training length: '<n>steps', '<n>epochs' or '<n>examples'
     accumulate: int = 1
     steps_per_call: int = 25           # training steps fused into one jitted call
     save_params: bool = False          # store final parameters beside the record
@@ -274,13 +286,7 @@ def validate(cfg: Config, *, num_devices: int = 1) -> Config:
     if cfg.replicas.seeds is not None and len(cfg.replicas.seeds) == 0:
         raise ConfigError("replicas.seeds is an empty list; give at least one seed or null")
 
-    set_budgets = [k for k in ("steps", "epochs", "examples") if getattr(cfg.budget, k) is not None]
-    if len(set_budgets) != 1:
-        raise ConfigError(
-            f"set exactly one of budget.steps, budget.epochs, budget.examples (got {set_budgets or 'none'})")
-    value = getattr(cfg.budget, set_budgets[0])
-    if value <= 0:
-        raise ConfigError(f"budget.{set_budgets[0]}={value} must be > 0")
+    parse_budget(cfg.budget)
     if cfg.schedule.warmup_steps < 0 or cfg.schedule.warmup_epochs < 0:
         raise ConfigError("schedule.warmup_steps and schedule.warmup_epochs must be >= 0")
     if cfg.schedule.warmup_steps and cfg.schedule.warmup_epochs:
@@ -322,12 +328,12 @@ def steps_per_epoch(cfg: Config, num_train: int) -> int:
 
 
 def total_steps(cfg: Config, num_train: int) -> int:
-    b = cfg.budget
-    if b.steps is not None:
-        return int(b.steps)
-    if b.epochs is not None:
-        return max(int(round(b.epochs * steps_per_epoch(cfg, num_train))), 1)
-    return max(int(b.examples) // cfg.batch_size, 1)
+    value, unit = parse_budget(cfg.budget)
+    if unit == "steps":
+        return int(value)
+    if unit == "epochs":
+        return max(int(round(value * steps_per_epoch(cfg, num_train))), 1)
+    return max(int(value) // cfg.batch_size, 1)
 
 
 def warmup_steps(cfg: Config, num_train: int) -> int:

@@ -1,0 +1,197 @@
+"""bench.preemption: the flag, handler restore, and the requeue pattern end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.preemption import (DEFAULT_SIGNALS, PreemptionFlag, requeue_if_slurm,
+                              slurm_job_id)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _deliver(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    # CPython runs the Python-level handler at the next bytecode boundary of the main thread
+    for _ in range(100):
+        time.sleep(0.001)
+
+
+def test_signal_sets_flag_and_old_handler_restored():
+    seen: list[int] = []
+
+    def old(signum, frame):
+        seen.append(signum)
+
+    prev = signal.signal(signal.SIGUSR1, old)
+    try:
+        with PreemptionFlag() as flag:
+            assert not flag.requested and flag.signal_name is None
+            assert signal.getsignal(signal.SIGUSR1) is not old
+            _deliver(signal.SIGUSR1)
+            assert flag.requested
+            assert flag.signal_name == "SIGUSR1" and flag.signum == signal.SIGUSR1
+            assert seen == []                      # the old handler did not run
+            assert flag.previous_handler(signal.SIGUSR1) is old
+            _deliver(signal.SIGTERM)               # later signals keep the first one
+            assert flag.signal_name == "SIGUSR1"
+        assert signal.getsignal(signal.SIGUSR1) is old
+        _deliver(signal.SIGUSR1)
+        assert seen == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, prev)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_each_default_signal_only_sets_flag(signum):
+    before = {s: signal.getsignal(s) for s in DEFAULT_SIGNALS}
+    with PreemptionFlag() as flag:
+        _deliver(signum)                           # would kill the process without the flag
+        assert flag.requested and flag.signum == signum
+    assert {s: signal.getsignal(s) for s in DEFAULT_SIGNALS} == before
+
+
+def test_restore_on_exception_and_manual_request():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError):
+        with PreemptionFlag() as flag:
+            raise RuntimeError("boom")
+    assert signal.getsignal(signal.SIGTERM) is before
+    flag = PreemptionFlag(signals=[signal.SIGUSR1])
+    flag.request(signal.SIGUSR2)
+    assert flag.requested and flag.signal_name == "SIGUSR2"
+    assert flag.any_process_requested()            # single process: its own flag
+
+
+def test_requeue_if_slurm_outside_slurm_and_on_sigterm(monkeypatch, tmp_path):
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    flag = PreemptionFlag()
+    assert not requeue_if_slurm(flag)              # nothing received
+    flag.request(signal.SIGUSR1)
+    assert not requeue_if_slurm(flag)              # not on SLURM
+    # on SLURM, SIGTERM (scancel / SLURM's own preemption requeue): no requeue by the app
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    term = PreemptionFlag()
+    term.request(signal.SIGTERM)
+    assert not requeue_if_slurm(term)
+
+
+def test_requeue_if_slurm_plain_sbatch_calls_scontrol(monkeypatch, tmp_path):
+    """Without submitit: rank 0 runs `scontrol requeue <array job>_<task>`."""
+    log = tmp_path / "scontrol.log"
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "1001")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "1000")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert slurm_job_id() == "1000_3"
+    flag = PreemptionFlag()
+    flag.request(signal.SIGUSR1)
+    assert requeue_if_slurm(flag)
+    assert log.read_text().split() == ["requeue", "1000_3"]
+    monkeypatch.setenv("SLURM_PROCID", "1")        # other ranks: rank 0 requeues the job
+    assert requeue_if_slurm(flag)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "4")
+    assert not requeue_if_slurm(flag, max_requeues=4)
+    assert log.read_text().split() == ["requeue", "1000_3"]   # called once only
+
+
+APP = textwrap.dedent("""
+    import os, time
+    from pathlib import Path
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def log(out, line):
+        with open(out / "events.txt", "a") as f:
+            f.write(line + "\\n")
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def main(cfg):
+        import jax.numpy as jnp
+        from bench.checkpoint import Checkpointer
+        from bench.preemption import PreemptionFlag, requeue_if_slurm
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+        with PreemptionFlag() as flag, Checkpointer(out / "ckpt", every_steps=None) as ckpt:
+            start = ckpt.latest_step() or 0
+            state = {"x": jnp.zeros((), jnp.int32)}
+            if start:
+                state, extra = ckpt.restore(start, state)
+                assert extra["signal"] == "SIGUSR2"
+            log(out, f"start {start} {int(state['x'])}")
+            (out / f"ready_{os.getpid()}").write_text(str(os.getpid()))
+            deadline = time.time() + 60
+            step = start
+            while step < cfg.total_steps and time.time() < deadline:
+                if start == 0:
+                    time.sleep(0.02)        # first run: slow, waiting for the signal
+                state = {"x": state["x"] + 1}
+                step += 1
+                if flag.requested:
+                    ckpt.save(step, state, {"signal": flag.signal_name}, force=True)
+                    ckpt.wait_until_finished()
+                    log(out, f"saved {step} {flag.signal_name}")
+                    requeued = requeue_if_slurm(flag)   # submitit: does not return
+                    log(out, f"stopped requeued={requeued}")
+                    return
+            log(out, f"done {step} {int(state['x'])}")
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_submitit_local_requeue_resumes_from_checkpoint(tmp_path):
+    """The full pattern through hydra-submitit-launcher (hydra/launcher=local): SIGUSR2 ->
+    flag -> forced save -> requeue_if_slurm hands the signal to submitit's handler ->
+    submitit re-pickles the launcher and requeues (local: exit 144, task restarted) ->
+    the same Hydra job (same output dir) resumes from the checkpoint and finishes."""
+    conf = tmp_path / "conf"
+    (conf / "hydra").mkdir(parents=True)
+    (conf / "config.yaml").write_text("total_steps: 400\n")
+    (conf / "hydra" / "launcher").symlink_to(REPO / "conf" / "hydra" / "launcher")
+    (tmp_path / "app.py").write_text(APP)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+         "total_steps=400"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        job = sweep / "0"
+        deadline = time.time() + 60
+        while not list(job.glob("ready_*")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        ready = list(job.glob("ready_*"))
+        assert ready, f"job never started: {proc.poll()} {proc.stdout.read() if proc.poll() is not None else ''}"
+        time.sleep(0.3)
+        os.kill(int(ready[0].read_text()), signal.SIGUSR2)   # what SLURM sends before the limit
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = (job / "events.txt").read_text().split("\n")
+    assert proc.returncode == 0, out[-3000:] + "\n".join(events)
+    assert events[0] == "start 0 0"
+    kind, saved_step, signame = events[1].split()
+    assert (kind, signame) == ("saved", "SIGUSR2") and 0 < int(saved_step) < 400
+    assert not any(e.startswith("stopped") for e in events)   # submitit requeued, no return
+    assert events[2] == f"start {saved_step} {saved_step}"    # resumed in the same dir
+    assert events[3] == "done 400 400"
+    assert len(list(job.glob("ready_*"))) == 2                # two processes ran the job
