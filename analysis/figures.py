@@ -188,7 +188,7 @@ def interpolation_figure(curve: pd.DataFrame) -> Figure:
     acc_ax.set_ylabel("accuracy", color="C3")
     lines = ax.get_lines()[:2] + acc_ax.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="center left")
-    ax.set_title("Loss and accuracy between the SB and LB solutions (Keskar et al. Fig. 3)")
+    ax.set_title("Between the SB and LB solutions (Keskar et al. Fig. 3)", fontsize=10)
     return fig
 
 
