@@ -213,7 +213,7 @@ def print_table(sweep_dir: Path | str, jobs: list[JobStatus]) -> None:
         replicas = ", ".join(f"{n} {s}" for s, n in sorted(j.replicas.items()))
         if j.expected_replicas and sum(j.replicas.values()) < j.expected_replicas:
             replicas += f" (of {j.expected_replicas})"
-        status = j.status + (" (interrupted?)" if j.status == "running" else "")
+        status = "running/interrupted" if j.status == "running" else j.status
         table.add_row(
             j.job, f"[{_STYLE[j.status]}]{status}[/]", replicas or "-",
             "-" if j.step is None else str(j.step),

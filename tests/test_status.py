@@ -1,0 +1,183 @@
+"""bench.status: job statuses from run records, missing jobs, is_finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.record import empty_record, record_filename, write_record
+from bench.status import aggregate_status, is_finished, main, sweep_status, summary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _record(job_dir: Path, index: int, count: int, status: str, *, step: int = 100,
+            acc: float | None = 0.9, error: str | None = None) -> None:
+    rec = empty_record()
+    rec.update(run_id=f"abc-r{index}", status=status,
+               replica={"index": index, "count": count, "seed": index},
+               final={"step": step, "test_accuracy": acc} if acc is not None else None,
+               error=error)
+    write_record(job_dir / record_filename(index), rec)
+
+
+def _hydra_job(sweep: Path, num: int, overrides: list[str]) -> Path:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return job
+
+
+BATCH_SIZES = [8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    sweep = tmp_path / "multirun" / "bs_sweep"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({
+        "batch_size": 32, "seed": 0,
+        "hydra": {"sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"},
+                  "sweeper": {"params": {"batch_size": ",".join(map(str, BATCH_SIZES))}},
+                  "overrides": {"task": ["seed=0"], "hydra": []}},
+    }))
+    jobs = {i: _hydra_job(sweep, i, [f"batch_size={b}", "seed=0"])
+            for i, b in enumerate(BATCH_SIZES) if i != 6}          # job 6 never started
+    _record(jobs[0], 0, 2, "finished", acc=0.91)
+    _record(jobs[0], 1, 2, "finished", acc=0.93)
+    _record(jobs[1], 0, 2, "finished")
+    _record(jobs[1], 1, 2, "diverged", acc=None)                 # one LR diverged: job is done
+    _record(jobs[2], 0, 2, "diverged", acc=None)
+    _record(jobs[2], 1, 2, "diverged", acc=None)
+    _record(jobs[3], 0, 2, "finished")
+    _record(jobs[3], 1, 2, "failed", error="FloatingPointError: boom")
+    _record(jobs[4], 0, 2, "running", step=40)                   # preempted: saved + requeued
+    _record(jobs[4], 1, 2, "running", step=40)
+    # job 5: directory with overrides, no record (started, died before writing)
+    _record(jobs[7], 0, 2, "finished")                           # replica 1 record missing
+    return sweep
+
+
+def test_sweep_statuses(sweep):
+    jobs = {j.job: j for j in sweep_status(sweep)}
+    assert {k: j.status for k, j in jobs.items()} == {
+        "0": "finished", "1": "finished", "2": "diverged", "3": "failed",
+        "4": "running", "5": "missing", "6": "missing", "7": "running"}
+    assert jobs["0"].replicas == {"finished": 2} and jobs["0"].test_accuracy == pytest.approx(0.93)
+    assert jobs["1"].replicas == {"finished": 1, "diverged": 1}
+    assert jobs["3"].error == "FloatingPointError: boom"
+    assert jobs["4"].step == 40
+    assert jobs["6"].overrides == ["batch_size=512", "seed=0"]   # expected from multirun.yaml
+    assert jobs["5"].overrides == ["batch_size=256", "seed=0"]   # read from .hydra/overrides.yaml
+    assert jobs["7"].expected_replicas == 2 and sum(jobs["7"].replicas.values()) == 1
+    assert summary(list(jobs.values())) == {"finished": 2, "diverged": 1, "failed": 1,
+                                            "running": 2, "missing": 2}
+
+
+def test_cli_json_and_table(sweep, capsys):
+    assert main([str(sweep), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["missing"] == 2 and len(out["jobs"]) == 8
+    assert [j["job"] for j in out["jobs"]] == [str(i) for i in range(8)]
+    assert main([str(sweep)]) == 0
+    text = capsys.readouterr().out
+    assert "8 jobs: 2 finished, 1 diverged, 1 failed, 2 running, 2 missing" in text
+    assert main([str(sweep / "nope")]) == 2
+
+
+def test_cli_as_module(sweep):
+    out = subprocess.run([sys.executable, "-m", "bench.status", str(sweep), "--json"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["summary"]["finished"] == 2
+
+
+def test_is_finished(sweep, tmp_path):
+    assert is_finished(sweep / "0")            # all finished
+    assert is_finished(sweep / "1")            # finished + diverged
+    assert is_finished(sweep / "2")            # all diverged: done, do not rerun
+    assert not is_finished(sweep / "3")        # a failed replica: rerun
+    assert not is_finished(sweep / "4")        # interrupted: rerun resumes from checkpoint
+    assert not is_finished(sweep / "5")        # no record
+    assert not is_finished(sweep / "7")        # 1 of 2 replica records
+    assert not is_finished(tmp_path / "does-not-exist")
+
+
+def test_aggregate_status_rules():
+    assert aggregate_status([]) == "missing"
+    assert aggregate_status(["finished", "running"]) == "running"
+    assert aggregate_status(["failed", "running"]) == "running"
+    assert aggregate_status(["failed", "diverged"]) == "failed"
+    assert aggregate_status(["diverged"]) == "diverged"
+    assert aggregate_status(["finished"], expected_replicas=3) == "running"
+
+
+def test_sbatch_template_layout(tmp_path):
+    """jobs.txt (written by SLURM/sbatch_template.sh) lists the expected array tasks."""
+    sweep = tmp_path / "sw"
+    sweep.mkdir()
+    (sweep / "jobs.txt").write_text("# header\nbatch_size=8\n\nbatch_size=16 'tag=a b'\nbatch_size=32\n")
+    job0 = _hydra_job(sweep, 0, ["batch_size=8"])
+    _record(job0, 0, 1, "finished")
+    job2 = sweep / "2"                          # hydra run dir without .hydra: records only
+    _record(job2, 0, 1, "failed", error="x")
+    jobs = {j.job: j for j in sweep_status(sweep)}
+    assert {k: j.status for k, j in jobs.items()} == {"0": "finished", "1": "missing", "2": "failed"}
+    assert jobs["1"].overrides == ["batch_size=16", "tag=a b"]
+
+
+APP = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from bench.record import empty_record, record_filename, write_record
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def main(cfg):
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.batch_size == 64:
+            return                                   # dies before writing a record
+        for r in range(2):
+            rec = empty_record()
+            rec.update(status="diverged" if cfg.lr > 0.5 else "finished",
+                       replica={"index": r, "count": 2}, final={"step": 10, "test_accuracy": 0.5})
+            write_record(out / record_filename(r), rec)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_real_hydra_multirun(tmp_path):
+    """Statuses and missing jobs from the files a real Hydra multirun writes: sweeper
+    params from the config plus a command-line sweep; one job dir removed afterwards
+    (a job that never started)."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "config.yaml").write_text(
+        "batch_size: 8\nlr: 0.1\nhydra:\n  sweeper:\n    params:\n      batch_size: 16,64\n")
+    (tmp_path / "app.py").write_text(APP)
+    sweep = tmp_path / "multirun"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run([sys.executable, "app.py", "-m", "lr=0.1,1.0", f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+    before = {j.job: (j.status, sorted(j.overrides)) for j in sweep_status(sweep)}
+    assert len(before) == 4
+    by_ovr = {tuple(o): s for s, o in before.values()}
+    assert by_ovr[("batch_size=16", "lr=0.1")] == "finished"
+    assert by_ovr[("batch_size=16", "lr=1.0")] == "diverged"
+    assert by_ovr[("batch_size=64", "lr=0.1")] == "missing"
+    assert by_ovr[("batch_size=64", "lr=1.0")] == "missing"
+    victim = next(k for k, (s, o) in before.items() if o == ["batch_size=16", "lr=1.0"])
+    shutil.rmtree(sweep / victim)
+    after = {j.job: (j.status, sorted(j.overrides)) for j in sweep_status(sweep)}
+    assert after[victim] == ("missing", ["batch_size=16", "lr=1.0"])
+    assert is_finished(sweep / next(k for k, (s, o) in before.items() if s == "finished"))
