@@ -63,8 +63,8 @@ class Checkpointer:
     Args:
       directory: where step directories go (created if needed), e.g.
         ``<job output_dir>/checkpoints``.
-      every_steps: ``save(step, ...)`` writes when ``step % every_steps == 0``;
-        ``None`` writes only forced saves.
+      every_steps: ``save(step, ...)`` writes when ``step`` reached a multiple of
+        ``every_steps`` since the latest checkpoint; ``None``: only forced saves.
       max_to_keep: newest checkpoints kept (older ones are deleted).
     """
 
@@ -88,8 +88,13 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def should_save(self, step: int) -> bool:
-        """Whether a non-forced ``save(step, ...)`` would write."""
-        return self.every_steps is not None and step % self.every_steps == 0
+        """Whether a non-forced ``save(step, ...)`` would write: a multiple of
+        ``every_steps`` was reached since the latest checkpoint (so a loop that advances
+        several steps per call still saves once per interval)."""
+        if self.every_steps is None:
+            return False
+        last = self.latest_step() or 0
+        return step > last and step // self.every_steps > last // self.every_steps
 
     def save(self, step: int, state_pytree: Any, extra: dict[str, Any], *,
              force: bool = False) -> bool:

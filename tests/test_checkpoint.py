@@ -118,6 +118,14 @@ def test_every_steps_latest_step_and_max_to_keep(tmp_path):
     again.close()
 
 
+def test_every_steps_with_multi_step_calls(tmp_path):
+    """A loop fusing 25 steps per call still saves once per 40-step interval."""
+    with Checkpointer(tmp_path, every_steps=40, max_to_keep=10) as ckpt:
+        written = [s for s in range(0, 201, 25) if ckpt.save(s, {"x": jnp.ones(2) * s}, {})]
+        assert written == [50, 100, 125, 175, 200]
+        assert ckpt.all_steps() == written
+
+
 def test_every_steps_none_saves_only_forced(tmp_path):
     with Checkpointer(tmp_path, every_steps=None) as ckpt:
         assert not any(ckpt.save(s, {"x": jnp.ones(2)}, {}) for s in range(1, 10))
