@@ -9,12 +9,24 @@ Conventions used by figures and verdicts:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 SETTING = ("scaling", "base_lr", "peak_lr")
+
+
+def where(df: pd.DataFrame, conditions: Mapping[str, str]) -> pd.DataFrame:
+    """Rows whose columns equal the given values, compared as strings (``batch_size=64``,
+    ``dataset=mnist1d``); an unknown column raises KeyError."""
+    mask = pd.Series(True, index=df.index)
+    for col, value in conditions.items():
+        if col not in df.columns:
+            raise KeyError(f"no column {col!r} to filter on")
+        as_str = df[col].map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
+        mask &= (as_str == str(value)) | (df[col].astype(str) == str(value))
+    return df[mask]
 
 
 def finished(runs: pd.DataFrame) -> pd.DataFrame:
