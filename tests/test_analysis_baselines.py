@@ -1,0 +1,116 @@
+"""Published baselines: every entry sourced, numbers exactly as in published-results.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from analysis.baselines import DEFAULT_PATH, BaselineError, baselines_table, load_baselines
+
+MD = Path("/work/shared/published-results.md")
+
+
+@pytest.fixture(scope="module")
+def doc():
+    return load_baselines()
+
+
+@pytest.fixture(scope="module")
+def by_id(doc):
+    return {e["id"]: e for e in doc["entries"]}
+
+
+def test_every_entry_has_a_known_complete_source(doc):
+    assert len(doc["entries"]) >= 100
+    for e in doc["entries"]:
+        src = doc["sources"][e["source"]]
+        assert src["authors"] and src["year"] and src["title"] and src["venue"], e["id"]
+        assert e["where"] and isinstance(e["setting"], dict), e["id"]
+
+
+def test_keskar_f1_lb_test_accuracy_exact(by_id):
+    e = by_id["keskar2017/table2/F1/test_accuracy/LB"]
+    assert (e["value"], e["std"], e["units"], e["confidence"]) == (97.81, 0.07, "%", "high")
+    assert e["where"] == "Table 2" and e["setting"]["network"] == "F1"
+    assert e["setting"]["dataset"] == "MNIST" and e["setting"]["optimizer"] == "Adam"
+
+
+def test_spot_numbers(by_id):
+    assert (by_id["keskar2017/table3/C2/sharpness_full_eps1e-03/LB"]["value"],
+            by_id["keskar2017/table3/C2/sharpness_full_eps1e-03/LB"]["std"]) == (925.32, 38.29)
+    assert by_id["keskar2017/table4/F1/sharpness_random100_eps1e-03/SB"]["std"] == 0.0
+    goyal = by_id["goyal2017/resnet50/B8k/gradual_warmup"]
+    assert (goyal["value"], goyal["std"], goyal["confidence"]) == (23.74, 0.09, "medium")
+    assert by_id["goyal2017/resnet50/B8k/no_lr_scaling"]["value"] == 41.67
+    assert by_id["shallue2019/goal/mnist"]["value"] == 0.01
+    assert by_id["greydanus2020/test_accuracy/cnn"]["value"] == 94
+
+
+def test_confidence_medium_only_for_goyal(doc):
+    for e in doc["entries"]:
+        assert e["confidence"] == ("medium" if e["source"] == "goyal2017" else "high"), e["id"]
+
+
+def test_hoffer_table1_not_encoded_and_noted(doc):
+    hoffer = [e for e in doc["entries"] if e["source"] == "hoffer2017"]
+    assert hoffer and all(e["kind"] != "result" for e in hoffer)
+    assert not any("Table 1" in e["where"] for e in hoffer)
+    assert any("Hoffer" in n and "Table 1" in n and "NOT encoded" in n for n in doc["notes"])
+
+
+def test_qualitative_claims_present(by_id):
+    claims = {i: e for i, e in by_id.items() if e["kind"] == "claim"}
+    text = " ".join(e["claim"] for e in claims.values())
+    assert "1-2 orders of magnitude" in text and "up to 5%" in text
+    assert "64 to 8k" in text and "maximal data parallelism" in text and "2/eta" in text
+
+
+@pytest.mark.skipif(not MD.is_file(), reason="published-results.md not available")
+def test_all_keskar_table_numbers_match_markdown(by_id):
+    md = MD.read_text()
+    pairs = re.findall(r"(\d+(?:\.\d+)?) \+- (\d+(?:\.\d+)?)", md.split("## Goyal")[0])
+    encoded = [(e["value"], e["std"]) for i, e in by_id.items() if i.startswith("keskar2017/table")]
+    assert len(pairs) == len(encoded) == 72
+    # same cells in the same order (Table 2 row by row, then Tables 3 and 4): exact transcription
+    assert [(float(v), float(s)) for v, s in pairs] == encoded
+
+
+@pytest.mark.skipif(not MD.is_file(), reason="published-results.md not available")
+def test_all_goyal_numbers_match_markdown(by_id):
+    md = MD.read_text().split("## Goyal")[1].split("## Hoffer")[0]
+    pairs = sorted((float(v), float(s)) for v, s in re.findall(r"(\d+(?:\.\d+)?) \+- (\d+(?:\.\d+)?)", md))
+    encoded = sorted((e["value"], e["std"]) for e in by_id.values()
+                     if e["source"] == "goyal2017" and e["kind"] == "result")
+    assert pairs == encoded and len(pairs) == 6
+
+
+def test_table_has_citation_per_row():
+    t = baselines_table()
+    assert t["citation"].notna().all()
+    row = t[t["id"] == "keskar2017/table2/F1/test_accuracy/LB"].iloc[0]
+    assert "Keskar et al. 2017" in row["citation"] and "1609.04836" in row["citation"]
+
+
+def _write(tmp_path, mutate):
+    doc = yaml.safe_load(DEFAULT_PATH.read_text())
+    mutate(doc)
+    p = tmp_path / "published.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["entries"][0].pop("source"), "has no source"),
+    (lambda d: d["entries"][0].update(source="nobody2099"), "unknown source"),
+    (lambda d: d["entries"][0].pop("value"), "missing ['value']"),
+    (lambda d: d["entries"][0].update(value="97.8"), "not a number"),
+    (lambda d: d["sources"]["keskar2017"].pop("title"), "missing ['title']"),
+    (lambda d: d["entries"][0].pop("where"), "does not say where"),
+    (lambda d: d["entries"].append(dict(d["entries"][0])), "duplicate id"),
+])
+def test_invalid_baselines_raise_clear_error(tmp_path, mutate, message):
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        load_baselines(_write(tmp_path, mutate))
