@@ -33,17 +33,23 @@ submitit's requeue bookkeeping and timeout countdown apply) or, outside submitit
 SLURM, runs ``scontrol requeue`` itself. The requeued job restarts the same Hydra job,
 which resumes from its latest checkpoint::
 
-    with PreemptionFlag() as flag, Checkpointer(out / "checkpoints", every_steps=n) as ckpt:
-        ...  # restore if ckpt.latest_step() is not None
-        for step in range(start, total_steps):
-            state = train_step(state, ...)
-            if flag.requested:          # multi-process: flag.any_process_requested()
-                ckpt.save(step + 1, state, extra, force=True)
+    ckpt = Checkpointer(output_dir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
+                        max_to_keep=cfg.checkpoint.max_to_keep)
+    state, step = job.init_state(), 0
+    if (latest := ckpt.latest_step()) is not None:     # requeued: resume
+        state, extra = ckpt.restore(latest, state)     # onto init_state's shardings/dtypes
+        step = latest                                  # + records/history from ``extra``
+    with PreemptionFlag() as flag, ckpt:
+        while ...:
+            state, metrics = job.train(state, step, count)
+            step += count
+            if flag.any_process_requested():           # == flag.requested in one process
+                ckpt.save(step, state, extra(), force=True)
                 ckpt.wait_until_finished()
-                write_record(path, {**record, "status": "running"})
-                requeue_if_slurm(flag)  # under submitit: requeues and raises SystemExit
-                return                  # SIGTERM / not on SLURM: stop; a rerun resumes
-            ckpt.save(step + 1, state, extra)
+                write_all()                            # records keep status "running"
+                requeue_if_slurm(flag)                 # submitit: requeues + SystemExit
+                return records                         # SIGTERM / not SLURM: stop here
+            ckpt.save(step, state, extra())            # periodic (every_steps) or no-op
 
 Call ``requeue_if_slurm`` outside any ``except Exception`` that writes "failed" records:
 submitit raises ``UncompletedJobError`` there when the job timed out too many times.
