@@ -81,8 +81,10 @@ def aggregate_status(statuses: list[str], expected_replicas: int | None = None) 
 def is_finished(output_dir: Path | str) -> bool:
     """True if ``output_dir`` holds records for all replicas and each says finished or
     diverged: the job is done and a re-submitted sweep skips it. Failed or interrupted
-    ("running") jobs, and directories without records, are not finished."""
-    records = _load_records(find_records(output_dir))
+    ("running") jobs, and directories without records, are not finished. Only records
+    directly in ``output_dir`` count (a sweep root is not a job)."""
+    output_dir = Path(output_dir)
+    records = _load_records([p for p in find_records(output_dir) if p.parent == output_dir])
     if not records:
         return False
     expected = _expected_count(records)

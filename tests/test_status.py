@@ -108,6 +108,10 @@ def test_is_finished(sweep, tmp_path):
     assert not is_finished(sweep / "5")        # no record
     assert not is_finished(sweep / "7")        # 1 of 2 replica records
     assert not is_finished(tmp_path / "does-not-exist")
+    done_only = tmp_path / "only_done"
+    _record(done_only / "job", 0, 1, "finished")
+    assert is_finished(done_only / "job")
+    assert not is_finished(done_only)          # a parent of job dirs is not a job
 
 
 def test_aggregate_status_rules():
