@@ -15,9 +15,9 @@ from analysis.testing import eval_rows, make_record, write_records
 
 def _records() -> list[dict]:
     """Four realistic records: finished with curvature, diverged (inf loss), running, failed."""
-    rows = eval_rows(range(0, 500, 100), batch_size=64, lr=0.1, test_final=0.93,
+    rows = eval_rows(range(0, 1000, 200), batch_size=64, lr=0.1, test_final=0.93,
                      train_final=0.99, tau=150, sharpness_final=20.0)
-    for r in rows[::2][:-1]:  # curvature measured at steps 100, 300, 400 only
+    for r in rows[::2][:-1]:  # curvature measured at steps 200, 600, 800 only
         r.pop("hessian_top_eigenvalue")
     ok = make_record(batch_size=64, history=rows, seed=1, base_lr=0.1, peak_lr=0.2,
                      scaling="linear", target_test_accuracy=0.9, replica_index=1,
@@ -55,7 +55,7 @@ def test_load_records_one_row_per_record_with_flat_columns(root):
     assert ok["curvature_hessian_top_eigenvalue"] == 21.5
     assert ok["curvature_sharpness_full_eps1e-03"] == 4.2
     assert ok["curvature_lanczos_iterations"] == 20
-    assert ok["target_test_accuracy"] == 0.9 and ok["steps_to_target"] == 200
+    assert ok["target_test_accuracy"] == 0.9 and ok["steps_to_target"] == 600
     assert ok["compile_seconds"] == 1.0 and ok["total_seconds"] == 13.0
     assert ok["path"].endswith("record_r1.json")
 
@@ -76,7 +76,7 @@ def test_load_history_one_row_per_eval_row(root):
     assert len(h) == sum(len(r["history"]) for r in recs) == 5 + 2 + 2
     assert {"current_batch_size", "batch_size", "step", "test_accuracy", "seed", "peak_lr"} <= set(h.columns)
     ok = h[h["run_id"] == recs[0]["run_id"]]
-    assert list(ok["step"]) == [0, 100, 200, 300, 400]
+    assert list(ok["step"]) == [0, 200, 400, 600, 800]
     assert ok["hessian_top_eigenvalue"].isna().tolist() == [True, False, True, False, False]
     assert (ok["current_batch_size"] == 64).all() and (ok["seed"] == 1).all()
 
