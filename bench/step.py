@@ -50,7 +50,7 @@ class ModelFns:
     graphdef: Any
 
     def apply(self, params, stats, x, *, train: bool, dropout_key=None):
-        model = nnx.merge(self.graphdef, params, stats)
+        model = nnx.merge(self.graphdef, params, stats, copy=True)
         rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
         logits = model(x, train=train, rngs=rngs)
         return logits, nnx.state(model, nnx.BatchStat)
@@ -119,7 +119,7 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
             hyperparams={**state.opt_state.hyperparams, "learning_rate": lr.astype(jnp.float32)})
         updates, new_opt = tx.update(grads, opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _tree_all_finite(new_params)
         keep = state.alive & finite
 

@@ -17,9 +17,7 @@ NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def _to_arrays(source) -> tuple[np.ndarray, np.ndarray]:
-    n = len(source)
-    items = source.__getitems__(list(range(n))) if hasattr(source, "__getitems__") else [
-        source[i] for i in range(n)]
+    items = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(item["image"]) for item in items])
     labels = np.asarray([int(item["label"]) for item in items], dtype=np.int32)
     return images, labels
