@@ -1,0 +1,202 @@
+"""Top Hessian eigenvalue: bench.metrics.hessian (JAX) vs PyHessian (PyTorch), one run.
+
+Trains a 40-100-100-10 ReLU MLP (Flax NNX) briefly on MNIST-1D with Adam, copies the
+weights into an identical torch module (Linear weights transposed), and on the same
+4,000 training examples (float32, full-data mean cross-entropy) prints:
+
+1. eigenvalue agreement: our Lanczos top eigenvalue vs PyHessian's converged power
+   iteration (relative difference), with our Lanczos residual;
+2. wall-time ratio PyHessian / ours at EQUAL iteration counts (PyHessian's power
+   iteration with tol=0 runs exactly ``--iters`` HVPs; ours: Lanczos and power
+   iteration with ``--iters`` HVPs), steady-state medians with block_until_ready;
+   our compile time is reported separately;
+3. the cost of one HVP and of one Lanczos iteration in units of one jitted
+   full-data gradient.
+
+Needs the ``[torch]`` extra (torch, pyhessian); run:
+    python -m bench.perf.hessian_vs_pyhessian [--iters 30] [--steps 1000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from bench.metrics import hessian as hs
+
+HIDDEN = (100, 100)
+
+
+class MLP(nnx.Module):
+    def __init__(self, sizes: tuple[int, ...], rngs: nnx.Rngs):
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers[:-1]:
+            x = jax.nn.relu(layer(x))
+        return self.layers[-1](x)
+
+
+def load_mnist1d() -> dict[str, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())
+    return {"x": d["x"].astype(np.float32), "y": d["y"].astype(np.int32)}
+
+
+def train(data: dict[str, jax.Array], steps: int, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+    model = MLP((data["x"].shape[1], *HIDDEN, 10), nnx.Rngs(seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
+
+    def loss(p, batch):
+        logits = nnx.merge(graphdef, p)(batch["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+    @jax.jit
+    def step(p, o, batch):
+        g = jax.grad(loss)(p, batch)
+        updates, o = tx.update(g, o, p)
+        return optax.apply_updates(p, updates), o
+
+    n, rng = data["x"].shape[0], np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.choice(n, 100, replace=False)
+        params, opt = step(params, opt, {"x": data["x"][idx], "y": data["y"][idx]})
+    return graphdef, params
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(first call seconds, median of ``repeats`` later calls)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def to_torch(graphdef: nnx.GraphDef, params: nnx.State):
+    import torch
+
+    model = nnx.merge(graphdef, params)
+    sizes = [model.layers[0].in_features] + [layer.out_features for layer in model.layers]
+    mods: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = torch.nn.Linear(a, b)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.asarray(model.layers[i].kernel[...]).T.copy()))  # (in,out)->(out,in)
+            lin.bias.copy_(torch.from_numpy(np.asarray(model.layers[i].bias[...]).copy()))
+        mods += [lin, torch.nn.ReLU()] if i < len(sizes) - 2 else [lin]
+    return torch.nn.Sequential(*mods).eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=30, help="HVPs per eigenvalue run (both libraries)")
+    ap.add_argument("--steps", type=int, default=1000, help="Adam steps before measuring")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    ap.add_argument("--chunk-size", type=int, default=None, help="our HVP chunk (default: all 4000 at once)")
+    args = ap.parse_args()
+
+    import torch
+    from pyhessian import hessian as PyHessian
+
+    np_data = load_mnist1d()
+    data = {k: jnp.asarray(v) for k, v in np_data.items()}
+    graphdef, params = train(data, args.steps)
+    n_params = ravel_pytree(params)[0].size
+
+    def loss_fn(p, batch):
+        logits = nnx.merge(graphdef, p)(batch["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+    tmodel = to_torch(graphdef, params)
+    criterion = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(np_data["x"]), torch.from_numpy(np_data["y"].astype(np.int64))
+    with torch.no_grad():
+        loss_torch = float(criterion(tmodel(tx), ty))
+    loss_jax = float(loss_fn(params, data))
+    print(f"MLP 40-{'-'.join(map(str, HIDDEN))}-10, {n_params} params, N={len(np_data['y'])}, "
+          f"{args.steps} Adam steps; loss jax={loss_jax:.6f} torch={loss_torch:.6f}")  # fmt: skip
+    print(f"threads: torch={torch.get_num_threads()}, jax devices={jax.devices()}")
+
+    key, chunk, it = jax.random.PRNGKey(0), args.chunk_size, args.iters
+
+    # 1. Agreement with converged values on both sides.
+    ref = hs.lanczos_top_eigenvalues(loss_fn, params, data, key, k=1, num_iters=max(it, 60), chunk_size=chunk)
+    lanczos = hs.lanczos_top_eigenvalues(loss_fn, params, data, key, k=1, num_iters=it, chunk_size=chunk)
+    torch.manual_seed(0)
+    ph = PyHessian(tmodel, criterion, data=(tx, ty), cuda=False)
+    ph_eig = ph.eigenvalues(maxIter=1000, tol=1e-7, top_n=1)[0][0]
+    ours = float(lanczos.eigenvalues[0])
+    print("\n[1] top eigenvalue")
+    print(f"  ours Lanczos ({it} it):   {ours:.6f}  residual ||Hv - lv|| = {float(lanczos.residuals[0]):.2e}")
+    print(f"  ours Lanczos ({max(it, 60)} it):   {float(ref.eigenvalues[0]):.6f}  "
+          f"residual = {float(ref.residuals[0]):.2e}")  # fmt: skip
+    print(f"  PyHessian power (conv.): {ph_eig:.6f}")
+    print(f"  relative difference ours({it})/PyHessian: {abs(ours - ph_eig) / abs(ph_eig):.2e}")
+
+    # 2. Wall time at equal iteration counts (steady state, median).
+    lz_first, lz_t = median_time(
+        lambda: hs.lanczos_top_eigenvalues(loss_fn, params, data, key, k=1, num_iters=it, chunk_size=chunk),
+        args.repeats,
+    )
+    # optax runs num_iters + 1 HVPs (+1 for our residual): num_iters = it - 2 gives `it` HVPs.
+    pw_first, pw_t = median_time(
+        lambda: hs.power_iteration_top_eigenvalue(
+            loss_fn, params, data, key, num_iters=it - 2, tol=0.0, chunk_size=chunk
+        ),
+        args.repeats,
+    )
+
+    def pyhessian_run() -> float:
+        h = PyHessian(tmodel, criterion, data=(tx, ty), cuda=False)  # includes its create_graph backward
+        return h.eigenvalues(maxIter=it, tol=0.0, top_n=1)[0][0]
+
+    ph_times = []
+    pyhessian_run()  # warm-up
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        pyhessian_run()
+        ph_times.append(time.perf_counter() - t0)
+    ph_t = statistics.median(ph_times)
+    print(f"\n[2] wall time for {it} HVPs on all {len(np_data['y'])} examples (median of {args.repeats})")
+    print(f"  PyHessian power iteration: {ph_t * 1e3:8.1f} ms")
+    print(f"  ours Lanczos (k=1):        {lz_t * 1e3:8.1f} ms  -> PyHessian/ours = {ph_t / lz_t:.2f}x"
+          f"   (compile {max(lz_first - lz_t, 0):.2f} s, excluded)")  # fmt: skip
+    print(f"  ours power iteration:      {pw_t * 1e3:8.1f} ms  -> PyHessian/ours = {ph_t / pw_t:.2f}x"
+          f"   (compile {max(pw_first - pw_t, 0):.2f} s, excluded)")  # fmt: skip
+
+    # 3. Cost of an HVP / a Lanczos iteration in gradient evaluations.
+    grad_fn = jax.jit(jax.grad(loss_fn))
+    _, g_t = median_time(lambda: grad_fn(params, data), max(args.repeats, 20))
+    v = jax.tree.map(jnp.ones_like, params)
+    _, h_t = median_time(lambda: hs.hvp(loss_fn, params, data, v, chunk_size=chunk), max(args.repeats, 20))
+    short = max(it // 3, 2)
+    _, lz_short = median_time(
+        lambda: hs.lanczos_top_eigenvalues(loss_fn, params, data, key, k=1, num_iters=short, chunk_size=chunk),
+        args.repeats,
+    )
+    per_iter = (lz_t - lz_short) / (it - short)
+    print("\n[3] cost in units of one jitted full-data gradient")
+    print(f"  gradient: {g_t * 1e3:.2f} ms   HVP: {h_t * 1e3:.2f} ms   -> HVP = {h_t / g_t:.2f} gradients")
+    print(f"  one Lanczos iteration (incl. reorthogonalisation; ({it}-{short}) iteration difference): "
+          f"{per_iter * 1e3:.2f} ms = {per_iter / g_t:.2f} gradients")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
