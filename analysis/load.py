@@ -4,10 +4,10 @@ Tables
 ------
 ``load_records(root)``: one row per run record (``bench.record.find_records``):
 
-* identity: ``run_id, job_id`` (run_id without the ``-r<i>`` replica suffix), ``status,
-  dataset, model, optimizer, scaling, schedule, batch_size, seed, replica_index, base_lr,
-  peak_lr, num_train, num_test, num_params, steps_per_epoch, total_steps,
-  diverged_at_step, error, path``
+* identity: ``run_id, job_id`` (run_id without the ``-r<i>`` replica suffix), ``name``
+  (the config's free-form experiment label), ``status, dataset, model, optimizer, scaling,
+  schedule, batch_size, accumulate, seed, replica_index, base_lr, peak_lr, num_train,
+  num_test, num_params, steps_per_epoch, total_steps, diverged_at_step, error, path``
 * ``final_<key>`` for every scalar of the record's ``final`` eval row (``final_test_accuracy``,
   ``final_gap_accuracy``, ``final_hessian_top_eigenvalue``, ...)
 * the ``convergence`` fields (``target_test_accuracy, steps_to_target, ...``) and the
@@ -22,14 +22,14 @@ columns. The row's own ``batch_size`` (it can change under a batch-size schedule
 peak_memory_bytes, step_seconds, examples_per_second``; extra columns such as ``model`` or
 ``device`` are kept), concatenated, with a ``path`` column.
 
-W&B mirror (``load_wandb``, ``load_wandb_history``): the training side logs a run's
-``config`` as ``run.config`` plus ``run.config["record"] = {run_id, replica, experiment}``,
-each eval row with exactly the record's history keys, and the final metrics into
-``run.summary``; optionally ``run.summary["status"]`` (the record status, needed for
-"diverged"), ``diverged_at_step``, ``error`` and the dicts ``convergence``, ``timings``,
-``curvature`` (nested, or flattened as ``"convergence/steps_to_target"``). Without a
-``status`` the W&B run state is mapped (finished -> finished, running/pending -> running,
-anything else -> failed).
+W&B mirror (``load_wandb``, ``load_wandb_history``): the same tables rebuilt from W&B runs
+(see ``records_from_wandb_run`` for the two layouts understood). The W&B history holds the
+record's eval-row keys; the summary holds the final metrics, ``status`` (needed for
+"diverged"; without it the W&B state is mapped: finished -> finished, running/pending ->
+running, anything else -> failed), the convergence fields, and optionally
+``diverged_at_step``, ``error`` and the dicts ``timings``, ``curvature`` (nested, or
+flattened as ``"timings/compile_seconds"``). Columns whose source W&B does not hold
+(e.g. timings, ``num_train``) are absent or NaN there.
 
 Accuracies are fractions in [0, 1] as the records store them. Non-finite floats that the
 record writer stored as ``"inf"`` / ``"-inf"`` / ``null`` come back as floats / NaN.
@@ -38,6 +38,7 @@ record writer stored as ``"inf"`` / ``"-inf"`` / ``null`` come back as floats / 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -48,12 +49,12 @@ import pandas as pd
 from bench.record import empty_record, find_records, read_record
 
 IDENTITY_COLUMNS = (
-    "run_id", "job_id", "status", "dataset", "model", "optimizer", "scaling", "schedule",
-    "batch_size", "seed", "replica_index", "base_lr", "peak_lr", "num_train", "num_test",
-    "num_params", "steps_per_epoch", "total_steps", "diverged_at_step", "error", "path",
+    "run_id", "job_id", "name", "status", "dataset", "model", "optimizer", "scaling", "schedule",
+    "batch_size", "accumulate", "seed", "replica_index", "base_lr", "peak_lr", "num_train",
+    "num_test", "num_params", "steps_per_epoch", "total_steps", "diverged_at_step", "error", "path",
 )
 HISTORY_RUN_COLUMNS = (
-    "run_id", "job_id", "status", "dataset", "model", "optimizer", "scaling", "schedule",
+    "run_id", "job_id", "name", "status", "dataset", "model", "optimizer", "scaling", "schedule",
     "batch_size", "seed", "base_lr", "peak_lr", "num_train", "path",
 )
 PROFILE_COLUMNS = ("batch_size", "peak_memory_bytes", "step_seconds", "examples_per_second")
@@ -106,9 +107,10 @@ def _identity(record: dict[str, Any], path: str) -> dict[str, Any]:
     seed = rep.get("seed", config.get("seed"))
     return {
         "run_id": record.get("run_id"), "job_id": _job_id(record.get("run_id")),
-        "status": record.get("status"),
+        "name": config.get("name"), "status": record.get("status"),
         **{k: _name(exp.get(k)) for k in ("dataset", "model", "optimizer", "scaling", "schedule")},
-        "batch_size": exp.get("batch_size"), "seed": seed, "replica_index": rep.get("index"),
+        "batch_size": exp.get("batch_size"), "accumulate": exp.get("accumulate", config.get("accumulate")),
+        "seed": seed, "replica_index": rep.get("index"),
         "base_lr": _value(rep.get("base_lr")), "peak_lr": _value(rep.get("peak_lr")),
         **{k: exp.get(k) for k in ("num_train", "num_test", "num_params", "steps_per_epoch",
                                    "total_steps")},
@@ -200,6 +202,13 @@ def load_profile(root: Path | str) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- W&B mirror
+CONVERGENCE_KEYS = (
+    "target_test_accuracy", "steps_to_target", "examples_to_target", "seconds_to_target",
+    "target_train_loss", "steps_to_train_loss", "examples_to_train_loss", "seconds_to_train_loss",
+)
+_REPLICA_PREFIX = re.compile(r"^r\d+/")
+
+
 def _plain(obj: Any) -> Any:
     """W&B summary/config objects (dict-like, nested) -> plain dicts and lists."""
     if isinstance(obj, dict) or (hasattr(obj, "keys") and hasattr(obj, "__getitem__")):
@@ -218,29 +227,81 @@ def _summary_block(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
     return block or None
 
 
-def record_from_wandb_run(run: Any) -> dict[str, Any]:
-    """Rebuild a run record from a ``wandb.apis.public.Run`` (see module doc for the contract)."""
+def _for_replica(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The keys of one replica: ``r<k>/``-prefixed ones stripped, or the unprefixed ones."""
+    if prefix:
+        return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+    return {k: v for k, v in d.items() if not _REPLICA_PREFIX.match(k)}
+
+
+def _experiment_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Experiment fields recoverable from the resolved config (bench.config layout)."""
+    pick = {"dataset": ("dataset", "name"), "model": ("model", "name"),
+            "optimizer": ("optimizer", "name"), "scaling": ("scaling", "rule"),
+            "schedule": ("schedule", "name")}
+    out: dict[str, Any] = {}
+    for key, (group, field) in pick.items():
+        v = config.get(group)
+        out[key] = v.get(field) if isinstance(v, dict) else v
+    out["batch_size"] = config.get("batch_size")
+    return out
+
+
+def _wandb_record(config: dict[str, Any], run_id: str, replica: dict[str, Any],
+                  experiment: dict[str, Any], history: list[dict[str, Any]],
+                  summary: dict[str, Any], state: str) -> dict[str, Any]:
+    summary = dict(summary)
+    record = empty_record()
+    record.update(
+        run_id=run_id, config=config, replica=replica or {}, experiment=experiment or {},
+        history=[row for row in history if row.get("step") is not None],
+        status=summary.pop("status", None) or _WANDB_STATE.get(str(state).lower(), "failed"),
+        diverged_at_step=summary.pop("diverged_at_step", None), error=summary.pop("error", None),
+        timings=_summary_block(summary, "timings") or {},
+        curvature=_summary_block(summary, "curvature"),
+    )
+    convergence = _summary_block(summary, "convergence") or {}
+    convergence.update({k: summary.pop(k) for k in CONVERGENCE_KEYS if k in summary})
+    record["convergence"] = convergence
+    scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    final = ({k.removeprefix("final_"): v for k, v in scalars.items() if k.startswith("final_")}
+             if any(k.startswith("final_") for k in scalars) else scalars)
+    record["final"] = final or (record["history"][-1] if record["history"] else None)
+    return record
+
+
+def records_from_wandb_run(run: Any) -> list[dict[str, Any]]:
+    """Rebuild the run record(s) of one ``wandb.apis.public.Run``.
+
+    Two layouts are understood:
+
+    * one W&B run per record: ``config["record"] = {run_id, replica, experiment}``,
+      unprefixed history keys, final metrics in the summary (under their own names or as
+      ``final_<key>``);
+    * one W&B run per job (``bench.tracking``): ``config["record"] = {run_id: <config hash>,
+      replicas: [{index, count, seed, base_lr, peak_lr}, ...]}``, history and summary keys
+      prefixed ``r<k>/`` when there are several replicas, summary ``status``,
+      ``final_<key>`` and the convergence fields; each replica becomes the record
+      ``<config hash>-r<k>`` and the experiment fields come from the config.
+    """
     config = _plain(run.config)
     meta = config.pop("record", None) or {}
     summary = getattr(run, "summary_metrics", None)
     summary = dict(summary) if isinstance(summary, dict) else _plain(run.summary)
     summary = {k: v for k, v in summary.items() if not str(k).startswith("_")}
-    history = [{k: v for k, v in dict(row).items() if not str(k).startswith("_")}
-               for row in run.scan_history()]
-    history = [row for row in history if row.get("step") is not None]
-    record = empty_record()
-    record.update(
-        run_id=meta.get("run_id") or run.id, config=config, replica=meta.get("replica") or {},
-        experiment=meta.get("experiment") or {}, history=history,
-        status=summary.pop("status", None) or _WANDB_STATE.get(str(run.state).lower(), "failed"),
-        diverged_at_step=summary.pop("diverged_at_step", None), error=summary.pop("error", None),
-        convergence=_summary_block(summary, "convergence") or {},
-        timings=_summary_block(summary, "timings") or {},
-        curvature=_summary_block(summary, "curvature"),
-    )
-    final = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-    record["final"] = final or (history[-1] if history else None)
-    return record
+    rows = [{k: v for k, v in dict(row).items() if not str(k).startswith("_")}
+            for row in run.scan_history()]
+    if "replicas" in meta:
+        reps = meta["replicas"] or []
+        prefixes = [f"r{r['index']}/" for r in reps] if len(reps) > 1 else [""] * len(reps)
+        experiment = _experiment_from_config(config)
+        return [_wandb_record(config, f"{meta.get('run_id') or run.id}-r{rep['index']}", rep,
+                              experiment, [_for_replica(r, p) for r in rows],
+                              _for_replica(summary, p), run.state)
+                for rep, p in zip(reps, prefixes)]
+    return [_wandb_record(config, meta.get("run_id") or run.id, meta.get("replica") or {},
+                          meta.get("experiment") or _experiment_from_config(config), rows,
+                          summary, run.state)]
 
 
 def _wandb_records(entity_project: str, api: Any = None,
@@ -250,7 +311,8 @@ def _wandb_records(entity_project: str, api: Any = None,
 
         api = wandb.Api()
     runs = api.runs(entity_project, filters=filters) if filters else api.runs(entity_project)
-    return [(record_from_wandb_run(run), f"wandb:{entity_project}/{run.id}") for run in runs]
+    return [(record, f"wandb:{entity_project}/{run.id}")
+            for run in runs for record in records_from_wandb_run(run)]
 
 
 def load_wandb(entity_project: str, *, api: Any = None,

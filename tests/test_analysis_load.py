@@ -155,3 +155,53 @@ def test_load_wandb_maps_state_without_status(root):
         runs.append(run)
     table = load_wandb("me/p", api=FakeApi(runs), filters={"config.batch_size": 64})
     assert sorted(table["status"]) == ["failed", "failed", "finished", "running"]
+
+
+class FakeJobRun:
+    """bench.tracking's layout: one W&B run per job, K replicas prefixed ``r<k>/``, floats
+    in the history, summary ``r<k>/status``, ``r<k>/final_<key>`` and convergence keys."""
+
+    def __init__(self, recs: list[dict], job: str):
+        p = (lambda k: f"r{k}/") if len(recs) > 1 else (lambda k: "")
+        self.id, self.state = job, "finished"
+        self.config = {**recs[0]["config"], "record": {"run_id": job, "replicas": [r["replica"] for r in recs]}}
+        steps = sorted({row["step"] for r in recs for row in r["history"]})
+        self._history = []
+        for i, step in enumerate(steps):
+            merged = {"_step": step, "_runtime": float(i)}
+            for k, r in enumerate(recs):
+                for row in r["history"]:
+                    if row["step"] == step:
+                        merged.update({f"{p(k)}{key}": float(v) for key, v in row.items()})
+            self._history.append(merged)
+        self.summary = {"_wandb": {"runtime": 3}}
+        for k, r in enumerate(recs):
+            self.summary[f"{p(k)}status"] = r["status"]
+            self.summary.update({f"{p(k)}final_{key}": v for key, v in (r["final"] or {}).items()})
+            self.summary.update({f"{p(k)}{key}": v for key, v in r["convergence"].items()})
+
+    def scan_history(self):
+        return iter(self._history)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_load_wandb_understands_bench_tracking_job_runs(tmp_path, k):
+    ok = _records()[0]
+    bad_rows = eval_rows([0, 200], batch_size=64, lr=0.2, test_final=0.5, train_final=0.5, tau=10)
+    bad = make_record(batch_size=64, history=bad_rows, seed=2, base_lr=0.1, peak_lr=0.2,
+                      status="diverged", target_test_accuracy=0.9)
+    recs = [ok, bad][:k]
+    job = "abc123def456"
+    for i, r in enumerate(recs):  # two replicas of one job
+        r["config"] = recs[0]["config"]
+        r["run_id"], r["replica"] = f"{job}-r{i}", {**r["replica"], "index": i, "count": k}
+    write_records(tmp_path, recs)
+    from_wandb = load_wandb("me/p", api=FakeApi([FakeJobRun(recs, job)]))
+    from_files = load_records(tmp_path)
+    cols = ["run_id", "job_id", "status", "dataset", "model", "optimizer", "scaling", "batch_size",
+            "seed", "replica_index", "base_lr", "peak_lr", "final_test_accuracy", "final_train_loss",
+            "final_step", "steps_to_target", "target_test_accuracy"]
+    pd.testing.assert_frame_equal(from_wandb[cols], from_files[cols], check_dtype=False)
+    hist_cols = ["run_id", "seed", "peak_lr", "step", "current_batch_size", "test_accuracy", "train_loss"]
+    pd.testing.assert_frame_equal(load_wandb_history("me/p", api=FakeApi([FakeJobRun(recs, job)]))[hist_cols],
+                                  load_history(tmp_path)[hist_cols], check_dtype=False)
