@@ -127,6 +127,10 @@ def synthetic_sweep(root: Path | str, *, batch_sizes: Sequence[int] = (16, 32, 6
     """
     rng = np.random.default_rng(0)
     b0, records = min(batch_sizes), []
+    worst = 0.95 - accuracy_drop_per_doubling * math.log2(max(batch_sizes) / b0) - 0.005
+    if worst <= target:
+        raise ValueError(f"target {target} is not reachable at the largest batch size "
+                         f"(final test accuracy ~{worst + 0.005:.3f}); lower the drop or the target")
     for rule in rules:
         for base_lr in base_lrs:
             for b in batch_sizes:
