@@ -77,7 +77,7 @@ def steps_to_result_figure(history: pd.DataFrame, runs: pd.DataFrame | None = No
         raise NoData(f"steps-to-result: no trial reached the goal {goal}")
     fig, (ax,) = new_figure(width=6.0, height=4.5)
     b, s = ok["batch_size"].astype(float).to_numpy(), ok["steps"].astype(float).to_numpy()
-    ax.errorbar(b, ok["mean_steps"], yerr=ok["std_steps"].fillna(0.0).to_numpy(), fmt="o-",
+    ax.errorbar(b, ok["mean_steps"].to_numpy(float), yerr=ok["std_steps"].fillna(0.0).to_numpy(float), fmt="o-",
                 ms=4, capsize=3, color="C0", label="best LR: mean ± std over seeds")
     ax.plot(b, s, "s", mfc="none", color="C0", label="steps-to-result (best trial)")
     for bi, si, lr in zip(b, s, ok["best_lr"]):

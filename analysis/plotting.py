@@ -48,8 +48,8 @@ def errorbar_line(ax: Axes, stats: pd.DataFrame, x: str = "batch_size", label: s
                   **kw) -> None:
     """Plot ``mean`` with ``std`` error bars (std of NaN, i.e. one seed, draws no bar)."""
     stats = stats.sort_values(x)
-    ax.errorbar(stats[x].astype(float), stats["mean"].astype(float),
-                yerr=stats["std"].astype(float).fillna(0.0).to_numpy(), marker="o", ms=4,
+    ax.errorbar(stats[x].to_numpy(float), stats["mean"].to_numpy(float),
+                yerr=stats["std"].astype(float).fillna(0.0).to_numpy(float), marker="o", ms=4,
                 capsize=3, label=label, **kw)
 
 
