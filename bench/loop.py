@@ -20,21 +20,24 @@ import numpy as np
 from flax import nnx
 
 from bench import record as rec
+from bench.checkpoint import Checkpointer
 from bench.config import (Config, as_dict, scaled_lr, steps_per_epoch, total_steps, validate,
                           validate_with_data)
 from bench.data import ArrayDataset, load_dataset
+from bench.data.batching import BatchIndexer
 from bench.metrics.convergence import convergence_summary
 from bench.metrics.generalization import generalization_gap
 from bench.models import build_model
 from bench.optim import lr_shape, make_optimizer
+from bench.preemption import PreemptionFlag, requeue_if_slurm
 from bench.parallel import (batch_sharded, global_array, make_mesh, maybe_initialize_distributed,
                             put_replicated, replicated)
 from bench.progress import Progress
 from bench.step import ModelFns, TrainState, make_evaluate, make_train_chunk, split_model
 from bench.tracking import make_tracker
 
-# Independent random streams folded from each replica's root seed.
-STREAM_INIT, STREAM_DROPOUT, STREAM_DATA, STREAM_PROBES = 0, 1, 2, 3
+# Independent random streams folded from each replica's root seed (data order: bench.data.batching).
+STREAM_INIT, STREAM_DROPOUT, STREAM_PROBES = 0, 1, 3
 
 
 @dataclass(frozen=True)
@@ -57,32 +60,6 @@ def replica_grid(cfg: Config) -> list[Replica]:
             for i, (lr, seed) in enumerate(itertools.product(lrs, seeds))]
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The data order of one epoch of one replica: a pure function of (seed, epoch)."""
-    return np.random.default_rng([seed, STREAM_DATA, epoch]).permutation(n).astype(np.int32)
-
-
-class BatchIndexer:
-    """Global batch indices [n, K, B] for steps [start, start + n), drop-last epochs."""
-
-    def __init__(self, seeds: list[int], num_train: int, batch_size: int):
-        self.seeds, self.n, self.b = seeds, num_train, batch_size
-        self.spe = max(num_train // batch_size, 1)
-        self._cache: dict[int, np.ndarray] = {}
-
-    def _perms(self, epoch: int) -> np.ndarray:
-        if epoch not in self._cache:
-            self._cache = {epoch: np.stack([epoch_permutation(s, epoch, self.n) for s in self.seeds])}
-        return self._cache[epoch]
-
-    def indices(self, start: int, count: int) -> np.ndarray:
-        out = np.empty((count, len(self.seeds), self.b), np.int32)
-        for t in range(count):
-            epoch, pos = divmod(start + t, self.spe)
-            out[t] = self._perms(epoch)[:, pos * self.b:(pos + 1) * self.b]
-        return out
-
-
 def eval_indices(n: int, chunk: int, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
     """Chunked indices over a whole set, padded to full chunks, with a validity mask."""
     chunk = min(chunk, n)
@@ -101,12 +78,14 @@ class Timings:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     metrics_seconds: float = 0.0
+    resumed_at_steps: list[int] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {"compile_seconds": self.compile_seconds, "train_seconds": self.train_seconds,
                 "eval_seconds": self.eval_seconds, "metrics_seconds": self.metrics_seconds,
-                "total_seconds": time.perf_counter() - self.start}
+                "total_seconds": time.perf_counter() - self.start,
+                "resumed_at_steps": list(self.resumed_at_steps)}
 
 
 class Job:
@@ -218,7 +197,12 @@ def is_finite_row(row: dict[str, Any]) -> bool:
 
 
 def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None) -> list[dict[str, Any]]:
-    """Train one job and write one record per replica into ``output_dir``; returns the records."""
+    """Train one job and write one record per replica into ``output_dir``; returns the records.
+
+    Resumes from the latest checkpoint in ``output_dir/checkpoints`` when there is one (a
+    requeued or restarted job), and on SIGTERM / SIGUSR1 / SIGUSR2 saves a checkpoint, writes
+    the records (status ``running``) and returns early (requeueing itself under SLURM).
+    """
     output_dir = Path(output_dir)
     job = Job(cfg, data)
     config_dict = as_dict(job.cfg)
@@ -226,10 +210,6 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
     K = len(job.replicas)
     records = [_new_record(job, config_dict, chash, r) for r in job.replicas]
     primary = jax.process_index() == 0
-    tracker = make_tracker(cfg.logger, config=config_dict, run_id=chash,
-                           name=cfg.name or f"B{cfg.batch_size}-{cfg.dataset.name}-{cfg.model.name}",
-                           output_dir=output_dir,
-                           replicas=[r.as_dict(K) for r in job.replicas]) if primary else None
 
     def write_all() -> None:
         if not primary:
@@ -239,28 +219,30 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
             rec.write_record(output_dir / rec.record_filename(k), record)
 
     state = job.init_state()
-    step, eval_every = 0, cfg.eval.every_steps
-    progress = Progress(job.total_steps, enabled=cfg.progress and primary)
+    step = 0
     last_lr = np.asarray([r.peak_lr for r in job.replicas]) * float(job.lr_shape(0))
-    with progress:
+    ckpt = Checkpointer(output_dir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
+                        max_to_keep=cfg.checkpoint.max_to_keep)
+    if (latest := ckpt.latest_step()) is not None:
+        state, extra = ckpt.restore(latest, state)
+        step, last_lr = latest, np.asarray(extra["last_lr"])
+        _restore_progress(records, job.timings, extra, latest)
+
+    def loop_extra() -> dict[str, Any]:
+        keep = ("history", "final", "status", "diverged_at_step", "error")
+        return {"records": [{k: r[k] for k in keep} for r in records], "last_lr": last_lr,
+                "timings": job.timings.as_dict()}
+
+    tracker = make_tracker(cfg.logger, config=config_dict, run_id=chash,
+                           name=cfg.name or f"B{cfg.batch_size}-{cfg.dataset.name}-{cfg.model.name}",
+                           output_dir=output_dir,
+                           replicas=[r.as_dict(K) for r in job.replicas]) if primary else None
+    eval_every = cfg.eval.every_steps
+    progress = Progress(job.total_steps, enabled=cfg.progress and primary, start=step)
+    with PreemptionFlag() as flag, ckpt, progress:
         while True:
             if step % eval_every == 0 or step == job.total_steps:
-                ev = job.evaluate(state)
-                alive = np.asarray(jax.device_get(state.alive))
-                rows = {}
-                for k, record in enumerate(records):
-                    if record["status"] != "running":
-                        continue
-                    if not alive[k]:
-                        _mark_diverged(record, int(jax.device_get(state.diverged_step)[k]))
-                        continue
-                    row = eval_row(job, step, k, ev, float(last_lr[k]))
-                    if not is_finite_row(row):
-                        _mark_diverged(record, step)
-                        continue
-                    record["history"].append(row)
-                    record["final"] = row
-                    rows[k] = row
+                rows = _evaluate_into_records(job, state, step, records, last_lr)
                 if tracker is not None and rows:
                     tracker.log_rows(rows, step)
                 progress.eval(step, rows)
@@ -273,6 +255,16 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
             step += count
             last_lr = metrics["lr"][-1]
             progress.advance(count, metrics)
+            if flag.any_process_requested():
+                ckpt.save(step, state, loop_extra(), force=True)
+                ckpt.wait_until_finished()
+                write_all()
+                progress.note(f"{flag.signal_name}: checkpoint saved at step {step}; "
+                              "the same command resumes from it")
+                requeue_if_slurm(flag)  # under SLURM: requeues this job and exits
+                return records
+            if ckpt.should_save(step):
+                ckpt.save(step, state, loop_extra())
 
     for record in records:
         if record["status"] == "running":
@@ -287,6 +279,43 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
         tracker.finish(_summary(records))
     progress.summary(records)
     return records
+
+
+def _evaluate_into_records(job: Job, state: TrainState, step: int, records: list[dict[str, Any]],
+                           last_lr: np.ndarray) -> dict[int, dict[str, Any]]:
+    """Full-set evaluation of every live replica; appends eval rows, marks divergence."""
+    ev = job.evaluate(state)
+    alive = np.asarray(jax.device_get(state.alive))
+    diverged_step = np.asarray(jax.device_get(state.diverged_step))
+    rows = {}
+    for k, record in enumerate(records):
+        if record["status"] != "running":
+            continue
+        if not alive[k]:
+            _mark_diverged(record, int(diverged_step[k]))
+            continue
+        row = eval_row(job, step, k, ev, float(last_lr[k]))
+        if not is_finite_row(row):
+            _mark_diverged(record, step)
+            continue
+        record["history"].append(row)
+        record["final"] = row
+        rows[k] = row
+    return rows
+
+
+def _restore_progress(records: list[dict[str, Any]], timings: Timings, extra: dict[str, Any],
+                      step: int) -> None:
+    """Put back what a checkpoint remembers beyond the arrays: histories, statuses, timings."""
+    for record, saved in zip(records, extra["records"], strict=True):
+        record.update(saved)
+    saved_t = extra["timings"]
+    timings.compile_seconds += saved_t["compile_seconds"]
+    timings.train_seconds = saved_t["train_seconds"]
+    timings.eval_seconds = saved_t["eval_seconds"]
+    timings.metrics_seconds = saved_t.get("metrics_seconds", 0.0)
+    timings.start -= saved_t["total_seconds"]
+    timings.resumed_at_steps = [*saved_t.get("resumed_at_steps", []), step]
 
 
 def _new_record(job: Job, config: dict[str, Any], chash: str, r: Replica) -> dict[str, Any]:

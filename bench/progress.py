@@ -19,7 +19,7 @@ def _fmt(value: Any, pattern: str = "{:.4f}") -> str:
 class Progress:
     """Progress bar on a terminal; plain eval lines otherwise (SLURM logs stay readable)."""
 
-    def __init__(self, total_steps: int, *, enabled: bool = True):
+    def __init__(self, total_steps: int, *, enabled: bool = True, start: int = 0):
         self.enabled = enabled
         self.console = Console(file=sys.stderr)
         self.live = enabled and self.console.is_terminal
@@ -27,7 +27,8 @@ class Progress:
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"), console=self.console, transient=False,
         ) if self.live else None
-        self._task = self._bar.add_task("train", total=total_steps, info="") if self._bar else None
+        self._task = (self._bar.add_task("train", total=total_steps, completed=start, info="")
+                      if self._bar else None)
         self._test = ""
 
     def __enter__(self) -> "Progress":
@@ -55,6 +56,10 @@ class Progress:
                 f"step {step:>7d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
                 f"  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
                 + (f"  ({len(rows)} replicas, first shown)" if len(rows) > 1 else ""))
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message)
 
     def summary(self, records: list[dict[str, Any]]) -> None:
         if not self.enabled:

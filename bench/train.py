@@ -4,6 +4,8 @@ One job = one batch size and one dataset/model/optimizer choice, training K repl
 A bad configuration stops with one ``error:`` line before anything is compiled (exit 2); in a
 multirun the failing job writes a ``failed`` record instead, so the rest of the sweep goes on.
 A diverged run is a result, not an error: its record says ``diverged`` and the exit code is 0.
+A job whose output directory already holds finished records is skipped (re-submitting a sweep
+runs only what is missing); an interrupted one resumes from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import record as rec
 from bench.config import ConfigError, from_hydra
+from bench.status import is_finished
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -35,11 +38,14 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(cfg.get("output_dir") or hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if is_finished(output_dir):
+        print(f"skipped: {output_dir} already holds finished records", file=sys.stderr)
+        return
     try:
         config = from_hydra(cfg)
         from bench.loop import run  # imports JAX; after the cheap checks
 
-        run(config, output_dir)
+        records = run(config, output_dir)
     except ConfigError as err:
         if multirun:
             _write_failed(output_dir, cfg, str(err))
@@ -47,6 +53,9 @@ def main(cfg: DictConfig) -> None:
             return
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if any(r["status"] == "running" for r in records):
+        print(f"interrupted: checkpoint and records in {output_dir}; rerun the same command "
+              f"(with output_dir={output_dir}) to resume", file=sys.stderr)
 
 
 if __name__ == "__main__":

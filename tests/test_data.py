@@ -7,7 +7,8 @@ import pytest
 
 from bench.config import DatasetConfig
 from bench.data import load_dataset
-from bench.loop import BatchIndexer, epoch_permutation, eval_indices
+from bench.data.batching import BatchIndexer, epoch_permutation
+from bench.loop import eval_indices
 
 
 def test_drop_last_each_epoch_sees_disjoint_full_batches():
