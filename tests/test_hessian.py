@@ -143,7 +143,7 @@ data = jax.device_put(data, NamedSharding(mesh, P("data")))
 flat, unravel = ravel_pytree(params)
 v = unravel(jax.random.normal(jax.random.PRNGKey(7), flat.shape, jnp.float64))
 out = {"devices": len(jax.devices()), "shards": len(data["x"].sharding.device_set)}
-for chunk in (96, 40, 7):
+for chunk in (96, 7):  # 7 divides neither N=96 nor the 24-example shards
     out[str(chunk)] = ravel_pytree(hs.hvp(loss_fn, params, data, v, chunk_size=chunk))[0].tolist()
 for chunk in (96, 7):
     top = hs.lanczos_top_eigenvalues(loss_fn, params, data, jax.random.PRNGKey(3), k=2, num_iters=30, chunk_size=chunk)
@@ -177,7 +177,7 @@ def test_hvp_and_top_eigenvalue_independent_of_chunks_and_device_count():
     one, four = (_result(p) for p in procs)
     assert (one["devices"], four["devices"], four["shards"]) == (1, 4, 4)
     for run in (one, four):
-        for chunk in ("96", "40", "7"):
+        for chunk in ("96", "7"):
             np.testing.assert_allclose(run[chunk], one["96"], rtol=0, atol=1e-12)
         for chunk in ("top96", "top7"):
             np.testing.assert_allclose(run[chunk], one["top96"], rtol=1e-10)
