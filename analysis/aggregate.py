@@ -29,6 +29,15 @@ def where(df: pd.DataFrame, conditions: Mapping[str, str]) -> pd.DataFrame:
     return df[mask]
 
 
+def select_runs(runs: pd.DataFrame, history: pd.DataFrame,
+                conditions: Mapping[str, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Filter the run table with ``where`` and keep the history rows of the runs kept."""
+    if not conditions:
+        return runs, history
+    runs = where(runs, conditions)
+    return runs, history[history["run_id"].isin(runs["run_id"])] if "run_id" in history else history
+
+
 def finished(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs with status 'finished'."""
     return runs[runs["status"] == "finished"]

@@ -5,7 +5,7 @@ or raises ``analysis.plotting.NoData`` with a clear message when its data is abs
 Batch-size axes are log base 2; points are the mean over seeds with ± one std error bars.
 
 CLI: ``python -m analysis.figures <results dir> [--out DIR] [--target-accuracy A |
---goal-error E] [--interpolation CSV] [--formats png pdf]`` writes ``<name>.png`` and
+--goal-error E] [--interpolation CSV] [--formats png pdf] [--where COL=VALUE ...]`` writes ``<name>.png`` and
 ``<name>.pdf`` for every figure whose data exists (default out: ``<results>/figures``)
 and says why each other one was skipped.
 
@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.aggregate import finished, has_metric, metric, reference_lr_per_rule, seed_stats
-from analysis.load import load_history, load_profile, load_records
+from analysis.aggregate import (finished, has_metric, metric, reference_lr_per_rule, seed_stats,
+                                select_runs)
+from analysis.load import load_profile, load_tables
 from analysis.plotting import (FORMATS, NoData, errorbar_line, log2_batch_axis, new_figure,
                                save_figure, seeds_note)
 from analysis.steps_to_result import (Goal, fit_mccandlish, perfect_scaling_max_b,
@@ -291,12 +292,14 @@ def _goal(runs: pd.DataFrame, target_accuracy: float | None, goal_error: float |
 
 def make_figures(results: Path | str, out: Path | str | None = None, *,
                  target_accuracy: float | None = None, goal_error: float | None = None,
-                 interpolation: Path | str | None = None,
-                 formats: Sequence[str] = FORMATS) -> dict[str, list[Path] | str]:
-    """Write every figure whose data exists; returns {name: paths written | skip reason}."""
+                 interpolation: Path | str | None = None, formats: Sequence[str] = FORMATS,
+                 conditions: dict[str, str] | None = None) -> dict[str, list[Path] | str]:
+    """Write every figure whose data exists; returns {name: paths written | skip reason}.
+    ``conditions`` ({column: value}) keeps only matching runs (not applied to profile.csv)."""
     results = Path(results)
     out = Path(out) if out is not None else results / "figures"
-    runs, history, profile = load_records(results), load_history(results), load_profile(results)
+    runs, history = select_runs(*load_tables(results), conditions)
+    profile = load_profile(results)
     interp_path = Path(interpolation) if interpolation else results / INTERPOLATION_FILENAME
     curve = pd.read_csv(interp_path) if interp_path.is_file() else None
     builders = {
@@ -331,12 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--interpolation", type=Path, default=None,
                     help=f"CSV from bench.interpolate.interpolation_curve (default <results>/{INTERPOLATION_FILENAME})")
     ap.add_argument("--formats", nargs="+", default=list(FORMATS))
+    ap.add_argument("--where", nargs="*", default=[], metavar="COL=VALUE",
+                    help="keep only runs whose column equals the value (e.g. dataset=mnist1d)")
     args = ap.parse_args(argv)
     if not args.results.is_dir():
         ap.error(f"{args.results} is not a directory")
+    if any("=" not in w for w in args.where):
+        ap.error("--where takes COL=VALUE")
     done = make_figures(args.results, args.out, target_accuracy=args.target_accuracy,
                         goal_error=args.goal_error, interpolation=args.interpolation,
-                        formats=args.formats)
+                        formats=args.formats, conditions=dict(w.split("=", 1) for w in args.where))
     for name, result in done.items():
         print(f"{name}: {result if isinstance(result, str) else ', '.join(map(str, result))}")
     return 0 if any(not isinstance(r, str) for r in done.values()) else 1

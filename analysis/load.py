@@ -175,6 +175,12 @@ def _read_all(root: Path | str) -> list[tuple[dict[str, Any], str]]:
     return [(read_record(p), str(p)) for p in find_records(root)]
 
 
+def load_tables(root: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(load_records(root), load_history(root))`` reading each record once."""
+    records = _read_all(root)
+    return runs_table(records), history_table(records)
+
+
 def load_records(root: Path | str) -> pd.DataFrame:
     """One row per run record under ``root`` (see module doc for the columns)."""
     return runs_table(_read_all(root))

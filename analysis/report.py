@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.aggregate import where
+from analysis.aggregate import select_runs
 from analysis.baselines import baselines_table
-from analysis.load import load_history, load_records
+from analysis.load import load_tables
 from analysis.steps_to_result import Goal
 from analysis.verdicts import (Verdict, eos_verdict, goyal_verdict, keskar_verdicts,
                                shallue_verdicts)
@@ -275,9 +275,7 @@ def build_report(results: Path | str, findings: Sequence[str], *, conditions: di
                  target_accuracy: float | None = None, goal_error: float | None = None,
                  **opts: Any) -> str:
     """The markdown report for ``findings`` over the records under ``results``."""
-    runs, history = load_records(results), load_history(results)
-    if conditions:
-        runs, history = where(runs, conditions), where(history, conditions)
+    runs, history = select_runs(*load_tables(results), conditions)
     if goal_error is not None:
         goal = Goal.error(goal_error)
     elif target_accuracy is not None:

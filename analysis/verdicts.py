@@ -196,7 +196,7 @@ def shallue_verdicts(history: pd.DataFrame, runs: pd.DataFrame, *, goal: Goal,
         if s[-1] > s[0] * (1 + tol):
             verdict, details = "reversed", "the largest batch size needs more steps than the smallest"
         elif b_perf <= reg["batch_size"].iloc[0]:
-            verdict, details = "not reproduced", "no perfect-scaling region: the first doubling already falls short"
+            verdict, details = "not reproduced", "no perfect-scaling region: the first increase of B already falls short"
         elif b_perf >= reg["batch_size"].iloc[-1]:
             verdict, details = "inconclusive", ("perfect scaling over the whole range: the sweep "
                                                 "does not reach the critical batch size")
