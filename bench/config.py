@@ -21,6 +21,7 @@ SCHEDULES = ("constant", "cosine", "step")
 SCALING_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
+BATCH_SCHEDULES = ("constant", "increase", "warmup")
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,19 @@ class ScheduleConfig:
     decay_epochs: tuple[float, ...] = ()  # step schedule boundaries, in epochs
     decay_factor: float = 0.1
     final_fraction: float = 0.0        # cosine: LR at the end as a fraction of the peak
+
+
+@dataclass(frozen=True)
+class BatchScheduleConfig:
+    """Batch size over training (bench.data.batching.BatchPlan); B = batch_size when constant."""
+    name: str = "constant"             # constant | increase | warmup
+    # increase (Smith et al. 2018): at schedule.decay_epochs multiply B instead of decaying the LR
+    factor: float | None = None        # B multiplier per boundary (None: 1 / schedule.decay_factor)
+    max_batch_size: int | None = None  # cap; beyond it the LR decays (None: training-set size)
+    # warmup: B grows start_batch_size, x growth, ... up to batch_size over warmup_epochs
+    start_batch_size: int | None = None
+    warmup_epochs: float = 0.0
+    growth: float = 2.0
 
 
 BUDGET_UNITS = ("steps", "epochs", "examples")
@@ -181,6 +195,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    batch_schedule: BatchScheduleConfig = field(default_factory=BatchScheduleConfig)
     seed: int = 0
     batch_size: int = 128
     budget: str = "40epochs"           # training length: '<n>steps', '<n>epochs' or '<n>examples'
@@ -307,6 +322,34 @@ def validate(cfg: Config, *, num_devices: int = 1) -> Config:
             f"model.ghost_batch_size={cfg.model.ghost_batch_size} must divide the microbatch size {micro}")
     if cfg.metrics.every is not None and cfg.metrics.every < 1:
         raise ConfigError(f"metrics.every={cfg.metrics.every} must be >= 1 or null")
+    bs = cfg.batch_schedule
+    quantum = cfg.accumulate * math.lcm(num_devices, cfg.model.ghost_batch_size or 1)
+    valid_b = f"a multiple of {quantum} (accumulate x devices x ghost batch)"
+    if bs.name not in BATCH_SCHEDULES:
+        raise ConfigError(f"unknown batch_schedule {bs.name!r}; valid: {_names(BATCH_SCHEDULES)}")
+    if bs.name == "increase" and (cfg.schedule.name != "step" or not cfg.schedule.decay_epochs):
+        raise ConfigError("batch_schedule=increase replaces the decays of a step LR schedule;"
+                          " use schedule=step with non-empty schedule.decay_epochs")
+    if bs.name == "increase" and list(cfg.schedule.decay_epochs) != sorted(set(cfg.schedule.decay_epochs)):
+        raise ConfigError(f"schedule.decay_epochs={list(cfg.schedule.decay_epochs)} must be strictly"
+                          f" increasing for batch_schedule=increase")
+    if bs.name == "increase" and not 0 < cfg.schedule.decay_factor < 1:
+        raise ConfigError(f"schedule.decay_factor={cfg.schedule.decay_factor} must be in (0, 1)"
+                          f" for batch_schedule=increase")
+    if bs.name == "increase" and bs.factor is not None and not bs.factor > 1:
+        raise ConfigError(f"batch_schedule.factor={bs.factor} must be > 1 (or null: 1 / schedule.decay_factor)")
+    if bs.name == "increase" and bs.max_batch_size is not None and (
+            bs.max_batch_size < cfg.batch_size or bs.max_batch_size % quantum):
+        raise ConfigError(f"batch_schedule.max_batch_size={bs.max_batch_size} must be >= batch_size="
+                          f"{cfg.batch_size} and {valid_b}")
+    if bs.name == "warmup" and (bs.start_batch_size is None or bs.start_batch_size % quantum
+                                or not 1 <= bs.start_batch_size < cfg.batch_size):
+        raise ConfigError(f"batch_schedule.start_batch_size={bs.start_batch_size} must be below"
+                          f" batch_size={cfg.batch_size} and {valid_b}")
+    if bs.name == "warmup" and not bs.warmup_epochs > 0:
+        raise ConfigError(f"batch_schedule.warmup_epochs={bs.warmup_epochs} must be > 0 for batch_schedule=warmup")
+    if bs.name == "warmup" and not bs.growth > 1:
+        raise ConfigError(f"batch_schedule.growth={bs.growth} must be > 1")
     return cfg
 
 
@@ -316,6 +359,10 @@ def validate_with_data(cfg: Config, num_train: int) -> None:
         raise ConfigError(
             f"batch_size={cfg.batch_size} is larger than the training set ({num_train} examples);"
             f" the largest allowed is {num_train} (full batch)")
+    cap = cfg.batch_schedule.max_batch_size
+    if cfg.batch_schedule.name == "increase" and cap is not None and cap > num_train:
+        raise ConfigError(f"batch_schedule.max_batch_size={cap} is larger than the training set"
+                          f" ({num_train} examples)")
     steps = total_steps(cfg, num_train)
     warm = warmup_steps(cfg, num_train)
     if warm > steps:
