@@ -16,9 +16,14 @@ program: the HVP is traced once and looped over with ``lax`` control flow, with 
 host round-trip per iteration. ``loss_fn`` and integer sizes are static arguments,
 so pass the same ``loss_fn`` object across calls to reuse compiled programs.
 
-Lanczos uses ``matfree.decomp.tridiag_sym(reortho="full")``; Hutchinson uses
-matfree's Rademacher sampler and trace integrand, looped with ``lax.map`` rather
-than matfree's ``vmap`` so memory stays at one HVP whatever the probe count.
+Lanczos is written out here (``lanczos``: full reorthogonalisation, restart on
+breakdown) rather than taken from ``matfree.decomp.tridiag_sym``: matfree 0.6
+divides by a zero residual when the Krylov space is exhausted (an operator with
+fewer distinct eigenvalues than iterations), which silently corrupts every later
+Lanczos vector and the SLQ nodes. Hutchinson uses matfree's Rademacher sampler and
+trace integrand, looped with ``lax.map`` rather than matfree's ``vmap`` so memory
+stays at one HVP whatever the probe count. Lanczos stores its m + 1 basis vectors:
+O(m P) memory.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from matfree import decomp, stochtrace
+from matfree import stochtrace
 
 PyTree = Any
 Batch = dict[str, jax.Array]
@@ -45,9 +50,11 @@ __all__ = [
     "density_from_ritz",
     "hutchinson_trace",
     "hvp",
+    "lanczos",
     "lanczos_top_eigenvalues",
     "num_examples",
     "power_iteration_top_eigenvalue",
+    "ritz",
     "slq_ritz",
     "spectral_density",
 ]
@@ -119,16 +126,56 @@ class LanczosResult(NamedTuple):
     """Top-k Ritz pairs of a Lanczos run (``eigenvalues`` descending)."""
 
     eigenvalues: jax.Array  # [k]
-    residuals: jax.Array  # [k], ||H u - theta u|| for unit Ritz vectors u, explicit HVPs
+    residuals: jax.Array  # [k], ||H u - theta u|| for the unit Ritz vectors u
     ritz_values: jax.Array  # [num_iters], all Ritz values, ascending
     eigenvectors: jax.Array  # [k, P], flat unit Ritz vectors
 
 
-def _tridiagonal(matvec: Callable, v0: jax.Array, num_iters: int) -> tuple[jax.Array, jax.Array]:
-    """Lanczos with full reorthogonalisation: (Q [m, P] orthonormal rows, T [m, m])."""
-    tridiag = decomp.tridiag_sym(num_iters, reortho="full", materialize=True, custom_vjp=False)
-    q, t, *_ = tridiag(matvec, v0)
-    return q, t
+def lanczos(
+    matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, num_iters: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Lanczos with full reorthogonalisation: (Q [m, P] orthonormal rows, alpha [m], beta [m]).
+
+    T = tridiag(beta[:-1], alpha, beta[:-1]) = Q H Q^T and H Q^T = Q^T T + beta[-1] q_{m+1} e_m^T,
+    so a Ritz pair (theta, Q^T y) has residual ||H u - theta u|| = beta[-1] |y[-1]|. Each new vector is orthogonalised twice
+    against all previous ones (classical Gram-Schmidt, two passes). On breakdown
+    (beta <= 100 eps |T|: the Krylov space is H-invariant, as for an operator with
+    fewer than m distinct eigenvalues) the iteration restarts from a random vector
+    orthogonal to Q with beta = 0, so T stays exactly Q H Q^T (block diagonal) and
+    the first block still carries all of v0's quadrature weight.
+    """
+    m, size, dtype = num_iters, v0.shape[0], v0.dtype
+    tol = 100 * jnp.finfo(dtype).eps
+
+    def orthogonalise(w: jax.Array, q: jax.Array) -> jax.Array:
+        w = w - q.T @ (q @ w)
+        return w - q.T @ (q @ w)
+
+    def restart(j: jax.Array, q: jax.Array) -> jax.Array:
+        r = orthogonalise(jax.random.normal(jax.random.fold_in(key, j), (size,), dtype), q)
+        return r / jnp.linalg.norm(r)
+
+    def step(j: jax.Array, state: tuple) -> tuple:
+        q, alpha, beta, scale = state
+        w = matvec(q[j])
+        a = jnp.vdot(q[j], w)
+        w = orthogonalise(w, q)  # removes a q_j + b q_{j-1} and any round-off drift
+        b = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.maximum(jnp.abs(a), b))
+        broke = b <= tol * scale
+        nxt = jax.lax.cond(broke, restart, lambda j_, q_: w / b, j, q)
+        return q.at[j + 1].set(nxt), alpha.at[j].set(a), beta.at[j].set(jnp.where(broke, 0.0, b)), scale
+
+    q = jnp.zeros((m + 1, size), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    init = (q, jnp.zeros(m, dtype), jnp.zeros(m, dtype), jnp.zeros((), dtype))
+    q, alpha, beta, _ = jax.lax.fori_loop(0, m, step, init)
+    return q[:m], alpha, beta
+
+
+def ritz(alpha: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigen-decomposition of tridiag(beta, alpha, beta): (values ascending, vectors [m, m])."""
+    t = jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
+    return jnp.linalg.eigh(t)
 
 
 @partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "chunk_size"))
@@ -144,23 +191,22 @@ def lanczos_top_eigenvalues(
 ) -> LanczosResult:
     """Top-k Hessian eigenvalues by Lanczos (full reorthogonalisation, Gaussian start).
 
-    Costs ``min(num_iters, P)`` HVPs plus k more for the explicit residuals
-    ||H u - theta u||, which tell whether each Ritz pair has converged (a residual r
-    bounds the distance from theta to the nearest eigenvalue by r).
+    Costs ``min(num_iters, P)`` HVPs. The residuals ||H u - theta u|| (from the
+    Lanczos relation, exact up to round-off with full reorthogonalisation) tell
+    whether each Ritz pair has converged: the nearest eigenvalue of H lies within r
+    of theta.
     """
     matvec, flat = _flat_operator(loss_fn, params, data, chunk_size)
     m = min(num_iters, flat.size)
     if not 1 <= k <= m:
         raise ValueError(f"need 1 <= k <= min(num_iters, num_params) = {m}, got k={k}")
-    v0 = jax.random.normal(key, flat.shape, flat.dtype)
-    q, t = _tridiagonal(matvec, v0, m)
-    theta, y = jnp.linalg.eigh(t)
-    top = theta[::-1][:k]
-    vecs = (y[:, ::-1][:, :k]).T @ q  # [k, P]
-    vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
-    hv = jax.lax.map(matvec, vecs)
-    residuals = jnp.linalg.norm(hv - top[:, None] * vecs, axis=1)
-    return LanczosResult(top, residuals, theta, vecs)
+    start_key, restart_key = jax.random.split(key)
+    v0 = jax.random.normal(start_key, flat.shape, flat.dtype)
+    q, alpha, beta = lanczos(matvec, v0, m, restart_key)
+    theta, y = ritz(alpha, beta[:-1])
+    top_y = y[:, ::-1][:, :k]  # [m, k]
+    residuals = jnp.abs(beta[-1] * top_y[-1])
+    return LanczosResult(theta[::-1][:k], residuals, theta, top_y.T @ q)
 
 
 @partial(jax.jit, static_argnames=("loss_fn", "num_iters", "chunk_size"))
@@ -228,11 +274,12 @@ def slq_ritz(
     """
     matvec, flat = _flat_operator(loss_fn, params, data, chunk_size)
     m = min(num_iters, flat.size)
-    probes = stochtrace.sampler_signs(flat, num=num_probes)(key)
+    probe_key, restart_key = jax.random.split(key)
+    probes = stochtrace.sampler_signs(flat, num=num_probes)(probe_key)
 
     def one(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        _, t = _tridiagonal(matvec, v, m)
-        theta, y = jnp.linalg.eigh(t)
+        _, alpha, beta = lanczos(matvec, v, m, restart_key)
+        theta, y = ritz(alpha, beta[:-1])
         return theta, y[0, :] ** 2
 
     return jax.lax.map(one, probes)
