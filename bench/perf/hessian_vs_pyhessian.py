@@ -9,8 +9,8 @@ weights into an identical torch module (Linear weights transposed), and on the s
 2. wall-time ratio PyHessian / ours at EQUAL iteration counts (PyHessian's power
    iteration with tol=0 runs exactly ``--iters`` HVPs; ours: Lanczos and power
    iteration with ``--iters`` HVPs), steady state, best of ``--repeats`` with
-   block_until_ready; our Lanczos does one extra HVP for its residual, PyHessian
-   one extra create_graph backward; our compile time is reported separately;
+   block_until_ready; PyHessian's time includes its one create_graph backward;
+   our compile time is reported separately;
 3. the cost of one HVP and of one Lanczos iteration in units of one jitted
    full-data gradient.
 
