@@ -174,9 +174,8 @@ v = unravel(jax.random.normal(jax.random.PRNGKey(7), flat.shape, jnp.float64))
 out = {"devices": len(jax.devices()), "shards": len(data["x"].sharding.device_set)}
 for chunk in (96, 7):  # 7 divides neither N=96 nor the 24-example shards
     out[str(chunk)] = ravel_pytree(hs.hvp(loss_fn, params, data, v, chunk_size=chunk))[0].tolist()
-for chunk in (96, 7):
-    top = hs.lanczos_top_eigenvalues(loss_fn, params, data, jax.random.PRNGKey(3), k=2, num_iters=30, chunk_size=chunk)
-    out[f"top{chunk}"] = np.asarray(top.eigenvalues).tolist()
+top = hs.lanczos_top_eigenvalues(loss_fn, params, data, jax.random.PRNGKey(3), k=2, num_iters=30, chunk_size=7)
+out["top"] = np.asarray(top.eigenvalues).tolist()
 print(json.dumps(out))
 """
 )
@@ -201,15 +200,16 @@ def _result(proc: subprocess.Popen) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def test_hvp_and_top_eigenvalue_independent_of_chunks_and_device_count():
+def test_hvp_and_top_eigenvalue_independent_of_chunks_and_device_count(problem):
     procs = [_start_on_devices(1), _start_on_devices(4)]  # concurrently
     one, four = (_result(p) for p in procs)
     assert (one["devices"], four["devices"], four["shards"]) == (1, 4, 4)
     for run in (one, four):
         for chunk in ("96", "7"):
             np.testing.assert_allclose(run[chunk], one["96"], rtol=0, atol=1e-12)
-        for chunk in ("top96", "top7"):
-            np.testing.assert_allclose(run[chunk], one["top96"], rtol=1e-10)
+        # Converged top-2 (residual ~1e-10, so eigenvalue error ~1e-20) equal the dense ones.
+        np.testing.assert_allclose(run["top"], problem.eigs[::-1][:2], rtol=1e-10)
+    np.testing.assert_allclose(four["top"], one["top"], rtol=1e-12)
 
 
 def test_measure_reports_enabled_metrics_consistently(problem):
