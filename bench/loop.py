@@ -27,6 +27,7 @@ from bench.data import ArrayDataset, load_dataset
 from bench.data.batching import BatchIndexer
 from bench.metrics.convergence import convergence_summary
 from bench.metrics.generalization import generalization_gap
+from bench.metrics.probe import CurvatureProbe
 from bench.models import build_model
 from bench.optim import lr_shape, make_optimizer
 from bench.preemption import PreemptionFlag, requeue_if_slurm
@@ -118,6 +119,10 @@ class Job:
             donate_argnums=(0,))
         self._evaluate = jax.jit(make_evaluate(self.fns, self.mesh))
         self._compiled: dict[Any, Callable] = {}
+        self.probe = CurvatureProbe(
+            cfg.metrics, self.fns, self.data.x_train, self.data.y_train,
+            [jax.random.fold_in(jax.random.PRNGKey(r.seed), STREAM_PROBES) for r in self.replicas],
+            self.mesh) if cfg.metrics.hessian else None
         self._eval_sets = {
             split: tuple(global_array(a, batch_sharded(self.mesh, 1, 2))
                          for a in eval_indices(n, cfg.eval.batch_size, self.mesh.size))
@@ -227,11 +232,15 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
         state, extra = ckpt.restore(latest, state)
         step, last_lr = latest, np.asarray(extra["last_lr"])
         _restore_progress(records, job.timings, extra, latest)
+        if job.probe is not None:
+            job.probe.load_state_dict(extra["noise_ema"])
 
     def loop_extra() -> dict[str, Any]:
         keep = ("history", "final", "status", "diverged_at_step", "error")
+        keep += ("curvature",)
         return {"records": [{k: r[k] for k in keep} for r in records], "last_lr": last_lr,
-                "timings": job.timings.as_dict()}
+                "timings": job.timings.as_dict(),
+                "noise_ema": job.probe.state_dict() if job.probe is not None else None}
 
     tracker = make_tracker(cfg.logger, config=config_dict, run_id=chash,
                            name=cfg.name or f"B{cfg.batch_size}-{cfg.dataset.name}-{cfg.model.name}",
@@ -241,16 +250,19 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
     progress = Progress(job.total_steps, enabled=cfg.progress and primary, start=step)
     with PreemptionFlag() as flag, ckpt, progress:
         while True:
-            if step % eval_every == 0 or step == job.total_steps:
+            measure_now = job.probe is not None and job.probe.due(step, job.total_steps)
+            if step % eval_every == 0 or step == job.total_steps or measure_now:
                 rows = _evaluate_into_records(job, state, step, records, last_lr)
+                if measure_now:
+                    _measure_into_rows(job, state, step, records, rows, last_lr)
                 if tracker is not None and rows:
                     tracker.log_rows(rows, step)
                 progress.eval(step, rows)
                 write_all()
             if step >= job.total_steps or all(r["status"] != "running" for r in records):
                 break
-            next_eval = (step // eval_every + 1) * eval_every
-            count = min(next_eval, job.total_steps, step + cfg.steps_per_call) - step
+            count = min(_next_event(step, eval_every, cfg.metrics.every if job.probe else None),
+                        job.total_steps, step + cfg.steps_per_call) - step
             state, metrics = job.train(state, step, count)
             step += count
             last_lr = metrics["lr"][-1]
@@ -302,6 +314,26 @@ def _evaluate_into_records(job: Job, state: TrainState, step: int, records: list
         record["final"] = row
         rows[k] = row
     return rows
+
+
+def _next_event(step: int, eval_every: int, metrics_every: int | None) -> int:
+    """The next step after ``step`` at which evaluation or curvature measurement is due."""
+    nxt = (step // eval_every + 1) * eval_every
+    if metrics_every:
+        nxt = min(nxt, (step // metrics_every + 1) * metrics_every)
+    return nxt
+
+
+def _measure_into_rows(job: Job, state: TrainState, step: int, records: list[dict[str, Any]],
+                       rows: dict[int, dict[str, Any]], last_lr: np.ndarray) -> None:
+    """Curvature statistics of every live replica, merged into this step's eval rows."""
+    t = time.perf_counter()
+    for k, row in rows.items():
+        stats = job.probe.measure(state, k, float(last_lr[k]))
+        row.update(stats)
+        if step == job.total_steps:
+            records[k]["curvature"] = stats
+    job.timings.metrics_seconds += time.perf_counter() - t
 
 
 def _restore_progress(records: list[dict[str, Any]], timings: Timings, extra: dict[str, Any],
