@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
 
 from bench.metrics import hessian as hs
 from bench.metrics.curvature import measure
@@ -156,6 +157,23 @@ def test_lanczos_and_slq_survive_an_exhausted_krylov_space():
     # For a Rademacher probe v, the quadrature weight of lambda is |P_lambda v|^2/|v|^2 = multiplicity/50.
     for lam, count in mult.items():
         np.testing.assert_allclose(np.where(np.isclose(nodes, lam), weights, 0).sum(axis=1), count / 50, atol=1e-12)
+
+
+def test_partial_loss_traces_its_arrays_and_reuses_the_compiled_program(problem):
+    # A loss closing over changing arrays (BatchNorm statistics) passed as Partial(f, arrays):
+    # new arrays give new, correct results without recompiling (nor stale baked-in constants).
+    def scaled_loss(scale, params, batch):
+        return scale * loss_fn(params, batch)  # noqa: F821
+
+    lanczos = hs.lanczos_top_eigenvalues
+    before = lanczos.jitted._cache_size()
+    tops = [
+        lanczos(Partial(scaled_loss, jnp.float64(s)), problem.params, problem.data, jax.random.PRNGKey(3),
+                k=1, num_iters=30, chunk_size=40).eigenvalues[0]
+        for s in (1.0, 2.5)
+    ]  # fmt: skip
+    np.testing.assert_allclose(tops, [problem.eigs[-1], 2.5 * problem.eigs[-1]], rtol=1e-8)
+    assert lanczos.jitted._cache_size() == before + 1
 
 
 DEVICE_SCRIPT = (

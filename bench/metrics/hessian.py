@@ -13,8 +13,11 @@ the chunk size and of the device count up to float round-off.
 
 Each iterative method (Lanczos, power iteration, Hutchinson, SLQ) is one jitted
 program: the HVP is traced once and looped over with ``lax`` control flow, with no
-host round-trip per iteration. ``loss_fn`` and integer sizes are static arguments,
-so pass the same ``loss_fn`` object across calls to reuse compiled programs.
+host round-trip per iteration. Integer sizes are static arguments and ``loss_fn``
+is keyed by identity, so pass the same ``loss_fn`` object across calls to reuse
+compiled programs, or a
+``jax.tree_util.Partial(f, stats)`` with a fixed ``f`` when the loss closes over
+arrays that change between calls (see ``jit_loss``).
 
 Lanczos is written out here (``lanczos``: full reorthogonalisation, restart on
 breakdown) rather than taken from ``matfree.decomp.tridiag_sym``: matfree 0.6
@@ -28,9 +31,9 @@ O(m P) memory.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
 from matfree import stochtrace
 
 PyTree = Any
@@ -50,6 +54,7 @@ __all__ = [
     "density_from_ritz",
     "hutchinson_trace",
     "hvp",
+    "jit_loss",
     "lanczos",
     "lanczos_top_eigenvalues",
     "num_examples",
@@ -63,6 +68,29 @@ __all__ = [
 def num_examples(data: Batch) -> int:
     """Number of examples N (leading axis of every leaf of ``data``)."""
     return int(jax.tree.leaves(data)[0].shape[0])
+
+
+def jit_loss(*static_argnames: str) -> Callable[[Callable], Callable]:
+    """``jax.jit`` for functions whose first argument is ``loss_fn``.
+
+    ``loss_fn`` travels as a pytree (``jax.tree_util.Partial``). A plain function is
+    keyed by identity, like a static argument, and arrays it closes over are baked
+    into the program. A ``Partial(f, *arrays)`` has its arrays traced: passing new
+    arrays (e.g. this step's BatchNorm statistics) with the same ``f`` reuses the
+    compiled program instead of compiling again.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        jitted = jax.jit(fn, static_argnames=static_argnames)
+
+        @functools.wraps(fn)
+        def wrapper(loss_fn: LossFn, *args: Any, **kwargs: Any) -> Any:
+            return jitted(loss_fn if isinstance(loss_fn, Partial) else Partial(loss_fn), *args, **kwargs)
+
+        wrapper.jitted = jitted  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
 
 
 def chunked_mean(fn: Callable[[Batch], PyTree], data: Batch, chunk_size: int | None) -> PyTree:
@@ -104,7 +132,7 @@ def _hvp(loss_fn: LossFn, params: PyTree, data: Batch, v: PyTree, chunk_size: in
     return chunked_mean(one_chunk, data, chunk_size)
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
+@jit_loss("chunk_size")
 def hvp(loss_fn: LossFn, params: PyTree, data: Batch, v: PyTree, *, chunk_size: int | None) -> PyTree:
     """Hessian-vector product H v of the full-data mean loss (same pytree as ``v``)."""
     return _hvp(loss_fn, params, data, v, chunk_size)
@@ -137,8 +165,8 @@ def lanczos(
     """Lanczos with full reorthogonalisation: (Q [m, P] orthonormal rows, alpha [m], beta [m]).
 
     T = tridiag(beta[:-1], alpha, beta[:-1]) = Q H Q^T; beta[-1] is the norm of the
-    final residual (H Q^T = Q^T T + beta[-1] q_{m+1} e_m^T). Each new vector is orthogonalised twice
-    against all previous ones (classical Gram-Schmidt, two passes). On breakdown
+    final residual (H Q^T = Q^T T + beta[-1] q_{m+1} e_m^T). Each new vector is
+    orthogonalised twice against all previous ones (classical Gram-Schmidt). On breakdown
     (beta <= 100 eps |T|: the Krylov space is H-invariant, as for an operator with
     fewer than m distinct eigenvalues) the iteration restarts from a random vector
     orthogonal to Q with beta = 0, so T stays exactly Q H Q^T (block diagonal) and
@@ -178,7 +206,7 @@ def ritz(alpha: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.linalg.eigh(t)
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "k", "num_iters", "chunk_size"))
+@jit_loss("k", "num_iters", "chunk_size")
 def lanczos_top_eigenvalues(
     loss_fn: LossFn,
     params: PyTree,
@@ -211,7 +239,7 @@ def lanczos_top_eigenvalues(
     return LanczosResult(top, residuals, theta, vecs)
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "num_iters", "chunk_size"))
+@jit_loss("num_iters", "chunk_size")
 def power_iteration_top_eigenvalue(
     loss_fn: LossFn,
     params: PyTree,
@@ -234,7 +262,7 @@ def power_iteration_top_eigenvalue(
     return eig, jnp.linalg.norm(matvec(vec) - eig * vec)
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "num_probes", "chunk_size"))
+@jit_loss("num_probes", "chunk_size")
 def hutchinson_trace(
     loss_fn: LossFn,
     params: PyTree,
@@ -256,7 +284,7 @@ def hutchinson_trace(
     return jnp.mean(samples), jnp.asarray(stderr, samples.dtype)
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "num_probes", "num_iters", "chunk_size"))
+@jit_loss("num_probes", "num_iters", "chunk_size")
 def slq_ritz(
     loss_fn: LossFn,
     params: PyTree,

@@ -21,14 +21,13 @@ divide afterwards, as the paper advises.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from bench.metrics.hessian import Batch, LossFn, PyTree, num_examples
+from bench.metrics.hessian import Batch, LossFn, PyTree, jit_loss, num_examples
 
 __all__ = ["NoiseScaleEMA", "NoiseScaleEstimate", "gradient_noise_scale", "two_batch_estimates", "update"]
 
@@ -50,7 +49,7 @@ def two_batch_estimates(
     return grad_norm_sq, trace_sigma
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "small_batch", "num_small"))
+@jit_loss("small_batch", "num_small")
 def gradient_noise_scale(
     loss_fn: LossFn,
     params: PyTree,

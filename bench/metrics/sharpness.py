@@ -25,7 +25,6 @@ What is implemented (choices the paper leaves open are marked *):
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -34,7 +33,7 @@ import numpy as np
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
-from bench.metrics.hessian import Batch, LossFn, PyTree, chunked_mean
+from bench.metrics.hessian import Batch, LossFn, PyTree, chunked_mean, jit_loss
 
 __all__ = ["SharpnessResult", "keskar_sharpness", "loss_and_grad_at", "random_subspace"]
 
@@ -47,7 +46,7 @@ class SharpnessResult(NamedTuple):
     evaluations: int  # loss+gradient evaluations on the full data
 
 
-@partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
+@jit_loss("chunk_size")
 def loss_and_grad_at(
     loss_fn: LossFn,
     params: PyTree,
