@@ -159,21 +159,26 @@ def test_lanczos_and_slq_survive_an_exhausted_krylov_space():
         np.testing.assert_allclose(np.where(np.isclose(nodes, lam), weights, 0).sum(axis=1), count / 50, atol=1e-12)
 
 
-def test_partial_loss_traces_its_arrays_and_reuses_the_compiled_program(problem):
-    # A loss closing over changing arrays (BatchNorm statistics) passed as Partial(f, arrays):
-    # new arrays give new, correct results without recompiling (nor stale baked-in constants).
+def test_closed_over_arrays_are_traced_so_new_closures_reuse_the_compiled_program(problem):
+    # The loop builds a fresh closure over this step's BatchNorm statistics at every
+    # measurement; a fresh closure over new arrays must give new, correct results
+    # (no stale baked-in constants) without compiling again. Same for a Partial.
+    def make_loss(scale):
+        return lambda params, batch: scale * loss_fn(params, batch)  # noqa: F821
+
     def scaled_loss(scale, params, batch):
         return scale * loss_fn(params, batch)  # noqa: F821
 
     lanczos = hs.lanczos_top_eigenvalues
-    before = lanczos.jitted._cache_size()
-    tops = [
-        lanczos(Partial(scaled_loss, jnp.float64(s)), problem.params, problem.data, jax.random.PRNGKey(3),
-                k=1, num_iters=30, chunk_size=40).eigenvalues[0]
-        for s in (1.0, 2.5)
-    ]  # fmt: skip
-    np.testing.assert_allclose(tops, [problem.eigs[-1], 2.5 * problem.eigs[-1]], rtol=1e-8)
-    assert lanczos.jitted._cache_size() == before + 1
+    for make in (make_loss, lambda s: Partial(scaled_loss, s)):
+        before = lanczos.jitted._cache_size()
+        tops = [
+            lanczos(make(jnp.float64(s)), problem.params, problem.data, jax.random.PRNGKey(3), k=1, num_iters=30,
+                    chunk_size=40).eigenvalues[0]
+            for s in (1.0, 2.5)
+        ]  # fmt: skip
+        np.testing.assert_allclose(tops, [problem.eigs[-1], 2.5 * problem.eigs[-1]], rtol=1e-8)
+        assert lanczos.jitted._cache_size() == before + 1
 
 
 DEVICE_SCRIPT = (

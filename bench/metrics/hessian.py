@@ -13,11 +13,10 @@ the chunk size and of the device count up to float round-off.
 
 Each iterative method (Lanczos, power iteration, Hutchinson, SLQ) is one jitted
 program: the HVP is traced once and looped over with ``lax`` control flow, with no
-host round-trip per iteration. Integer sizes are static arguments and ``loss_fn``
-is keyed by identity, so pass the same ``loss_fn`` object across calls to reuse
-compiled programs, or a
-``jax.tree_util.Partial(f, stats)`` with a fixed ``f`` when the loss closes over
-arrays that change between calls (see ``jit_loss``).
+host round-trip per iteration. Integer sizes are static arguments; ``loss_fn`` is
+keyed by its code, and jax arrays it closes over are traced arguments (see
+``lift_closure``), so a fresh closure over this step's BatchNorm statistics reuses
+the programs compiled at the previous measurement.
 
 Lanczos is written out here (``lanczos``: full reorthogonalisation, restart on
 breakdown) rather than taken from ``matfree.decomp.tridiag_sym``: matfree 0.6
@@ -33,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -56,6 +56,7 @@ __all__ = [
     "hvp",
     "jit_loss",
     "lanczos",
+    "lift_closure",
     "lanczos_top_eigenvalues",
     "num_examples",
     "power_iteration_top_eigenvalue",
@@ -70,14 +71,70 @@ def num_examples(data: Batch) -> int:
     return int(jax.tree.leaves(data)[0].shape[0])
 
 
+class _Same:
+    """Hashes and compares by identity (and keeps the object alive, so ids stay unique)."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+
+_LIFTED: dict[tuple, Callable] = {}
+
+
+def _is_array_tree(value: Any) -> bool:
+    leaves = jax.tree.leaves(value)
+    return bool(leaves) and all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
+def lift_closure(loss_fn: LossFn) -> Partial:
+    """``loss_fn`` as a ``Partial(g, arrays)``: the jax arrays it closes over become arguments.
+
+    A closure such as ``lambda p, b: apply(p, stats, b)`` built afresh at every
+    measurement would otherwise be a new static function each time (a recompile,
+    with ``stats`` baked in as constants). ``g`` is cached per code object and
+    per identity of the non-array closure values, so a new closure over new arrays
+    reuses the compiled program. Anything else (a Partial, a function without
+    array-valued closure cells) is passed through unchanged, keyed by identity.
+    """
+    if isinstance(loss_fn, Partial):
+        return loss_fn
+    try:
+        contents = [cell.cell_contents for cell in (getattr(loss_fn, "__closure__", None) or ())]
+    except ValueError:  # an empty cell
+        return Partial(loss_fn)
+    lift = tuple(_is_array_tree(v) for v in contents)
+    if not any(lift):
+        return Partial(loss_fn)
+    static = tuple(None if lifted else v for v, lifted in zip(contents, lift))
+    code, defaults, kwdefaults = loss_fn.__code__, loss_fn.__defaults__, loss_fn.__kwdefaults__
+    key = (code, _Same(loss_fn.__globals__), _Same(defaults), _Same(kwdefaults), lift, tuple(map(_Same, static)))
+    if key not in _LIFTED:
+        glob, name = loss_fn.__globals__, loss_fn.__name__
+
+        def rebuilt(arrays: list, *args: Any, **kwargs: Any) -> Any:
+            values = iter(arrays)
+            cells = tuple(types.CellType(next(values) if lifted else v) for v, lifted in zip(static, lift))
+            fn = types.FunctionType(code, glob, name, defaults, cells)
+            fn.__kwdefaults__ = kwdefaults
+            return fn(*args, **kwargs)
+
+        _LIFTED[key] = rebuilt
+    return Partial(_LIFTED[key], [v for v, lifted in zip(contents, lift) if lifted])
+
+
 def jit_loss(*static_argnames: str) -> Callable[[Callable], Callable]:
     """``jax.jit`` for functions whose first argument is ``loss_fn``.
 
-    ``loss_fn`` travels as a pytree (``jax.tree_util.Partial``). A plain function is
-    keyed by identity, like a static argument, and arrays it closes over are baked
-    into the program. A ``Partial(f, *arrays)`` has its arrays traced: passing new
-    arrays (e.g. this step's BatchNorm statistics) with the same ``f`` reuses the
-    compiled program instead of compiling again.
+    ``loss_fn`` travels as a pytree (``jax.tree_util.Partial``, see ``lift_closure``):
+    jax arrays it closes over, or that a ``Partial(f, *arrays)`` carries, are traced,
+    so new values (e.g. this step's BatchNorm statistics) with the same code reuse
+    the compiled program instead of compiling again with the values baked in.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -85,7 +142,7 @@ def jit_loss(*static_argnames: str) -> Callable[[Callable], Callable]:
 
         @functools.wraps(fn)
         def wrapper(loss_fn: LossFn, *args: Any, **kwargs: Any) -> Any:
-            return jitted(loss_fn if isinstance(loss_fn, Partial) else Partial(loss_fn), *args, **kwargs)
+            return jitted(lift_closure(loss_fn), *args, **kwargs)
 
         wrapper.jitted = jitted  # type: ignore[attr-defined]
         return wrapper
