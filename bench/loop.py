@@ -21,15 +21,15 @@ from flax import nnx
 
 from bench import record as rec
 from bench.checkpoint import Checkpointer
-from bench.config import (Config, as_dict, scaled_lr, steps_per_epoch, total_steps, validate,
+from bench.config import (Config, as_dict, scaled_lr, steps_per_epoch, validate,
                           validate_with_data)
 from bench.data import ArrayDataset, load_dataset
-from bench.data.batching import BatchIndexer
+from bench.data.batching import BatchPlan, plan_lr_shape
 from bench.metrics.convergence import convergence_summary
 from bench.metrics.generalization import generalization_gap
 from bench.metrics.probe import CurvatureProbe
 from bench.models import build_model
-from bench.optim import lr_shape, make_optimizer
+from bench.optim import make_optimizer
 from bench.preemption import PreemptionFlag, requeue_if_slurm
 from bench.parallel import (batch_sharded, global_array, make_mesh, maybe_initialize_distributed,
                             put_replicated, replicated)
@@ -100,7 +100,10 @@ class Job:
         validate_with_data(cfg, self.data.num_train)
         self.replicas = replica_grid(cfg)
         self.spe = steps_per_epoch(cfg, self.data.num_train)
-        self.total_steps = total_steps(cfg, self.data.num_train)
+        # Per-step batch size, examples and data order (constant B unless cfg.batch_schedule).
+        self.plan = BatchPlan.from_config(cfg, self.data.num_train, self.mesh.size,
+                                          [r.seed for r in self.replicas])
+        self.total_steps = self.plan.total_steps
         self.timings = Timings()
 
         abstract = nnx.eval_shape(lambda: self._build(jax.random.key(0)))
@@ -108,12 +111,12 @@ class Job:
         self.fns = ModelFns(self.graphdef)
         self.tx = make_optimizer(cfg.optimizer)
         peak_over_base = (cfg.batch_size / cfg.scaling.base_batch_size) ** cfg.scaling.alpha
-        self.lr_shape = lr_shape(cfg, self.data.num_train, peak_over_base)
+        self.lr_shape = plan_lr_shape(cfg, self.plan, peak_over_base)
 
         rep = put_replicated
         self.x_train, self.y_train = rep(self.data.x_train, self.mesh), rep(self.data.y_train, self.mesh)
         self.x_test, self.y_test = rep(self.data.x_test, self.mesh), rep(self.data.y_test, self.mesh)
-        self.indexer = BatchIndexer([r.seed for r in self.replicas], self.data.num_train, cfg.batch_size)
+        self.indexer = self.plan
         self._train_chunk = jax.jit(
             make_train_chunk(self.fns, self.tx, self.lr_shape, cfg.accumulate, self.mesh),
             donate_argnums=(0,))
@@ -163,10 +166,11 @@ class Job:
         return self._compiled[key]
 
     def train(self, state: TrainState, start: int, count: int) -> tuple[TrainState, dict[str, np.ndarray]]:
-        """Run steps [start, start + count); returns host metrics of shape [count, K]."""
+        """Run steps [start, start + count) (one batch size); returns host metrics [count, K]."""
         idx = global_array(self.indexer.indices(start, count),
                            batch_sharded(self.mesh, 2, 3))
-        fn = self._compile(("train", count), self._train_chunk, state, self.x_train, self.y_train, idx)
+        key = ("train", count, idx.shape[2])  # each (steps per call, batch size) compiles once
+        fn = self._compile(key, self._train_chunk, state, self.x_train, self.y_train, idx)
         t = time.perf_counter()
         state, metrics = fn(state, self.x_train, self.y_train, idx)
         metrics = jax.device_get(metrics)  # waits for the computation: honest wall time
@@ -187,8 +191,9 @@ class Job:
 
 
 def eval_row(job: Job, step: int, k: int, ev: dict[str, np.ndarray], lr: float) -> dict[str, Any]:
-    b = job.cfg.batch_size
-    row = {"step": step, "epoch": step / job.spe, "examples": step * b,
+    # examples: sum of the batch sizes of steps < step; batch_size: that of the last step taken
+    b = job.plan.batch_size(max(step - 1, 0))
+    row = {"step": step, "epoch": job.plan.epoch(step), "examples": job.plan.examples(step),
            "train_seconds": job.timings.train_seconds, "lr": lr, "batch_size": b}
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
         row[key] = float(ev[key][k])
@@ -262,7 +267,8 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
             if step >= job.total_steps or all(r["status"] != "running" for r in records):
                 break
             count = min(_next_event(step, eval_every, cfg.metrics.every if job.probe else None),
-                        job.total_steps, step + cfg.steps_per_call) - step
+                        job.total_steps, step + cfg.steps_per_call,
+                        job.plan.next_change(step) or job.total_steps) - step  # one B per call
             state, metrics = job.train(state, step, count)
             step += count
             last_lr = metrics["lr"][-1]
@@ -360,7 +366,8 @@ def _new_record(job: Job, config: dict[str, Any], chash: str, r: Replica) -> dic
             "scaling": cfg.scaling.rule, "schedule": cfg.schedule.name, "batch_size": cfg.batch_size,
             "accumulate": cfg.accumulate, "num_train": job.data.num_train,
             "num_test": job.data.num_test, "num_params": job.num_params,
-            "steps_per_epoch": job.spe, "total_steps": job.total_steps},
+            "steps_per_epoch": job.spe, "total_steps": job.total_steps,
+            "batch_schedule": cfg.batch_schedule.name, "batch_stages": job.plan.describe()},
         environment=rec.environment())
     return record
 

@@ -328,10 +328,15 @@ class BatchPlan:
         return [(self.steps_to_epoch(e), f) for e, f in self.lr_factors]
 
     def describe(self) -> list[dict]:
-        """The stages as plain dicts (for records and logs)."""
+        """Every boundary (B change or LR factor) as plain dicts, for records and logs."""
         factors = dict(self.lr_factors)
-        return [{"epoch": float(e), "batch_size": b, "step": self.steps_to_epoch(e),
-                 "lr_factor": factors.get(float(e), 1.0)} for e, b in self.stages]
+        sizes = {float(e): b for e, b in self.stages}
+        b, out = self.b, []
+        for e in sorted(set(sizes) | set(factors)):
+            b = sizes.get(e, b)
+            out.append({"epoch": e, "step": self.steps_to_epoch(e), "batch_size": b,
+                        "lr_factor": factors.get(e, 1.0)})
+        return out
 
 
 class BatchIndexer(BatchPlan):

@@ -1,0 +1,238 @@
+"""Batch-size schedules: BatchPlan data order, Smith et al.'s `increase`, `warmup`, the loop's record."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bench.loop
+from bench.config import ConfigError, validate, validate_with_data
+from bench.data.batching import (BatchIndexer, BatchPlan, epoch_permutation, increase_stages,
+                                 plan_lr_shape, warmup_stages)
+from bench.optim import lr_shape
+from conftest import small_config
+
+
+def _classic(seeds, n, b, start, count):
+    """The constant-B loader as it was before BatchPlan (drop-last, one permutation per epoch)."""
+    spe = n // b
+    return np.stack([np.stack([epoch_permutation(s, (start + t) // spe, n)[
+        ((start + t) % spe) * b:((start + t) % spe + 1) * b] for s in seeds]) for t in range(count)])
+
+
+def test_constant_plan_is_the_classic_drop_last_loader():
+    plan = BatchIndexer([1, 2], 100, 30)  # 3 steps per epoch, 10 examples dropped
+    np.testing.assert_array_equal(plan.indices(5, 7), _classic([1, 2], 100, 30, 5, 7))
+    assert plan.spe == 3 and plan.next_change(0) is None and plan.segments(4, 50) == [(4, 46, 30)]
+    assert [plan.examples(t) for t in (0, 1, 7)] == [0, 30, 210]
+    assert plan.epoch(10) == pytest.approx(300 / 100)
+
+
+def _walk(plan: BatchPlan, steps: int):
+    """Per step: (data epoch, offset, B), checking examples(t) is the cumulative sum of B."""
+    out, examples = [], 0
+    for t in range(steps):
+        e, off = plan.data_epoch(t)
+        b = plan.batch_size(t)
+        assert plan.examples(t) == examples and plan.epoch(t) == pytest.approx(examples / plan.n)
+        examples += b
+        out.append((e, off, b))
+    return out
+
+
+def test_variable_batch_epochs_are_drop_last_and_never_straddle():
+    n = 1000
+    plan = BatchPlan([7, 3], n, [(0, 32), (1, 64), (2.5, 128)])
+    steps = plan.steps_before_epoch(5)
+    walk = _walk(plan, steps)
+    for e in range(5):
+        batches = [(off, b) for ep, off, b in walk if ep == e]
+        # consecutive slices of this epoch's permutation, each wholly inside the epoch
+        pos = 0
+        for off, b in batches:
+            assert off == pos and off + b <= n
+            pos += b
+        assert n - pos < batches[-1][1]          # only a remainder smaller than a batch is dropped
+    sizes = {e: sorted({b for ep, _, b in walk if ep == e}) for e in range(5)}
+    assert sizes == {0: [32], 1: [64], 2: [64, 128], 3: [128], 4: [128]}
+    # mid-epoch switch at progress 2.5: the first 128-batch is the first batch starting at >= 500
+    first128 = next(off for ep, off, b in walk if ep == 2 and b == 128)
+    assert first128 == 512 and plan.steps_to_epoch(2.5) == plan.steps_before_epoch(2) + 8
+    assert plan.steps_before_epoch(1) == 31 and plan.steps_before_epoch(2) == 31 + 15
+    # indices: replica k follows its own permutation, whatever the other replicas are
+    t0 = plan.steps_before_epoch(3) + 2
+    idx = plan.indices(t0, 3)
+    assert idx.shape == (3, 2, 128) and idx.dtype == np.int32
+    np.testing.assert_array_equal(idx[:, 1], BatchPlan([3], n, [(0, 32), (1, 64), (2.5, 128)]).indices(t0, 3)[:, 0])
+    np.testing.assert_array_equal(idx[0, 0], epoch_permutation(7, 3, n)[256:384])
+
+
+def test_segments_partition_steps_into_constant_batch_runs():
+    plan = BatchPlan([0], 1000, [(0, 32), (1, 64), (2.5, 128)])
+    segs = plan.segments(20, 80)
+    assert segs == [(20, 11, 32), (31, 23, 64), (54, 26, 128)]
+    assert sum(c for _, c, _ in segs) == 60
+    np.testing.assert_array_equal(plan.batch_sizes(20, 80), np.repeat([32, 64, 128], [11, 23, 26]))
+    assert plan.next_change(20) == 31 and plan.next_change(31) == 54 and plan.next_change(54) is None
+    with pytest.raises(ValueError, match="mix batch sizes"):
+        plan.indices(29, 4)
+    assert plan.indices(31, 23).shape == (23, 1, 64)
+    assert plan.sizes(80) == [32, 64, 128]
+
+
+def test_increase_multiplies_batch_at_lr_boundaries_and_decays_lr_past_the_cap():
+    # decay 0.2 at epochs 2, 4, 5 -> B x5 instead: 32 -> 160 -> 800 > cap 512: B = 512, LR x 0.2*512/160
+    stages, factors = increase_stages(32, [2, 4, 5], 0.2, factor=None, cap=512)
+    assert stages == [(0, 32), (2, 160), (4, 512)]
+    assert factors == [(2.0, pytest.approx(1.0)), (4.0, pytest.approx(0.64)), (5.0, pytest.approx(0.2))]
+    # lr / B follows the step schedule at every boundary: x 0.2 each time
+    b, lr = 32, 1.0
+    for (_, f), new in zip(factors, [160, 512, 512]):
+        assert (lr * f / new) / (lr / b) == pytest.approx(0.2)
+        b, lr = new, lr * f
+    # an explicit factor smaller than 1/decay: the LR takes the rest at every boundary
+    stages, factors = increase_stages(32, [2, 4], 0.2, factor=2, cap=512)
+    assert stages == [(0, 32), (2, 64), (4, 128)] and [f for _, f in factors] == pytest.approx([0.4, 0.4])
+    # sizes stay multiples of the quantum (accumulate x devices)
+    stages, _ = increase_stages(24, [1], 0.3, factor=None, cap=1000, quantum=8)
+    assert stages[1][1] % 8 == 0 and stages[1][1] == 80
+
+
+def _cfg(**kw):
+    base = dict(batch_size=32, budget="6epochs", schedule={"name": "step", "decay_epochs": [2, 4],
+                                                            "decay_factor": 0.2})
+    base.update(kw)
+    return small_config(**base)  # synthetic N = 512
+
+
+def test_increase_plan_and_lr_shape_from_config():
+    cfg = _cfg(batch_schedule={"name": "increase"})
+    plan = BatchPlan.from_config(validate(cfg), 512)
+    # epochs 0-1: 16 steps of 32; 2-3: 3 steps of 160 (32 dropped); 4-5: 1 full batch of 512 (capped)
+    assert plan.total_steps == 32 + 6 + 2
+    assert [plan.batch_size(t) for t in (0, 31, 32, 37, 38, 39)] == [32, 32, 160, 160, 512, 512]
+    shape = plan_lr_shape(cfg, plan)
+    lrs = [float(shape(jnp.asarray(t))) for t in range(plan.total_steps)]
+    np.testing.assert_allclose(lrs[:38], 1.0)                       # no decay where B grew x5
+    np.testing.assert_allclose(lrs[38:], 0.2 * 512 / 160, rtol=1e-6)  # cap: LR decays the rest
+    # the same config without the batch schedule decays the LR at both boundaries
+    plain = lr_shape(cfg, 512)                                       # boundaries at steps 32, 64
+    assert [float(plain(jnp.asarray(t))) for t in (31, 40, 70)] == pytest.approx([1.0, 0.2, 0.04])
+    constant = plan_lr_shape(cfg, BatchPlan.from_config(validate(_cfg()), 512))
+    assert [float(constant(jnp.asarray(t))) for t in range(96)] == [float(plain(jnp.asarray(t))) for t in range(96)]
+
+
+def test_warmup_plan_from_config_and_lr_boundaries_in_plan_steps():
+    stages = warmup_stages(16, 128, 3.0, growth=2)
+    assert stages == [(0, 16), (1, 32), (2, 64), (3, 128)]
+    assert warmup_stages(16, 128, 2.0, growth=4) == [(0, 16), (1, 64), (2, 128)]
+    cfg = _cfg(batch_size=128, budget="5epochs", schedule={"name": "step", "decay_epochs": [4],
+                                                            "decay_factor": 0.1},
+               batch_schedule={"name": "warmup", "start_batch_size": 16, "warmup_epochs": 3})
+    plan = BatchPlan.from_config(validate(cfg), 512)
+    assert plan.sizes() == [16, 32, 64, 128]
+    assert plan.total_steps == 32 + 16 + 8 + 4 + 4
+    shape = plan_lr_shape(cfg, plan)
+    decay_at = plan.steps_to_epoch(4)
+    assert decay_at == 60
+    assert float(shape(jnp.asarray(decay_at - 1))) == pytest.approx(1.0)
+    assert float(shape(jnp.asarray(decay_at))) == pytest.approx(0.1)
+
+
+def test_examples_and_epoch_budgets_count_plan_steps():
+    plan = BatchPlan([0], 512, [(0, 32), (2, 160), (4, 512)])
+    assert plan.steps_for_budget("6epochs") == 40
+    assert plan.steps_for_budget("3epochs") == 35
+    assert plan.steps_for_budget("1024examples") == 32            # exactly two epochs of 32
+    assert plan.steps_for_budget("1100examples") == 32            # the next batch (160) would exceed it
+    assert plan.steps_for_budget("7steps") == 7
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_schedule={"name": "bigger"}), "unknown batch_schedule 'bigger'"),
+    (dict(batch_schedule={"name": "increase"}, schedule={"name": "cosine"}), "use schedule=step"),
+    (dict(batch_schedule={"name": "increase", "factor": 1.0}), "batch_schedule.factor=1.0 must be > 1"),
+    (dict(batch_schedule={"name": "increase", "max_batch_size": 16}), "max_batch_size=16 must be >="),
+    (dict(batch_schedule={"name": "warmup"}), "start_batch_size=None must be below"),
+    (dict(batch_schedule={"name": "warmup", "start_batch_size": 64, "warmup_epochs": 1}), "start_batch_size=64"),
+    (dict(batch_schedule={"name": "warmup", "start_batch_size": 8}), "warmup_epochs=0.0 must be > 0"),
+    (dict(batch_schedule={"name": "warmup", "start_batch_size": 8, "warmup_epochs": 1, "growth": 1}),
+     "growth=1 must be > 1"),
+])
+def test_bad_batch_schedules_fail_with_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(_cfg(**overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_batch_schedule_sizes_must_suit_devices_and_data():
+    cfg = _cfg(batch_schedule={"name": "warmup", "start_batch_size": 6, "warmup_epochs": 1})
+    validate(cfg)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        validate(cfg, num_devices=4)
+    cfg = _cfg(batch_schedule={"name": "increase", "max_batch_size": 1024})
+    with pytest.raises(ConfigError, match="larger than the training set"):
+        validate_with_data(validate(cfg), 512)
+
+
+def test_hydra_groups_compose():
+    from bench.profile import compose
+
+    cfg = compose(["batch_schedule=increase", "schedule=step"])
+    assert cfg.batch_schedule.name == "increase" and cfg.batch_schedule.factor is None
+    cfg = compose(["batch_schedule=warmup", "batch_schedule.start_batch_size=16"])
+    assert cfg.batch_schedule.start_batch_size == 16 and cfg.batch_schedule.growth == 2.0
+    assert compose([]).batch_schedule.name == "constant"
+
+
+@pytest.fixture
+def spy_jobs(monkeypatch):
+    jobs = []
+
+    class SpyJob(bench.loop.Job):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            jobs.append(self)
+
+    monkeypatch.setattr(bench.loop, "Job", SpyJob)
+    return jobs
+
+
+def test_loop_records_per_step_batch_size_examples_and_epoch(tmp_path, spy_jobs):
+    # N = 512, B = 32; LR decays x0.5 at epochs 1 and 2 -> B doubles at 1; at 2 the cap (64) binds
+    cfg = small_config(batch_size=32, budget="3epochs", eval={"every_steps": 4, "batch_size": 256},
+                       schedule={"name": "step", "decay_epochs": [1, 2], "decay_factor": 0.5},
+                       batch_schedule={"name": "increase", "max_batch_size": 64})
+    (record,) = bench.loop.run(cfg, tmp_path)
+    assert record["status"] == "finished"
+    rows = {r["step"]: r for r in record["history"]}
+    assert sorted(rows) == list(range(0, 33, 4))            # 16 steps of 32, then 8 + 8 of 64
+    for s, row in rows.items():
+        b = 32 if s <= 16 else 64                           # B of the last step taken
+        examples = 32 * min(s, 16) + 64 * max(s - 16, 0)
+        assert (row["batch_size"], row["examples"]) == (b, examples), s
+        assert row["epoch"] == pytest.approx(examples / 512)
+        assert row["lr"] == pytest.approx(0.05 if s <= 24 else 0.025), s   # decays only at the cap
+    assert rows[32]["epoch"] == pytest.approx(3.0)
+    assert record["experiment"]["total_steps"] == 32 and record["experiment"]["batch_schedule"] == "increase"
+    # each batch size compiled once (calls never mix two sizes; every call here has 4 steps)
+    (job,) = spy_jobs
+    train_keys = [k for k in job._compiled if k[0] == "train"]
+    assert sorted(train_keys) == [("train", 4, 32), ("train", 4, 64)]
+
+
+def test_loop_with_warmup_calls_never_mix_batch_sizes(tmp_path, spy_jobs):
+    cfg = small_config(batch_size=128, budget="3epochs", eval={"every_steps": 10, "batch_size": 256},
+                       batch_schedule={"name": "warmup", "start_batch_size": 32, "warmup_epochs": 2})
+    (record,) = bench.loop.run(cfg, tmp_path)
+    (job,) = spy_jobs
+    assert job.total_steps == 16 + 8 + 4
+    last = record["history"][-1]
+    assert (last["step"], last["examples"], last["batch_size"]) == (28, 3 * 512, 128)
+    assert [r["batch_size"] for r in record["history"]] == [32, 32, 64, 128]   # steps 0, 10, 20, 28
+    keys = [k for k in job._compiled if k[0] == "train"]
+    # eval at 10, 20; B changes at 16 and 24: calls [0,10) [10,16) [16,20) [20,24) [24,28)
+    assert sorted(keys) == sorted([("train", 10, 32), ("train", 6, 32), ("train", 4, 64), ("train", 4, 128)])
