@@ -117,7 +117,9 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
         zeros = jax.tree.map(jnp.zeros_like, params)
         init = (stats, zeros, jnp.zeros(()), jnp.zeros(()))
         (stats, gsum, lsum, asum), _ = jax.lax.scan(
-            body, init, (split(x), split(y), jnp.arange(accumulate)), unroll=scan_unroll(accumulate))
+            body, init, (split(x), split(y), jnp.arange(accumulate)))
+        # Rolled on every backend: memory is that of one microbatch, the point of accumulating
+        # (unrolled, XLA keeps several microbatches live). On CPU this costs speed for convs.
         grads = jax.tree.map(lambda g: g / accumulate, gsum)
         return lsum / accumulate, asum / accumulate, grads, stats
 
