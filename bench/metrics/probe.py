@@ -2,7 +2,8 @@
 
 Each replica follows one fixed evaluation subset through training (its probe key folds the
 replica's root seed with the probe stream), measured in eval mode (BatchNorm running
-statistics, no dropout). The noise-scale EMA of each replica lives here and is saved in
+statistics, no dropout); bench.metrics lifts the statistics closed over by the loss into traced
+arguments, so a new closure per measurement reuses the compiled programs. The noise-scale EMA of each replica lives here and is saved in
 checkpoints with the loop's other metadata.
 """
 
@@ -32,7 +33,6 @@ class CurvatureProbe:
             return global_array(a, sharding)
         self.data = {"x": place(x_train), "y": place(y_train)}
         self.ema: list[NoiseScaleEMA | None] = [None] * len(probe_keys)
-        self._stateless_loss = None  # reused across calls, so the metrics' jits hit their cache
 
     def due(self, step: int, total_steps: int) -> bool:
         if not self.cfg.hessian:
@@ -43,21 +43,9 @@ class CurvatureProbe:
         """All enabled statistics of replica ``k`` at its current parameters."""
         params = jax.tree.map(lambda a: a[k], state.params)
         stats = jax.tree.map(lambda a: a[k], state.stats)
-        out, self.ema[k] = measure(self.cfg, self._loss_fn(stats), params, self.data,
+        out, self.ema[k] = measure(self.cfg, self.fns.eval_loss_fn(stats), params, self.data,
                                    self.keys[k], lr=lr, ema_state=self.ema[k])
         return out
-
-    def _loss_fn(self, stats):
-        """The eval-mode loss; one function object per job when there are no BatchNorm stats.
-
-        The metrics jit with ``loss_fn`` static, so a new closure recompiles them: with
-        BatchNorm (statistics closed over) each measurement pays that compile.
-        """
-        if jax.tree.leaves(stats):
-            return self.fns.eval_loss_fn(stats)
-        if self._stateless_loss is None:
-            self._stateless_loss = self.fns.eval_loss_fn(stats)
-        return self._stateless_loss
 
     def state_dict(self) -> list[dict[str, float] | None]:
         return [None if e is None else dataclasses.asdict(e) for e in self.ema]
