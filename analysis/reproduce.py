@@ -11,7 +11,8 @@ vmapped replicas. Then, into ``--out`` (default ``results/<finding>``):
 
 * ``records/<job>/record_r<k>.json`` (+ ``params_r<k>.npz`` where the preset saves them);
 * keskar only: ``interpolation.csv`` (``bench.interpolate.interpolation_curve`` between the SB
-  and LB solutions of seed 0, alpha in [-1, 2]);
+  and LB solutions of seed 0, alpha in [-1, 2], BatchNorm statistics interpolated) and
+  ``interpolation_bn_recomputed.csv`` (the same with the statistics recomputed per alpha);
 * ``figures/<name>.png`` (``analysis.figures.make_figures``; PNG only);
 * ``summary.csv`` (one row per run: batch size, LR, seed, status, final metrics, curvature);
 * ``report.md``: how it was produced (command, plan, wall time) followed by
@@ -148,12 +149,13 @@ def offline_plan(finding: str, *, seeds: int | None = None, budget_scale: float 
         report = {"sb": 32, "lb": 400}
         interpolation = (32, 400)
     elif finding == "shallue":
-        # Greydanus CNN on MNIST-1D, goal 85% test accuracy, LR grid tuned per B; per-B step
-        # budgets (small B needs more steps, large B costs more per step) with ~25 evaluations.
-        bs, lrs = (8, 16, 32, 64, 128, 256, 512), (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-        steps = {8: 2000, 16: 1500, 32: 1000, 64: 600, 128: 400, 256: 300, 512: 300}
-        budget = {b: f"{steps[b]}steps" for b in bs}
-        every = {8: 80, 16: 60, 32: 40, 64: 25, 128: 16, 256: 12, 512: 12}
+        # Greydanus CNN on MNIST-1D, goal 85% test accuracy, LR grid tuned per B (the best LR
+        # must be inside the grid: 0.5 fails at every B); the same 100,000 examples (25 epochs)
+        # at every B, so final accuracies compare at equal epochs; evaluations every ~4-6% of the
+        # steps-to-result, for its resolution.
+        bs, lrs = (8, 16, 32, 64, 128, 256, 512), (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+        budget = {b: "100000examples" for b in bs}
+        every = {8: 80, 16: 50, 32: 25, 64: 15, 128: 10, 256: 8, 512: 6}
         report = {"target_accuracy": 0.85}
         figures = {"target_accuracy": 0.85}
     elif finding == "goyal":
@@ -282,11 +284,12 @@ def _seed0_record(job_dir: Path) -> Path:
     return best[1]
 
 
-def interpolation(records_dir: Path, sb_dir: Path, lb_dir: Path, out_csv: Path) -> Path:
+def interpolation(records_dir: Path, sb_dir: Path, lb_dir: Path, out_csv: Path,
+                  bn_stats: str = "interpolate") -> Path:
     from bench.interpolate import interpolation_curve
 
     sb_dir, lb_dir = records_dir / sb_dir, records_dir / lb_dir
-    df = interpolation_curve(_seed0_record(sb_dir), _seed0_record(lb_dir), ALPHAS)
+    df = interpolation_curve(_seed0_record(sb_dir), _seed0_record(lb_dir), ALPHAS, bn_stats=bn_stats)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     return out_csv
@@ -314,7 +317,7 @@ def summary_table(records_dir: Path):
 
 def analyze(finding: str, records_dir: Path, out: Path, *, report_opts: dict[str, Any],
             figure_opts: dict[str, Any], interpolation_csv: Path | None,
-            header: str = "") -> dict[str, Any]:
+            header: str = "", footer: str = "") -> dict[str, Any]:
     """Figures (PNG), summary.csv and report.md for the records under ``records_dir``."""
     from analysis.figures import make_figures
     from analysis.report import build_report
@@ -327,7 +330,7 @@ def analyze(finding: str, records_dir: Path, out: Path, *, report_opts: dict[str
     summary_table(records_dir).to_csv(out / "summary.csv", index=False)
     body = build_report(records_dir, [finding], out=out / "report.md", figures_dir=out / "figures",
                         **report_opts)
-    (out / "report.md").write_text(header + body)
+    (out / "report.md").write_text(header + body + ("\n" + footer if footer else ""))
     return {name: (r if isinstance(r, str) else [str(p) for p in r]) for name, r in figs.items()}
 
 
@@ -339,9 +342,12 @@ def _job_table(timings: list[dict[str, Any]]) -> str:
             lines.append(f"| {t['job']} | {t['batch_size']} | (skipped: finished records existed) ||||||")
             continue
         f = lambda k: f"{t[k]:.0f}" if t.get(k) is not None else "—"
-        lines.append(f"| {t['job']} | {t['batch_size']} | {t['total_steps']} | {f('wall_seconds')} | "
+        lines.append(f"| {t['job']}{' (earlier run)' if t.get('reused') else ''} | {t['batch_size']} | {t['total_steps']} | {f('wall_seconds')} | "
                      f"{f('compile_seconds')} | {f('train_seconds')} | {f('eval_seconds')} | "
                      f"{f('metrics_seconds')} |")
+    if any(t.get("reused") for t in timings):
+        lines += ["", "(earlier run): trained by an earlier invocation of the same command into the same "
+                  "--out; its finished records were reused, with that run's timings."]
     return "\n".join(lines) + "\n"
 
 
@@ -357,10 +363,52 @@ def offline_header(plan: Plan, command: str, timings: list[dict[str, Any]], wall
         f"base learning rates: {', '.join(f'{x:g}' for x in plan.lrs)}"
         + (f"; LR-scaling rules: {', '.join(plan.rules)}" if len(plan.rules) > 1 else ""),
         f"- budgets: {', '.join(sorted({j.budget for j in plan.jobs}, key=str))} (per job: table below)",
-        f"- wall time: {wall / 60:.1f} min in total on {os.cpu_count()} CPU core(s) "
-        f"({platform.machine()}, shared with other work), {datetime.now(timezone.utc):%Y-%m-%d} UTC",
+        f"- wall time: {sum(t.get('wall_seconds') or 0 for t in timings) / 60:.1f} min of training jobs "
+        f"(sum of the job table), {wall / 60:.1f} min for this invocation (jobs run now + "
+        f"interpolation), on {os.cpu_count()} CPU core(s) ({platform.machine()}, shared with other "
+        f"work), {datetime.now(timezone.utc):%Y-%m-%d} UTC",
         scale_note, "Jobs (each trains all learning rates x seeds of one batch size as vmapped replicas):", "",
         _job_table(timings), "", "---", "", ""])
+
+
+def _previous_jobs(path: Path) -> dict[str, dict[str, Any]]:
+    """Timings of the jobs an earlier invocation trained (kept when a re-run skips them)."""
+    if not path.is_file():
+        return {}
+    try:
+        jobs = json.loads(path.read_text()).get("jobs", [])
+    except (OSError, ValueError):
+        return {}
+    return {j["job"]: {**j, "reused": True} for j in jobs if not j.get("skipped")}
+
+
+def _bn_recomputed_section(csv: Path, figures_dir: Path) -> str:
+    """Keskar Fig. 3 again with BatchNorm statistics recomputed at every alpha (a check on the
+    interpolated-statistics curve: negative interpolated variances are clipped at 0 there)."""
+    import pandas as pd
+
+    from analysis.figures import interpolation_figure
+    from analysis.plotting import save_figure
+
+    df = pd.read_csv(csv)
+    fig = interpolation_figure(df)
+    fig.axes[0].set_title("SB -> LB with BatchNorm statistics recomputed per α", fontsize=10)
+    save_figure(fig, figures_dir, "keskar_interpolation_bn_recomputed", ("png",))
+    at = df.set_index("alpha")
+    rows = ["| α | train loss | test loss | train acc. | test acc. |", "|---|---|---|---|---|"]
+    for a in (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0):
+        if a in at.index:
+            r = at.loc[a]
+            rows.append(f"| {a:g} | {r['train_loss']:.4g} | {r['test_loss']:.4g} | "
+                        f"{r['train_accuracy']:.4f} | {r['test_accuracy']:.4f} |")
+    return "\n".join([
+        "## Interpolation with BatchNorm statistics recomputed", "",
+        "`interpolation.csv` (figure `keskar_interpolation` above) interpolates the BatchNorm running "
+        "statistics with the parameters; outside [0, 1] interpolated variances can turn negative and "
+        "are clipped at 0, which by itself inflates the loss there. `interpolation_bn_recomputed.csv` "
+        "recomputes the statistics of every α on the training data instead (bench.interpolate, "
+        "bn_stats='recompute'; same SB and LB runs, seed 0):", "",
+        *rows, "", "![keskar_interpolation_bn_recomputed](figures/keskar_interpolation_bn_recomputed.png)", ""])
 
 
 def reproduce_offline(finding: str, out: Path, *, seeds: int | None = None, budget_scale: float = 1.0,
@@ -368,22 +416,28 @@ def reproduce_offline(finding: str, out: Path, *, seeds: int | None = None, budg
                       command: str = "") -> dict[str, Any]:
     plan = offline_plan(finding, seeds=seeds, budget_scale=budget_scale, batch_sizes=batch_sizes)
     records_dir = out / "records"
+    previous = _previous_jobs(out / "reproduce.json")
     _log(f"{finding}: {len(plan.jobs)} jobs of preset {plan.preset} -> {out}")
     t0 = time.perf_counter()
-    timings = run_jobs(plan, records_dir, overrides)
+    timings = [previous.get(t["job"], t) if t.get("skipped") else t
+               for t in run_jobs(plan, records_dir, overrides)]
     train_wall = time.perf_counter() - t0
-    interp_csv = None
+    interp_csv, footer = None, ""
     if plan.interpolation is not None:
         sb, lb = plan.interpolation
         if sb in plan.batch_sizes and lb in plan.batch_sizes:
             t = time.perf_counter()
             interp_csv = interpolation(records_dir, Path(f"B{sb}"), Path(f"B{lb}"), out / "interpolation.csv")
-            _log(f"interpolation curve ({len(ALPHAS)} alphas) in {time.perf_counter() - t:.0f} s -> {interp_csv}")
+            bn_csv = interpolation(records_dir, Path(f"B{sb}"), Path(f"B{lb}"),
+                                   out / "interpolation_bn_recomputed.csv", bn_stats="recompute")
+            _log(f"interpolation curves ({len(ALPHAS)} alphas, BN statistics interpolated and "
+                 f"recomputed) in {time.perf_counter() - t:.0f} s -> {interp_csv}, {bn_csv}")
+            footer = _bn_recomputed_section(bn_csv, out / "figures")
     wall = time.perf_counter() - t0
     source = compose_config(plan.preset, []).source
     header = offline_header(plan, command, timings, wall, source)
     figs = analyze(finding, records_dir, out, report_opts=plan.report, figure_opts=plan.figures,
-                   interpolation_csv=interp_csv, header=header)
+                   interpolation_csv=interp_csv, header=header, footer=footer)
     meta = {"finding": finding, "scale": "offline", "command": command, "plan": asdict(plan),
             "jobs": timings, "train_wall_seconds": train_wall, "wall_seconds": wall,
             "cpu_count": os.cpu_count(), "figures": figs,
@@ -440,7 +494,7 @@ def publish(out: Path, dest: Path) -> list[Path]:
     """Copy report.md, the CSVs and figures/*.png (never records or parameters) to ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in ("report.md", "summary.csv", "interpolation.csv"):
+    for name in ("report.md", "summary.csv", "interpolation.csv", "interpolation_bn_recomputed.csv"):
         if (out / name).is_file():
             copied.append(Path(shutil.copy2(out / name, dest / name)))
     if (out / "figures").is_dir():

@@ -19,18 +19,30 @@ LB records' final metrics to float tolerance. The model is rebuilt from the reco
 (``bench.config.from_dict(record["config"])``); the data from the config too, unless ``data``
 is given (a run trained on data passed in directly).
 
-BatchNorm running statistics (eval mode uses them) are interpolated with the same alpha as the
-parameters: ``mean(alpha)``, ``var(alpha)`` are the same convex / affine combinations. Outside
-[0, 1] an interpolated variance can become negative; it is clipped at 0 (BatchNorm then divides
-by sqrt(epsilon)), which is what makes the extrapolated ends of the curve blow up fastest in BN
-networks. Dropout is off (eval mode).
+BatchNorm running statistics (eval mode uses them), ``bn_stats``:
 
-CLI: ``python -m bench.interpolate SB_RECORD LB_RECORD [--alphas -1 2 31] [--out CSV]``.
+* ``"interpolate"`` (default): interpolated with the same alpha as the parameters (``mean(alpha)``,
+  ``var(alpha)`` are the same convex / affine combinations). Outside [0, 1] an interpolated
+  variance can become negative; it is clipped at 0 (BatchNorm then divides by sqrt(epsilon)).
+  In BN networks this alone can make the extrapolated ends of the curve blow up, whatever the
+  curvature of the loss in the parameters: compare with ``"recompute"``.
+* ``"recompute"``: the statistics of ``x(alpha)`` are recomputed on the training data (BN
+  recalibration, as ``torch.optim.swa_utils.update_bn``): starting from the interpolated ones,
+  ``recompute_passes`` train-mode forward passes over one fixed batch of up to
+  ``recompute_examples`` training examples update the running averages (with momentum 0.9 the
+  starting point's weight is 0.9^100 ~ 3e-5 after 100 passes). Dropout is active in those passes
+  (train mode), as in torch's update_bn. Models without BatchNorm give the same curve either way.
+
+The curve itself is always evaluated in eval mode (running statistics, no dropout).
+
+CLI: ``python -m bench.interpolate SB_RECORD LB_RECORD [--alphas -1 2 31] [--bn-stats interpolate|recompute]
+[--out CSV]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+BN_MODES = ("interpolate", "recompute")
 COLUMNS = ("alpha", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 KESKAR_ALPHAS = tuple(np.round(np.linspace(-1.0, 2.0, 31), 10))  # step 0.1 over [-1, 2]
 
@@ -124,11 +137,13 @@ def interpolate_trees(sb: Any, lb: Any, alphas: np.ndarray) -> Any:
 
 def interpolation_curve(record_sb_path: Path | str, record_lb_path: Path | str,
                         alphas: Sequence[float] = KESKAR_ALPHAS, *, data: Any = None,
-                        alpha_chunk: int = 8) -> pd.DataFrame:
+                        alpha_chunk: int = 8, bn_stats: str = "interpolate",
+                        recompute_passes: int = 100, recompute_examples: int = 4096) -> pd.DataFrame:
     """Loss and accuracy (train and test sets, eval mode) of ``alpha x_LB + (1 - alpha) x_SB``.
 
     ``alpha_chunk`` alphas are evaluated at once (vmapped like the loop's replicas); lower it
-    for big models. The DataFrame's ``attrs`` name the two runs.
+    for big models. ``bn_stats``: ``"interpolate"`` or ``"recompute"`` (module docstring).
+    The DataFrame's ``attrs`` name the two runs and the BN mode.
     """
     import jax
 
@@ -138,6 +153,8 @@ def interpolation_curve(record_sb_path: Path | str, record_lb_path: Path | str,
     from bench.parallel import batch_sharded, global_array, make_mesh, put_replicated
     from bench.step import ModelFns, make_evaluate
 
+    if bn_stats not in BN_MODES:
+        raise ValueError(f"bn_stats={bn_stats!r}; valid: {', '.join(BN_MODES)}")
     alphas = np.asarray(list(alphas), np.float64)
     if alphas.ndim != 1 or len(alphas) == 0 or not np.all(np.isfinite(alphas)):
         raise ValueError("alphas must be a non-empty list of finite numbers")
@@ -158,12 +175,17 @@ def interpolation_curve(record_sb_path: Path | str, record_lb_path: Path | str,
         sets[split] = (*put_replicated((x, y), mesh),
                        *(global_array(a, batch_sharded(mesh, 1, 2)) for a in (idx, mask)))
 
+    recompute = None
+    if bn_stats == "recompute" and jax.tree.leaves(template["stats"]):
+        recompute = _recompute_fn(fns, cfg, data, mesh, recompute_passes, recompute_examples)
     chunk = max(1, min(alpha_chunk, len(alphas)))
     rows: dict[str, list[float]] = {c: [] for c in COLUMNS[1:]}
     for start in range(0, len(alphas), chunk):
         part = alphas[start:start + chunk]
         padded = np.concatenate([part, np.full(chunk - len(part), part[-1])])  # one compile
         tree = put_replicated(interpolate_trees(sb, lb, padded), mesh)
+        if recompute is not None:
+            tree = {"params": tree["params"], "stats": recompute(tree["params"], tree["stats"])}
         for split, (x, y, idx, mask) in sets.items():
             loss, acc = jax.device_get(evaluate(tree["params"], tree["stats"], x, y, idx, mask))
             rows[f"{split}_loss"].extend(np.asarray(loss, np.float64)[: len(part)].tolist())
@@ -171,8 +193,35 @@ def interpolation_curve(record_sb_path: Path | str, record_lb_path: Path | str,
     df = pd.DataFrame({"alpha": alphas, **rows}, columns=list(COLUMNS))
     df.attrs.update(sb_run_id=rec_sb.get("run_id"), lb_run_id=rec_lb.get("run_id"),
                     sb_batch_size=rec_sb["experiment"].get("batch_size"),
-                    lb_batch_size=rec_lb["experiment"].get("batch_size"))
+                    lb_batch_size=rec_lb["experiment"].get("batch_size"), bn_stats=bn_stats)
     return df
+
+
+def _recompute_fn(fns: Any, cfg: Any, data: Any, mesh: Any, passes: int, examples: int):
+    """``(params[A], stats[A]) -> stats[A]``: running statistics after ``passes`` train-mode
+    forward passes over the first ``examples`` training examples (a fixed batch)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bench.parallel import put_replicated
+
+    n = min(examples, data.num_train)
+    quantum = math.lcm(mesh.size, cfg.model.ghost_batch_size or 1)
+    n -= n % quantum
+    if n < 1:
+        raise ValueError(f"not enough training examples to recompute BatchNorm statistics ({data.num_train})")
+    x = put_replicated(data.x_train[:n], mesh)
+
+    def one(params, stats):
+        def body(stats, i):
+            _, new = fns.apply(params, stats, x, train=True,
+                               dropout_key=jax.random.fold_in(jax.random.PRNGKey(0), i))
+            return new, None
+
+        stats, _ = jax.lax.scan(body, stats, jnp.arange(passes))
+        return stats
+
+    return jax.jit(jax.vmap(one))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,12 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("record_lb", type=Path, help="large-batch run record (alpha = 1)")
     ap.add_argument("--alphas", nargs=3, type=float, default=(-1.0, 2.0, 31),
                     metavar=("START", "STOP", "NUM"), help="np.linspace(START, STOP, NUM); default -1 2 31")
+    ap.add_argument("--bn-stats", choices=BN_MODES, default="interpolate",
+                    help="BatchNorm running statistics: interpolated (default) or recomputed per alpha")
     ap.add_argument("--out", type=Path, default=Path("interpolation.csv"))
     args = ap.parse_args(argv)
     start, stop, num = args.alphas
     alphas = np.round(np.linspace(start, stop, int(num)), 10)
     try:
-        df = interpolation_curve(args.record_sb, args.record_lb, alphas)
+        df = interpolation_curve(args.record_sb, args.record_lb, alphas, bn_stats=args.bn_stats)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -109,3 +109,19 @@ def test_cli_writes_the_csv_analysis_figures_reads(two_runs, tmp_path):
     assert tuple(df.columns) == INTERPOLATION_COLUMNS
     assert df["alpha"].tolist() == [-1.0, 0.0, 1.0, 2.0]
     interpolation_figure(df)  # the figure accepts it
+
+
+def test_recomputed_batchnorm_statistics(two_runs):
+    """bn_stats='recompute': at the ends, the statistics of the solution on the training batch;
+    the curve differs from the interpolated-statistics one but keeps the alphas; finite."""
+    from bench.interpolate import interpolation_curve
+
+    (sb_dir, _), (lb_dir, _) = two_runs["sb"], two_runs["lb"]
+    args = (sb_dir / "record_r0.json", lb_dir / "record_r0.json", [-1.0, 0.0, 1.0, 2.0])
+    rec = interpolation_curve(*args, bn_stats="recompute", recompute_passes=60)
+    interp = interpolation_curve(*args)
+    assert rec["alpha"].tolist() == [-1.0, 0.0, 1.0, 2.0] and rec.attrs["bn_stats"] == "recompute"
+    assert np.isfinite(rec[["train_loss", "test_loss"]].to_numpy()).all()
+    assert not np.allclose(rec["train_loss"], interp["train_loss"])
+    with pytest.raises(ValueError, match="bn_stats"):
+        interpolation_curve(*args, bn_stats="nope")

@@ -69,8 +69,8 @@ def test_shallue_plan():
     assert list(bs) == [8 * 2 ** i for i in range(len(bs))] and len(bs) >= 6
     assert len(plan.lrs) >= 5 and max(plan.lrs) / min(plan.lrs) >= 20     # LR tuned per B on a grid
     assert plan.report["target_accuracy"] == 0.85
-    steps = [int(j.budget.removesuffix("steps")) for j in plan.jobs]
-    assert steps == sorted(steps, reverse=True)                          # small B gets more steps
+    assert {j.budget for j in plan.jobs} == {"100000examples"}          # equal epochs at every B
+    steps = [100000 // b for b in bs]                                    # small B gets more steps
     evals = [s / int(override(j, "eval.every_steps")) for s, j in zip(steps, plan.jobs)]
     assert min(evals) >= 20                                              # steps-to-result resolution
     cfg = compose_config(plan.preset, plan.jobs[0].overrides)
@@ -159,14 +159,17 @@ def test_tiny_offline_reproduction_writes_report_and_figures(tmp_path):
     assert [j["job"] for j in meta["jobs"]] == ["B64", "B256"]
     assert all(j["wall_seconds"] > 0 for j in meta["jobs"])
     lines = (out / "summary.csv").read_text().strip().splitlines()
-    assert len(lines) == 1 + 2 * 6                       # header + 2 B x 6 LRs x 1 seed
+    assert len(lines) == 1 + 2 * 7                       # header + 2 B x 7 LRs x 1 seed
     pub = sorted(p.relative_to(tmp_path / "pub").as_posix() for p in (tmp_path / "pub").rglob("*") if p.is_file())
     assert "report.md" in pub and "figures/accuracy_gap_vs_batch.png" in pub
     assert not [p for p in pub if p.endswith((".json", ".npz", ".pdf"))]
-    # a second run resumes: finished jobs are skipped
+    # a second run resumes: finished jobs are not retrained, their timings are kept
     assert main(["shallue", "--scale", "offline", "--budget-scale", "0.05", "--seeds", "1",
                  "--batch-sizes", "64", "256", "--out", str(out)]) == 0
-    assert all(j["skipped"] for j in json.loads((out / "reproduce.json").read_text())["jobs"])
+    again = json.loads((out / "reproduce.json").read_text())["jobs"]
+    assert all(j["reused"] for j in again)
+    assert [j["wall_seconds"] for j in again] == [j["wall_seconds"] for j in meta["jobs"]]
+    assert "B64 (earlier run)" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -178,8 +181,12 @@ def test_tiny_keskar_reproduction_with_interpolation_and_sharpness(tmp_path):
                  "--override", "metrics.lanczos_iters=5"]) == 0
     curve = (out / "interpolation.csv").read_text().strip().splitlines()
     assert curve[0] == "alpha,train_loss,train_accuracy,test_loss,test_accuracy" and len(curve) == 32
-    for name in ("keskar_interpolation", "accuracy_gap_vs_batch", "sharpness_vs_batch"):
+    bn = (out / "interpolation_bn_recomputed.csv").read_text().strip().splitlines()
+    assert bn[0] == curve[0] and len(bn) == 32
+    for name in ("keskar_interpolation", "keskar_interpolation_bn_recomputed",
+                 "accuracy_gap_vs_batch", "sharpness_vs_batch"):
         assert (out / "figures" / f"{name}.png").is_file(), name
     report = (out / "report.md").read_text()
     assert "Keskar et al. 2017" in report and "hessian_top_eigenvalue" in report
     assert "keskar_interpolation" in report
+    assert "## Interpolation with BatchNorm statistics recomputed" in report
