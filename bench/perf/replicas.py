@@ -1,0 +1,381 @@
+"""Benchmark: K replicas vectorized in one job vs K separate processes (a plain multirun).
+
+    python -m bench.perf.replicas [--model cnn|mlp] [--k 8] [--batch-size 128] [--budget 500steps]
+                                  [--formulations-only | --skip-formulations]
+                                  [--formulation-batch-sizes 32,128,1024]
+
+Part 1, end to end and like with like. Wall time from process start to exit of
+  (a) ONE ``python -m bench.train replicas.lr=[K values]`` process (K replicas, vmapped), and
+  (b) K sequential ``python -m bench.train optimizer.lr=<value>`` processes (what
+      ``python -m bench.train -m optimizer.lr=v1,...,vK`` runs, one job after the other),
+with the same model, data, budget, eval cadence, ``logger=none progress=false``. Both sides pay
+their own interpreter start-up, imports, data generation, compilation, training and evaluation.
+Printed: the total wall-time ratio (b)/(a) (goal >= 4 for K = 8), where each side's time goes
+(from the records' ``timings``; start-up = wall - the loop's ``total_seconds``), the per-step
+train time of K replicas vs 1 (``train_seconds / steps``) and the ratio extrapolated to longer
+budgets from those measured parts. Replica k and process k are the same run: their step-0
+evaluation agrees to float rounding (later rows drift apart as SGD amplifies rounding).
+
+Part 2, in one process: other formulations of the replica axis of the training step (same
+state, same batches, ``steps_per_call`` steps per jitted call): the current ``jax.vmap``
+(bench.step; on XLA:CPU a vmapped convolution becomes a grouped convolution), an unrolled Python
+loop over replicas inside the jitted call (also with 5 instead of 25 steps per call: its compile
+time grows with K x steps per call), ``jax.lax.map`` over replicas, and vmap with the
+convolutions written as im2col + matmul (CNN only). Each is checked against vmap (max |param
+difference| after one step from the same state), its compile time is measured, and it is timed
+after compilation (medians over rounds). The same for one full evaluation (vmap vs a loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------ part 1
+
+
+def _train_args(model: str, batch_size: int, budget: str) -> list[str]:
+    return [f"model={model}", f"batch_size={batch_size}", f"budget={budget}", "logger=none",
+            "progress=false"]
+
+
+def _run_process(args: list[str], out: Path) -> dict[str, Any]:
+    """One ``python -m bench.train`` process; wall time from before its start to its exit."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bench.train", *args, f"output_dir={out}"],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("record_r*.json"),
+                                                          key=lambda p: int(p.stem[8:]))]
+    return {"wall": wall, "records": records, "timings": records[0]["timings"],
+            "steps": records[0]["experiment"]["total_steps"], "evals": len(records[0]["history"])}
+
+
+def _parts(run: dict[str, Any]) -> dict[str, float]:
+    t = run["timings"]
+    return {"wall": run["wall"], "startup": run["wall"] - t["total_seconds"],
+            "compile": t["compile_seconds"], "train": t["train_seconds"], "eval": t["eval_seconds"],
+            "other": t["total_seconds"] - t["compile_seconds"] - t["train_seconds"] - t["eval_seconds"]}
+
+
+def end_to_end(model: str, k: int, batch_size: int, budget: str, eval_every: int, workdir: Path) -> None:
+    lrs = [round(0.01 * 1.5 ** i, 6) for i in range(k)]
+    common = _train_args(model, batch_size, budget) + [f"eval.every_steps={eval_every}"]
+    print(f"\n== Part 1: K={k} replicas in one process vs {k} separate processes "
+          f"(model={model}, B={batch_size}, budget={budget}, eval every {eval_every} steps)")
+    print(f"   LRs: {lrs}; each side is timed from process start to exit", flush=True)
+    vec = _run_process(common + [f"replicas.lr=[{','.join(map(str, lrs))}]"], workdir / "vectorized")
+    print(f"   vectorized (1 process, K={k}): {vec['wall']:.1f} s", flush=True)
+    sep = []
+    for i, lr in enumerate(lrs):
+        sep.append(_run_process(common + [f"optimizer.lr={lr}"], workdir / f"separate_{i}"))
+        print(f"   separate process {i + 1}/{k} (lr={lr}): {sep[-1]['wall']:.1f} s", flush=True)
+
+    steps, evals = vec["steps"], vec["evals"]
+    pv = _parts(vec)
+    ps = {key: sum(_parts(r)[key] for r in sep) for key in pv}
+    print(f"\n   {'seconds':<22}{'1 process, K=' + str(k):>18}{str(k) + ' processes, K=1':>20}")
+    for key in ("wall", "startup", "compile", "train", "eval", "other"):
+        label = {"wall": "total wall time", "startup": "start-up (imports...)",
+                 "other": "other (data, init...)"}.get(key, key)
+        print(f"   {label:<22}{pv[key]:>18.1f}{ps[key]:>20.1f}")
+    ratio = ps["wall"] / pv["wall"]
+    print(f"\n   total wall-time ratio ({k} processes / 1 vectorized process): {ratio:.2f}x "
+          f"(goal >= 4x) {'MET' if ratio >= 4 else 'MISSED'}")
+
+    t_k = pv["train"] / steps
+    t_1 = statistics.mean(_parts(r)["train"] / r["steps"] for r in sep)
+    print(f"   per training step (train_seconds / {steps} steps): K={k}: {t_k * 1e3:.2f} ms, "
+          f"K=1: {t_1 * 1e3:.2f} ms (mean of the {k} processes)")
+    print(f"   -> one K={k} step costs {t_k / t_1:.2f} single-replica steps; per replica-step "
+          f"vectorization is {k * t_1 / t_k:.2f}x {'faster' if k * t_1 >= t_k else 'SLOWER'} than "
+          f"separate runs")
+    e_k, e_1 = pv["eval"] / evals, statistics.mean(_parts(r)["eval"] / r["evals"] for r in sep)
+    print(f"   per full evaluation (train + test sets): K={k}: {e_k * 1e3:.0f} ms, K=1: {e_1 * 1e3:.0f} ms")
+
+    fixed_v = pv["wall"] - pv["train"] - pv["eval"]
+    fixed_1 = statistics.mean(_parts(r)["wall"] - _parts(r)["train"] - _parts(r)["eval"] for r in sep)
+
+    def predicted(s: int) -> float:
+        n_eval = s // eval_every + 1
+        return k * (fixed_1 + s * t_1 + n_eval * e_1) / (fixed_v + s * t_k + n_eval * e_k)
+
+    per_step_limit = k * (t_1 + e_1 / eval_every) / (t_k + e_k / eval_every)
+    print(f"   fixed cost per process (start-up + compile + other): K={k}: {fixed_v:.1f} s, "
+          f"K=1: {fixed_1:.1f} s")
+    print("   ratio extrapolated from these parts to longer budgets: " + ", ".join(
+        f"{s} steps {predicted(s):.2f}x" for s in (steps, 2 * steps, 5 * steps, 20 * steps))
+        + f", limit (training + eval only) {per_step_limit:.2f}x")
+
+    def max_diff(row: int, key: str) -> float:
+        return max(abs(rv["history"][row][key] - rs["records"][0]["history"][row][key])
+                   for rv, rs in zip(vec["records"], sep))
+
+    print(f"   same runs: replica k vs process k, max |train loss difference| at step 0 "
+          f"{max_diff(0, 'train_loss'):.1e} (same init, same data), after {steps} steps "
+          f"{max_diff(-1, 'train_loss'):.1e}, test accuracy {max_diff(-1, 'test_accuracy'):.3f}")
+    print("   (vmapped and plain convolutions round differently; SGD amplifies it over the steps)")
+
+
+# ------------------------------------------------------------------------------ part 2
+
+
+def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                precision=None, preferred_element_type=None, **_: Any):
+    """``lax.conv_general_dilated`` for 1-D NWC/WIO convolutions as im2col + one matmul.
+
+    Under ``jax.vmap`` over replicas (each with its own kernel) this is a batched matmul
+    instead of a grouped convolution. Signature of ``nnx.Conv``'s ``conv_general_dilated``.
+    """
+    import jax.numpy as jnp
+    from jax import lax
+
+    if (lhs.ndim != 3 or feature_group_count != 1 or batch_group_count != 1
+            or any(d != 1 for d in (lhs_dilation or (1,))) or any(d != 1 for d in (rhs_dilation or (1,)))):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count,
+                                        precision, preferred_element_type)
+    width, (stride,) = rhs.shape[0], window_strides
+    if isinstance(padding, str):
+        (padding,) = lax.padtype_to_pads(lhs.shape[1:2], (width,), (stride,), padding)
+    else:
+        (padding,) = padding
+    x = jnp.pad(lhs, ((0, 0), tuple(padding), (0, 0)))
+    out = (x.shape[1] - width) // stride + 1
+    cols = jnp.concatenate([x[:, i:i + stride * (out - 1) + 1:stride, :] for i in range(width)], -1)
+    return jnp.einsum("nlp,po->nlo", cols, rhs.reshape(-1, rhs.shape[-1]), precision=precision,
+                      preferred_element_type=preferred_element_type)
+
+
+def _replica_chunk(job, how: str) -> Callable:
+    """A train chunk like ``bench.step.make_train_chunk`` with another replica formulation."""
+    import jax
+    import jax.numpy as jnp
+
+    from bench.parallel import batch_sharded
+    from bench.step import make_replica_step, scan_unroll
+
+    step = make_replica_step(job.fns, job.tx, job.lr_shape, job.cfg.accumulate)
+    K, mesh = len(job.replicas), job.mesh
+
+    def loop(state, x, y):
+        outs = [step(jax.tree.map(lambda a: a[k], state), x[k], y[k]) for k in range(K)]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+    def mapped(state, x, y):
+        return jax.lax.map(lambda a: step(*a), (state, x, y))
+
+    rstep = {"loop": loop, "map": mapped}[how]
+
+    def chunk(state, x_all, y_all, idx):
+        def body(state, idx_t):
+            x = jax.lax.with_sharding_constraint(x_all[idx_t], batch_sharded(mesh, 1, x_all.ndim + 1))
+            y = jax.lax.with_sharding_constraint(y_all[idx_t], batch_sharded(mesh, 1, 2))
+            return rstep(state, x, y)
+        if idx.shape[0] == 1:
+            state, metrics = body(state, idx[0])
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return jax.lax.scan(body, state, idx, unroll=scan_unroll(idx.shape[0]))
+
+    return jax.jit(chunk, donate_argnums=(0,))
+
+
+def _im2col_job(cfg, data):
+    """A Job whose CNN convolutions use :func:`im2col_conv` (same parameters, same math)."""
+    from flax import nnx
+
+    from bench.loop import Job
+
+    class Im2colJob(Job):
+        def _build(self, key):
+            model = super()._build(key)
+            for _, node in nnx.iter_graph(model):
+                if isinstance(node, nnx.Conv):
+                    node.conv_general_dilated = im2col_conv
+            return model
+
+    return Im2colJob(cfg, data)
+
+
+class _LoopEval:
+    """``job.evaluate`` with an unrolled Python loop over replicas (each a K=1 vmap: no grouped
+    convolution) inside one jitted call, instead of one vmap over all K."""
+
+    def __init__(self, job):
+        import jax
+        import jax.numpy as jnp
+
+        from bench.step import make_evaluate
+
+        self.job, self.replicas, self.timings = job, job.replicas, job.timings
+        one = make_evaluate(job.fns, job.mesh)
+
+        def evaluate(params, stats, x, y, idx, mask):
+            outs = [one(jax.tree.map(lambda a: a[k:k + 1], params),
+                        jax.tree.map(lambda a: a[k:k + 1], stats), x, y, idx, mask)
+                    for k in range(len(job.replicas))]
+            return tuple(jnp.concatenate(o) for o in zip(*outs))
+
+        self._evaluate = jax.jit(evaluate)
+
+    def init_state(self):
+        return self.job.init_state()
+
+    def evaluate(self, state):
+        import jax
+
+        out = {}
+        for split, (x, y) in (("train", (self.job.x_train, self.job.y_train)),
+                              ("test", (self.job.x_test, self.job.y_test))):
+            idx, mask = self.job._eval_sets[split]
+            key = ("loop-eval", split)
+            fn = self.job._compile(key, self._evaluate, state.params, state.stats, x, y, idx, mask)
+            t = time.perf_counter()
+            out[split] = jax.device_get(fn(state.params, state.stats, x, y, idx, mask))
+            self.timings.eval_seconds += time.perf_counter() - t
+        return out
+
+
+def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int) -> None:
+    import jax
+    import numpy as np
+
+    from bench.config import from_dict
+    from bench.data import load_dataset
+    from bench.loop import Job
+    from bench.parallel import batch_sharded, global_array
+
+    print(f"\n== Part 2: replica-axis formulations (model={model}, K={k}, B={batch_size}, one process, "
+          f"compile excluded, median of {rounds} rounds of {steps} steps)", flush=True)
+    models = {"cnn": {"name": "cnn", "channels": [32, 32, 32], "conv_stride": 2, "hidden": []},
+              "mlp": {"name": "mlp", "hidden": [256, 256]}}
+
+    def config(kk: int):
+        return from_dict({"model": models[model], "batch_size": batch_size, "budget": "1000000steps",
+                          "replicas": {"lr": [round(0.01 * 1.5 ** i, 6) for i in range(kk)]},
+                          "logger": {"name": "none", "mode": "disabled"}, "progress": False})
+
+    data = load_dataset(config(1).dataset)
+    job, single = Job(config(k), data), Job(config(1), data)
+    spc = job.cfg.steps_per_call
+    loop_chunk = _replica_chunk(job, "loop")
+    variants: dict[str, tuple[Any, Callable, int]] = {
+        "vmap (bench.step, current)": (job, job._train_chunk, spc),
+        "unrolled loop over replicas": (job, loop_chunk, spc),
+        "  the same, 5 steps per call": (job, loop_chunk, 5),
+        "lax.map over replicas": (job, _replica_chunk(job, "map"), spc)}
+    if model == "cnn":
+        im2col, im2col_1 = _im2col_job(config(k), data), _im2col_job(config(1), data)
+        variants["vmap, convs as im2col + matmul"] = (im2col, im2col._train_chunk, spc)
+    variants["K=1 (reference)"] = (single, single._train_chunk, spc)
+    if model == "cnn":
+        variants["K=1, convs as im2col + matmul"] = (im2col_1, im2col_1._train_chunk, spc)
+
+    def idx(jb, start: int, count: int):
+        return global_array(jb.indexer.indices(start, count), batch_sharded(jb.mesh, 2, 3))
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, (jb, fn, spc) in variants.items():
+        # one step from the initial state: the formulations must agree to float rounding
+        one_step, _ = fn(jb.init_state(), jb.x_train, jb.y_train, idx(jb, 0, 1))
+        state = jb.init_state()
+        t = time.perf_counter()
+        compiled = fn.lower(state, jb.x_train, jb.y_train, idx(jb, 0, spc)).compile()
+        compile_s = time.perf_counter() - t
+        state, m = compiled(state, jb.x_train, jb.y_train, idx(jb, 0, spc))
+        jax.block_until_ready(m)
+        calls, times, s = max(steps // spc, 1), [], spc  # the same number of steps per round
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(calls):
+                state, m = compiled(state, jb.x_train, jb.y_train, idx(jb, s, spc))
+                s += spc
+            jax.device_get(m)
+            times.append((time.perf_counter() - t) / (calls * spc))
+        results[name] = {"compile": compile_s, "step": statistics.median(times), "k": len(jb.replicas),
+                         "one_step": jax.device_get(one_step.params)}
+        print(f"   {name:<34} compile {compile_s:6.1f} s   {results[name]['step'] * 1e3:8.2f} ms/step",
+              flush=True)
+
+    ref, one = results["vmap (bench.step, current)"], results["K=1 (reference)"]
+    print(f"\n   {'train step, K=' + str(k):<34}{'ms/step':>9}{'vs vmap':>9}{'vs ' + str(k) + 'x K=1':>10}"
+          f"{'compile s':>11}{'1-step max|dparam|':>20}")
+    for name, r in results.items():
+        base = ref if r["k"] == k else one
+        diff = max(float(np.max(np.abs(a - b))) for a, b in
+                   zip(jax.tree.leaves(base["one_step"]), jax.tree.leaves(r["one_step"])))
+        per_replica = r["step"] / r["k"]                    # ms per replica-step
+        print(f"   {name:<34}{r['step'] * 1e3:>9.2f}{ref['step'] / k / per_replica:>8.2f}x"
+              f"{one['step'] / per_replica:>9.2f}x{r['compile']:>11.1f}{diff:>20.1e}")
+    print("   (per replica-step: vs vmap > 1 = faster than the current vmap; vs Kx K=1 > 1 = faster "
+          "than K separate single-replica steps; max|dparam| after one step vs vmap, K=1 rows vs K=1)")
+
+    evals = {"vmap (bench.step, current)": (job, None), "unrolled loop over replicas": (job, "loop"),
+             "K=1 (reference)": (single, None)}
+    if model == "cnn":
+        evals["vmap, convs as im2col + matmul"] = (im2col, None)
+    print(f"\n   {'full evaluation (train + test sets)':<34}{'ms':>9}{'vs vmap':>9}{'compile s':>11}")
+    ev_times: dict[str, tuple[float, float, int]] = {}
+    for name, (jb, how) in evals.items():
+        if how == "loop":
+            jb = _LoopEval(jb)
+        st = jb.init_state()
+        compile_before = jb.timings.compile_seconds
+        jb.evaluate(st)                                     # compiles
+        compile_s = jb.timings.compile_seconds - compile_before
+        before = jb.timings.eval_seconds
+        for _ in range(rounds):
+            jb.evaluate(st)
+        ev_times[name] = ((jb.timings.eval_seconds - before) / rounds, compile_s, len(jb.replicas))
+    vmap_eval = ev_times["vmap (bench.step, current)"][0]
+    for name, (sec, compile_s, kk) in ev_times.items():
+        print(f"   {name + ' (K=' + str(kk) + ')':<34}{sec * 1e3:>9.0f}"
+              f"{vmap_eval / k / (sec / kk):>8.2f}x{compile_s:>11.1f}   (per replica)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--budget", default="500steps")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=100, help="part 2: timed steps per round")
+    parser.add_argument("--formulation-batch-sizes", default=None,
+                        help="part 2: comma-separated batch sizes (default: --batch-size)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-formulations", action="store_true")
+    parser.add_argument("--formulations-only", action="store_true")
+    args = parser.parse_args()
+
+    import jax
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPU cores, "
+          f"jax {jax.__version__}, load average {os.getloadavg()[0]:.1f}")
+    start = time.perf_counter()
+    if not args.formulations_only:
+        with tempfile.TemporaryDirectory(prefix="bench-perf-replicas-") as tmp:
+            end_to_end(args.model, args.k, args.batch_size, args.budget, args.eval_every, Path(tmp))
+    if not args.skip_formulations:
+        for b in (args.formulation_batch_sizes or str(args.batch_size)).split(","):
+            formulations(args.model, args.k, int(b), args.steps, args.rounds)
+    print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s, load average now "
+          f"{os.getloadavg()[0]:.1f} (other users share these cores: compare numbers within one run)")
+
+
+if __name__ == "__main__":
+    main()
