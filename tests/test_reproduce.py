@@ -190,3 +190,23 @@ def test_tiny_keskar_reproduction_with_interpolation_and_sharpness(tmp_path):
     assert "Keskar et al. 2017" in report and "hessian_top_eigenvalue" in report
     assert "keskar_interpolation" in report
     assert "## Interpolation with BatchNorm statistics recomputed" in report
+
+
+@pytest.mark.slow
+def test_paper_path_runs_the_hydra_sweep_then_reports(tmp_path, monkeypatch):
+    """--scale paper without --dry-run, on an offline preset (no TFDS here): the Hydra multirun over
+    the preset's sweeper params, then interpolation, figures and report in the sweep dir."""
+    import analysis.reproduce as rp
+
+    monkeypatch.setattr(rp, "PAPER_PRESETS", {**rp.PAPER_PRESETS, "keskar": ("keskar_offline",)})
+    monkeypatch.setattr(rp, "PAPER_REPORT", {**rp.PAPER_REPORT, "keskar_offline": {"sb": 32, "lb": 400}})
+    out = tmp_path / "paper"
+    assert main(["keskar", "--scale", "paper", "--launcher", "basic", "--out", str(out), "--seeds", "2",
+                 "--override", "batch_size=32,400", "--override", "budget=4steps",
+                 "--override", "eval.every_steps=2", "--override", "metrics.sharpness=false",
+                 "--override", "metrics.hutchinson_probes=0", "--override", "metrics.lanczos_iters=4"]) == 0
+    sweep = out / "keskar_offline"
+    assert len(list(sweep.rglob("record_r*.json"))) == 4            # 2 batch sizes x 2 seeds
+    assert (sweep / "interpolation.csv").is_file()
+    assert (sweep / "figures" / "keskar_interpolation.png").is_file()
+    assert "**Verdict:" in (sweep / "report.md").read_text()
