@@ -68,3 +68,17 @@ def test_top_eigenvalues_match_dense_hessian_of_final_params(trained):
     np.testing.assert_allclose(measured["hessian_eigenvalues"], eig[::-1][:2], rtol=1e-3)
     trace = measured["hessian_trace"]
     assert abs(trace - eig.sum()) <= 4 * measured["hessian_trace_stderr"] + 1e-6
+
+
+def test_fresh_loss_closures_share_one_program_with_and_without_batchnorm():
+    """The probe builds a new eval loss per measurement; its compiled programs must be reused,
+    including for models whose BatchNorm statistics are an empty State."""
+    from flax import nnx
+
+    from bench.metrics.hessian import lift_closure
+    from bench.step import ModelFns
+
+    fns = ModelFns(graphdef=None)
+    for make_stats in (lambda: nnx.State({}), lambda: {"mean": jnp.zeros(3)}):
+        a, b = lift_closure(fns.eval_loss_fn(make_stats())), lift_closure(fns.eval_loss_fn(make_stats()))
+        assert a.func is b.func  # same static function: the jit cache hits

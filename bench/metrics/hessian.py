@@ -88,8 +88,12 @@ _LIFTED: dict[tuple, Callable] = {}
 
 
 def _is_array_tree(value: Any) -> bool:
-    leaves = jax.tree.leaves(value)
-    return bool(leaves) and all(isinstance(leaf, jax.Array) for leaf in leaves)
+    """A pytree whose leaves are all jax arrays; an empty container (e.g. the BatchNorm
+    statistics of a model without BatchNorm) counts, so it is lifted rather than keyed by
+    identity (which would recompile for every new closure)."""
+    if isinstance(value, (jax.Array, list, tuple, dict)) or jax.tree_util.all_leaves([value]) is False:
+        return all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(value))
+    return False
 
 
 def lift_closure(loss_fn: LossFn) -> Partial:
