@@ -1,8 +1,11 @@
 """Benchmark: K replicas vectorized in one job vs K separate processes (a plain multirun).
 
     python -m bench.perf.replicas [--model cnn|mlp] [--k 8] [--batch-size 128] [--budget 500steps]
-                                  [--formulations-only | --skip-formulations]
+                                  [--formulations-only | --skip-formulations] [--all-variants]
                                   [--formulation-batch-sizes 32,128,1024]
+
+About 5 minutes on 2 shared CPU cores with the defaults (part 1: 9 processes; part 2: the
+unrolled replica loop alone compiles for about a minute).
 
 Part 1, end to end and like with like. Wall time from process start to exit of
   (a) ONE ``python -m bench.train replicas.lr=[K values]`` process (K replicas, vmapped), and
@@ -19,8 +22,8 @@ evaluation agrees to float rounding (later rows drift apart as SGD amplifies rou
 Part 2, in one process: other formulations of the replica axis of the training step (same
 state, same batches, ``steps_per_call`` steps per jitted call): the current ``jax.vmap``
 (bench.step; on XLA:CPU a vmapped convolution becomes a grouped convolution), an unrolled Python
-loop over replicas inside the jitted call (also with 5 instead of 25 steps per call: its compile
-time grows with K x steps per call), ``jax.lax.map`` over replicas, and vmap with the
+loop over replicas inside the jitted call (``--all-variants``: also with 5 instead of 25 steps per
+call, since its compile time grows with K x steps per call), ``jax.lax.map`` over replicas, and vmap with the
 convolutions written as im2col + matmul (CNN only). Each is checked against vmap (max |param
 difference| after one step from the same state), its compile time is measured, and it is timed
 after compilation (medians over rounds). The same for one full evaluation (vmap vs a loop).
@@ -128,7 +131,7 @@ def end_to_end(model: str, k: int, batch_size: int, budget: str, eval_every: int
     print(f"   same runs: replica k vs process k, max |train loss difference| at step 0 "
           f"{max_diff(0, 'train_loss'):.1e} (same init, same data), after {steps} steps "
           f"{max_diff(-1, 'train_loss'):.1e}, test accuracy {max_diff(-1, 'test_accuracy'):.3f}")
-    print("   (vmapped and plain convolutions round differently; SGD amplifies it over the steps)")
+    print("   (vmapped and plain ops reduce in different orders; SGD amplifies the rounding over the steps)")
 
 
 # ------------------------------------------------------------------------------ part 2
@@ -251,7 +254,8 @@ class _LoopEval:
         return out
 
 
-def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int) -> None:
+def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
+                 all_variants: bool = False) -> None:
     import jax
     import numpy as np
 
@@ -276,9 +280,10 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int) -
     loop_chunk = _replica_chunk(job, "loop")
     variants: dict[str, tuple[Any, Callable, int]] = {
         "vmap (bench.step, current)": (job, job._train_chunk, spc),
-        "unrolled loop over replicas": (job, loop_chunk, spc),
-        "  the same, 5 steps per call": (job, loop_chunk, 5),
-        "lax.map over replicas": (job, _replica_chunk(job, "map"), spc)}
+        "unrolled loop over replicas": (job, loop_chunk, spc)}
+    if all_variants:
+        variants["  the same, 5 steps per call"] = (job, loop_chunk, 5)
+    variants["lax.map over replicas"] = (job, _replica_chunk(job, "map"), spc)
     if model == "cnn":
         im2col, im2col_1 = _im2col_job(config(k), data), _im2col_job(config(1), data)
         variants["vmap, convs as im2col + matmul"] = (im2col, im2col._train_chunk, spc)
@@ -355,10 +360,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--budget", default="500steps")
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=100, help="part 2: timed steps per round")
+    parser.add_argument("--steps", type=int, default=50, help="part 2: timed steps per round")
     parser.add_argument("--formulation-batch-sizes", default=None,
                         help="part 2: comma-separated batch sizes (default: --batch-size)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--all-variants", action="store_true",
+                        help="part 2: also the replica loop with 5 steps per call (one more long compile)")
     parser.add_argument("--skip-formulations", action="store_true")
     parser.add_argument("--formulations-only", action="store_true")
     args = parser.parse_args()
@@ -372,7 +379,7 @@ def main() -> None:
             end_to_end(args.model, args.k, args.batch_size, args.budget, args.eval_every, Path(tmp))
     if not args.skip_formulations:
         for b in (args.formulation_batch_sizes or str(args.batch_size)).split(","):
-            formulations(args.model, args.k, int(b), args.steps, args.rounds)
+            formulations(args.model, args.k, int(b), args.steps, args.rounds, args.all_variants)
     print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s, load average now "
           f"{os.getloadavg()[0]:.1f} (other users share these cores: compare numbers within one run)")
 
