@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bench.models.dense import DenseClassifier
 from bench.models.norm import BatchNorm
 
 
@@ -35,16 +36,9 @@ class CNN(nnx.Module):
         self.conv_norms = nnx.List(conv_norms)
         self.ndim = ndim
         self.pool_size, self.pool_stride = pool_size, pool_stride
-        width = in_ch * math.prod(spatial)
-        dense, dense_norms = [], []
-        for h in hidden:
-            dense.append(nnx.Linear(width, h, rngs=rngs))
-            dense_norms.append(BatchNorm(h, ghost_batch_size=ghost_batch_size) if batch_norm else None)
-            width = h
-        self.dense = nnx.List(dense)
-        self.dense_norms = nnx.List(dense_norms)
-        self.dropout = nnx.Dropout(dropout) if dropout else None
-        self.head = nnx.Linear(width, num_classes, rngs=rngs)
+        self.classifier = DenseClassifier(
+            in_ch * math.prod(spatial), num_classes, hidden=hidden, batch_norm=batch_norm,
+            dropout=dropout, ghost_batch_size=ghost_batch_size, rngs=rngs)
 
     def __call__(self, x: jnp.ndarray, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
         for conv, norm in zip(self.convs, self.conv_norms):
@@ -55,12 +49,4 @@ class CNN(nnx.Module):
             if self.pool_size:
                 x = nnx.max_pool(x, (self.pool_size,) * self.ndim, (self.pool_stride,) * self.ndim,
                                  padding="SAME")
-        x = x.reshape((x.shape[0], -1))
-        for layer, norm in zip(self.dense, self.dense_norms):
-            x = layer(x)
-            if norm is not None:
-                x = norm(x, train=train)
-            x = jax.nn.relu(x)
-            if self.dropout is not None:
-                x = self.dropout(x, deterministic=not train, rngs=rngs)
-        return self.head(x)
+        return self.classifier(x, train=train, rngs=rngs)
