@@ -129,6 +129,7 @@ def parse_budget(budget: str) -> tuple[float, str]:
 class EvalConfig:
     every_steps: int = 100
     batch_size: int = 1000
+    write_every_seconds: float = 30.0  # refresh records on disk at most this often mid-run
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,9 @@ def validate(cfg: Config, *, num_devices: int = 1) -> Config:
         raise ConfigError(f"eval.every_steps={cfg.eval.every_steps} must be >= 1")
     if cfg.eval.batch_size < 1:
         raise ConfigError(f"eval.batch_size={cfg.eval.batch_size} must be >= 1")
+    if not cfg.eval.write_every_seconds >= 0:
+        raise ConfigError(f"eval.write_every_seconds={cfg.eval.write_every_seconds} must be >= 0"
+                          " (0: write the records at every evaluation)")
     if cfg.steps_per_call < 1:
         raise ConfigError(f"steps_per_call={cfg.steps_per_call} must be >= 1")
     if not 0.0 <= cfg.model.dropout < 1.0:

@@ -221,12 +221,22 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
     records = [_new_record(job, config_dict, chash, r) for r in job.replicas]
     primary = jax.process_index() == 0
 
+    last_write = -math.inf
+
     def write_all() -> None:
+        nonlocal last_write
         if not primary:
             return
         for k, record in enumerate(records):
             record["timings"] = job.timings.as_dict()
             rec.write_record(output_dir / rec.record_filename(k), record)
+        last_write = time.monotonic()
+
+    def write_if_due(statuses_before: list[str]) -> None:
+        """Mid-run refresh, throttled: rewriting K full histories at every eval is O(evals^2)."""
+        changed = statuses_before != [r["status"] for r in records]
+        if changed or time.monotonic() - last_write >= cfg.eval.write_every_seconds:
+            write_all()
 
     state = job.init_state()
     step = 0
@@ -257,13 +267,14 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
         while True:
             measure_now = job.probe is not None and job.probe.due(step, job.total_steps)
             if step % eval_every == 0 or step == job.total_steps or measure_now:
+                statuses = [r["status"] for r in records]
                 rows = _evaluate_into_records(job, state, step, records, last_lr)
                 if measure_now:
                     _measure_into_rows(job, state, step, records, rows, last_lr)
                 if tracker is not None and rows:
                     tracker.log_rows(rows, step)
                 progress.eval(step, rows)
-                write_all()
+                write_if_due(statuses)
             if step >= job.total_steps or all(r["status"] != "running" for r in records):
                 break
             count = min(_next_event(step, eval_every, cfg.metrics.every if job.probe else None),
@@ -283,6 +294,7 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
                 return records
             if ckpt.should_save(step):
                 ckpt.save(step, state, loop_extra())
+                write_all()
 
     for record in records:
         if record["status"] == "running":

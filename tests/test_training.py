@@ -134,3 +134,39 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     for row in record["history"]:
         assert logged[row["step"]]["test_accuracy"] == pytest.approx(row["test_accuracy"])
         assert logged[row["step"]]["train_loss"] == pytest.approx(row["train_loss"])
+
+
+def _count_writes(monkeypatch):
+    """Patch the loop's record writer to log (file name, status, history length) per write."""
+    from bench import loop
+
+    writes = []
+    real = loop.rec.write_record
+
+    def counting(path, record):
+        writes.append((path.name, record["status"], len(record["history"])))
+        real(path, record)
+
+    monkeypatch.setattr(loop.rec, "write_record", counting)
+    return writes
+
+
+def test_mid_run_record_writes_are_throttled(tmp_path, monkeypatch):
+    """Rewriting every full history at every eval is O(evals^2): mid-run writes are throttled
+    by eval.write_every_seconds, while the first eval, the end and a divergence always write."""
+    writes = _count_writes(monkeypatch)
+    every = run(small_config(eval={"write_every_seconds": 0}), tmp_path / "every")
+    assert [n for _, _, n in writes] == [1, 2, 3, 4, 5, 5]  # evals at 0,10,20,30,40 + final
+
+    writes.clear()
+    (throttled,) = run(small_config(eval={"write_every_seconds": 1e9}), tmp_path / "throttled")
+    assert [(s, n) for _, s, n in writes] == [("running", 1), ("finished", 5)]
+    np.testing.assert_array_equal(_curve(throttled), _curve(every[0]))
+    assert rec.read_record(tmp_path / "throttled" / "record_r0.json")["status"] == "finished"
+
+    writes.clear()
+    run(small_config(optimizer={"name": "sgd"}, replicas={"lr": [0.05, 1e8]},
+                     eval={"write_every_seconds": 1e9}), tmp_path / "diverge")
+    statuses_at_write = [(name, s) for name, s, _ in writes]
+    first_diverged = statuses_at_write.index(("record_r1.json", "diverged"))
+    assert first_diverged < len(writes) - 2  # written when it diverged, not only at the end
