@@ -12,7 +12,13 @@ weights into an identical torch module (Linear weights transposed), and on the s
    block_until_ready; PyHessian's time includes its one create_graph backward;
    our compile time is reported separately;
 3. the cost of one HVP and of one Lanczos iteration in units of one jitted
-   full-data gradient.
+   full-data gradient;
+4. wall time to an eigenvalue within ``--rtol`` (default 1e-3, PyHessian's default
+   tolerance) of the converged value, each library with its own algorithm: the fewest
+   iterations that reach it (and stay there) for PyHessian's power iteration and for
+   our Lanczos, read off one long run of each, then each timed at that count. This is
+   the user's question ("how long until I have lambda_max?"); [2] isolates the cost per
+   iteration, [4] adds Lanczos' faster convergence.
 
 Needs the ``[torch]`` extra (torch, pyhessian); run:
     python -m bench.perf.hessian_vs_pyhessian [--iters 30] [--steps 1000] [--repeats 10]
@@ -115,6 +121,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30, help="HVPs per eigenvalue run (both libraries)")
     ap.add_argument("--steps", type=int, default=1000, help="Adam steps before measuring")
     ap.add_argument("--repeats", type=int, default=10, help="timed repeats (best of)")
+    ap.add_argument("--rtol", type=float, default=1e-3, help="[4] target relative accuracy")
     ap.add_argument("--chunk-size", type=int, default=None, help="our HVP chunk (default: all 4000 at once)")
     args = ap.parse_args()
 
@@ -222,6 +229,76 @@ def main() -> None:
     print(f"  gradient: {g_t * 1e3:.2f} ms   HVP: {h_t * 1e3:.2f} ms   -> HVP = {h_t / g_t:.2f} gradients")
     print(f"  one Lanczos iteration (HVP + full reorthogonalisation; {it} vs {short} iterations): "
           f"{per_iter * 1e3:.2f} ms = {per_iter / g_t:.2f} gradients")  # fmt: skip
+
+    # 4. Time to a given accuracy, each library with its own algorithm.
+    target = float(ref.eigenvalues[0])
+    n_ph = _iterations_to(_pyhessian_trajectory(PyHessian, tmodel, criterion, (tx, ty), 300), target, args.rtol)
+    n_lz = _iterations_to(_lanczos_trajectory(loss_fn, params, data, key, 60, chunk), target, args.rtol)
+    print(f"\n[4] time to the top eigenvalue within {args.rtol:g} (relative) of the converged {target:.6f}")
+    if n_ph is None or n_lz is None:
+        print(f"  not reached within the longest runs (PyHessian {n_ph}, Lanczos {n_lz} iterations)")
+        return
+
+    def pyhessian_n() -> float:
+        h = PyHessian(tmodel, criterion, data=(tx, ty), cuda=False)
+        return h.eigenvalues(maxIter=n_ph, tol=0.0, top_n=1)[0][0]
+
+    ph_n_t = median_time(pyhessian_n, args.repeats)[1]
+    lz_n_t = median_time(
+        lambda: hs.lanczos_top_eigenvalues(loss_fn, params, data, key, k=1, num_iters=n_lz, chunk_size=chunk),
+        args.repeats,
+    )[1]
+    print(f"  PyHessian power iteration: {n_ph:3d} iterations {ph_n_t * 1e3:8.1f} ms")
+    print(f"  ours Lanczos (+1 residual HVP): {n_lz:3d} iterations {lz_n_t * 1e3:8.1f} ms"
+          f"  -> PyHessian/ours = {ph_n_t / lz_n_t:.2f}x")  # fmt: skip
+
+
+def _iterations_to(trajectory: list[float], target: float, rtol: float) -> int | None:
+    """Fewest iterations n after which every estimate is within rtol of target (1-based)."""
+    ok = [abs(e - target) <= rtol * abs(target) for e in trajectory]
+    for n in range(len(ok)):
+        if all(ok[n:]):
+            return n + 1
+    return None
+
+
+def _pyhessian_trajectory(PyHessian: Any, model: Any, criterion: Any, data: Any, iters: int) -> list[float]:
+    """PyHessian's eigenvalue estimate after each power iteration (one run, tol=0)."""
+    import sys
+
+    ph_module = sys.modules["pyhessian.hessian"]  # the package attribute is the class
+
+    seen: list[float] = []
+    original = ph_module.group_product
+
+    def recording(xs, ys):  # PyHessian's estimate at each iteration is group_product(Hv, v)
+        value = original(xs, ys)
+        seen.append(float(value))
+        return value
+
+    ph_module.group_product = recording
+    try:
+        PyHessian(model, criterion, data=data, cuda=False).eigenvalues(maxIter=iters, tol=0.0, top_n=1)
+    finally:
+        ph_module.group_product = original
+    return seen
+
+
+def _lanczos_trajectory(loss_fn: Any, params: Any, data: Any, key: jax.Array, iters: int,
+                        chunk: int | None) -> list[float]:
+    """Top Ritz value after j = 1..iters Lanczos iterations, from one run: T_j is the leading
+    j x j block of T_iters (same start vector as ``lanczos_top_eigenvalues``)."""
+
+    @jax.jit
+    def tridiagonal(p):
+        matvec, flat = hs._flat_operator(loss_fn, p, data, chunk)
+        start_key, restart_key = jax.random.split(key)
+        v0 = jax.random.normal(start_key, flat.shape, flat.dtype)
+        _, alpha, beta = hs.lanczos(matvec, v0, iters, restart_key)
+        return alpha, beta
+
+    alpha, beta = map(np.asarray, tridiagonal(params))
+    return [float(np.asarray(hs.ritz(alpha[:j], beta[: j - 1])[0])[-1]) for j in range(1, iters + 1)]
 
 if __name__ == "__main__":
     main()

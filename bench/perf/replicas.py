@@ -26,7 +26,8 @@ loop over replicas inside the jitted call (``--all-variants``: also with 5 inste
 call, since its compile time grows with K x steps per call), ``jax.lax.map`` over replicas, and vmap with the
 convolutions written as im2col + matmul (CNN only). Each is checked against vmap (max |param
 difference| after one step from the same state), its compile time is measured, and it is timed
-after compilation (medians over rounds). The same for one full evaluation (vmap vs a loop).
+after compilation (medians over rounds). The same for one full evaluation: bench.step's (a loop
+over replicas on CPU, vmap elsewhere) vs a vmap over replicas.
 """
 
 from __future__ import annotations
@@ -215,26 +216,17 @@ def _im2col_job(cfg, data):
     return Im2colJob(cfg, data)
 
 
-class _LoopEval:
-    """``job.evaluate`` with an unrolled Python loop over replicas (each a K=1 vmap: no grouped
-    convolution) inside one jitted call, instead of one vmap over all K."""
+class _VmapEval:
+    """``job.evaluate`` with one ``jax.vmap`` over the K replicas, whatever the backend (on CPU
+    ``bench.step.make_evaluate`` loops over replicas instead)."""
 
     def __init__(self, job):
         import jax
-        import jax.numpy as jnp
 
         from bench.step import make_evaluate
 
         self.job, self.replicas, self.timings = job, job.replicas, job.timings
-        one = make_evaluate(job.fns, job.mesh)
-
-        def evaluate(params, stats, x, y, idx, mask):
-            outs = [one(jax.tree.map(lambda a: a[k:k + 1], params),
-                        jax.tree.map(lambda a: a[k:k + 1], stats), x, y, idx, mask)
-                    for k in range(len(job.replicas))]
-            return tuple(jnp.concatenate(o) for o in zip(*outs))
-
-        self._evaluate = jax.jit(evaluate)
+        self._evaluate = jax.jit(make_evaluate(job.fns, job.mesh, loop_replicas=False))
 
     def init_state(self):
         return self.job.init_state()
@@ -246,7 +238,7 @@ class _LoopEval:
         for split, (x, y) in (("train", (self.job.x_train, self.job.y_train)),
                               ("test", (self.job.x_test, self.job.y_test))):
             idx, mask = self.job._eval_sets[split]
-            key = ("loop-eval", split)
+            key = ("vmap-eval", split)
             fn = self.job._compile(key, self._evaluate, state.params, state.stats, x, y, idx, mask)
             t = time.perf_counter()
             out[split] = jax.device_get(fn(state.params, state.stats, x, y, idx, mask))
@@ -330,15 +322,15 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
     print("   (per replica-step: vs vmap > 1 = faster than the current vmap; vs Kx K=1 > 1 = faster "
           "than K separate single-replica steps; max|dparam| after one step vs vmap, K=1 rows vs K=1)")
 
-    evals = {"vmap (bench.step, current)": (job, None), "unrolled loop over replicas": (job, "loop"),
+    evals = {"bench.step (current)": (job, None), "vmap over replicas": (job, "vmap"),
              "K=1 (reference)": (single, None)}
     if model == "cnn":
         evals["vmap, convs as im2col + matmul"] = (im2col, None)
     print(f"\n   {'full evaluation (train + test sets)':<34}{'ms':>9}{'vs vmap':>9}{'compile s':>11}")
     ev_times: dict[str, tuple[float, float, int]] = {}
     for name, (jb, how) in evals.items():
-        if how == "loop":
-            jb = _LoopEval(jb)
+        if how == "vmap":
+            jb = _VmapEval(jb)
         st = jb.init_state()
         compile_before = jb.timings.compile_seconds
         jb.evaluate(st)                                     # compiles
@@ -347,7 +339,7 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
         for _ in range(rounds):
             jb.evaluate(st)
         ev_times[name] = ((jb.timings.eval_seconds - before) / rounds, compile_s, len(jb.replicas))
-    vmap_eval = ev_times["vmap (bench.step, current)"][0]
+    vmap_eval = ev_times["vmap over replicas"][0]
     for name, (sec, compile_s, kk) in ev_times.items():
         print(f"   {name + ' (K=' + str(kk) + ')':<34}{sec * 1e3:>9.0f}"
               f"{vmap_eval / k / (sec / kk):>8.2f}x{compile_s:>11.1f}   (per replica)")
