@@ -202,14 +202,15 @@ def _two_over_lr(h: pd.DataFrame) -> pd.Series:
     raise NoData("edge of stability: history has neither two_over_lr nor lr")
 
 
-def eos_runs(history: pd.DataFrame, max_runs: int = 4) -> list[str]:
-    """Runs to show: those with >= 2 sharpness rows, the lowest seed and LR per batch size,
-    spread over the batch sizes (at most ``max_runs``)."""
+def eos_runs(history: pd.DataFrame, max_runs: int = 5) -> list[str]:
+    """Runs to show: those with >= 2 sharpness rows, the lowest seed per (batch size, LR),
+    spread over those settings (at most ``max_runs``): 2/lr differs per LR, so each LR shows
+    its own ceiling."""
     h = history[history["hessian_top_eigenvalue"].notna()]
     counts = h.groupby("run_id").size()
     h = h[h["run_id"].isin(counts[counts >= 2].index)]
-    first = (h.sort_values(["batch_size", "seed", "peak_lr"], kind="stable")
-             .groupby("batch_size", sort=True).head(1)["run_id"].tolist())
+    first = (h.sort_values(["batch_size", "peak_lr", "seed"], kind="stable")
+             .groupby(["batch_size", "peak_lr"], sort=True).head(1)["run_id"].tolist())
     if len(first) > max_runs:
         idx = np.unique(np.linspace(0, len(first) - 1, max_runs).round().astype(int))
         first = [first[i] for i in idx]
@@ -217,7 +218,7 @@ def eos_runs(history: pd.DataFrame, max_runs: int = 4) -> list[str]:
 
 
 def edge_of_stability_figure(history: pd.DataFrame, *, run_ids: Sequence[str] | None = None,
-                             max_runs: int = 4) -> Figure:
+                             max_runs: int = 5) -> Figure:
     """Sharpness (history ``hessian_top_eigenvalue``) vs step against 2/lr (dashed, same
     colour), with the training loss below (Cohen et al. 2021)."""
     h = _require(history, ["run_id", "step", "hessian_top_eigenvalue"], "edge of stability")

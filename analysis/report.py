@@ -196,8 +196,9 @@ def comparison(finding: str, verdicts: list[Verdict], bl: pd.DataFrame) -> pd.Da
         n = verdicts[0].numbers
         if n:
             rows.append({"quantity": "median sharpness / (2/lr) after reaching",
-                         "ours": f"{fmt(n['median_ratio_after_reach'], 3)} ({n['runs']} runs, "
-                                 f"{n['fraction_hovering']:.0%} hovering)",
+                         "ours": f"{fmt(n['median_ratio_after_reach'], 3)} ({n['runs_reaching']} of "
+                                 f"{n['runs']} runs reach 2/lr; {n['fraction_hovering']:.0%} of "
+                                 "those hover)",
                          "published": "≈ 1: rises to about 2/η, then hovers",
                          "source": "cohen2021 (claim)"})
     return pd.DataFrame(rows, columns=["quantity", "ours", "published", "source"])

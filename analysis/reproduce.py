@@ -166,7 +166,8 @@ def offline_plan(finding: str, *, seeds: int | None = None, budget_scale: float 
         every = {b: 100 for b in bs}
         report = {"tolerance": 0.01}
     else:  # edge_of_stability: full-batch GD on 1,000 examples, Lanczos every 25 steps
-        bs, lrs = (1000,), (0.05, 0.1, 0.2)
+        bs, lrs = (1000,), (0.05, 0.1, 0.2, 0.3, 0.4)  # 2/lr = 40 .. 5: above and below the
+        # sharpness progressive sharpening reaches by itself (~11 here)
         budget = {1000: "3000steps"}
         every = {1000: 25}
         report = {"tol": 0.2}

@@ -168,3 +168,44 @@ def test_edge_of_stability_without_sharpness_is_inconclusive(tmp_path):
     write_records(tmp_path, [make_record(batch_size=32, history=_final(.9))])
     h = load_history(tmp_path)
     assert eos_verdict(h).verdict == "inconclusive" and eos_table(h).empty
+
+
+def _rise_hover_decline(lr: float, steps=range(0, 3000, 25)):
+    """Sharpness rises to 2/lr by step 300, hovers there while the train loss falls 2.3 -> 0.2,
+    then (loss -> 0, as with cross-entropy) falls to 0.2 x 2/lr."""
+    rows = eval_rows(steps, batch_size=4000, lr=lr, test_final=.9, train_final=1.0, tau=300)
+    for row in rows:
+        t = row["step"]
+        row["train_loss"] = 2.3 * math.exp(-t / 400)
+        ratio = min(t / 300, 1.0) if t < 1000 else max(0.2, 1.0 - (t - 1000) / 500)
+        row["hessian_top_eigenvalue"], row["two_over_lr"] = ratio * 2 / lr, 2 / lr
+    return rows
+
+
+def test_edge_of_stability_window_excludes_the_late_cross_entropy_decline(tmp_path):
+    write_records(tmp_path, [make_record(batch_size=4000, history=_rise_hover_decline(0.1),
+                                         peak_lr=0.1, num_train=4000)])
+    h = load_history(tmp_path)
+    v = eos_verdict(h)
+    assert v.verdict == "reproduced" and v.numbers["median_ratio_after_reach"] == pytest.approx(1.0)
+    row = v.table.iloc[0]
+    # reached at step 250 (ratio 0.83) with loss 2.3 e^-0.625 = 1.23; floor 0.123 -> t < 1175
+    assert row["first_reach_step"] == 250 and row["window_end_step"] == 1150
+    whole_tail = eos_verdict(h, loss_fraction=0.0)  # every row after the reach
+    assert whole_tail.verdict == "not reproduced"
+    assert whole_tail.numbers["median_ratio_after_reach"] < 0.5
+
+
+def test_edge_of_stability_counts_only_runs_that_reach(tmp_path):
+    never = eval_rows(range(0, 2000, 50), batch_size=4000, lr=0.01, test_final=.9, train_final=.99,
+                      tau=300, sharpness_final=0.5 * 2 / 0.01, sharpness_tau=200)
+    write_records(tmp_path, [
+        make_record(batch_size=4000, history=_rise_hover_decline(0.1), peak_lr=0.1, num_train=4000,
+                    replica_index=0),
+        make_record(batch_size=4000, history=never, peak_lr=0.01, num_train=4000, seed=1,
+                    replica_index=1)])
+    v = eos_verdict(load_history(tmp_path))
+    assert v.verdict == "reproduced"
+    assert v.numbers["runs"] == 2 and v.numbers["runs_reaching"] == 1
+    assert v.numbers["fraction_hovering"] == 1.0
+    assert "1 of 2 runs never reached 2/lr (lr 0.01)" in v.details
