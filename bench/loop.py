@@ -29,6 +29,7 @@ from bench.metrics.convergence import convergence_summary
 from bench.metrics.generalization import generalization_gap
 from bench.metrics.probe import CurvatureProbe
 from bench.models import build_model
+from bench.models.im2col import im2col_for_replicas, with_im2col_convs
 from bench.optim import make_optimizer
 from bench.preemption import PreemptionFlag, requeue_if_slurm
 from bench.parallel import (batch_sharded, global_array, make_mesh, maybe_initialize_distributed,
@@ -109,6 +110,11 @@ class Job:
         abstract = nnx.eval_shape(lambda: self._build(jax.random.key(0)))
         self.graphdef, _, _ = split_model(abstract)
         self.fns = ModelFns(self.graphdef)
+        # Training K > 1 replicas on CPU: 1-D convs as im2col + matmul (see bench.models.im2col);
+        # evaluation and curvature keep the plain convolution.
+        self.train_fns = self.fns
+        if im2col_for_replicas(len(self.replicas)) and with_im2col_convs(abstract):
+            self.train_fns = ModelFns(split_model(abstract)[0])
         self.tx = make_optimizer(cfg.optimizer)
         peak_over_base = (cfg.batch_size / cfg.scaling.base_batch_size) ** cfg.scaling.alpha
         self.lr_shape = plan_lr_shape(cfg, self.plan, peak_over_base)
@@ -118,7 +124,7 @@ class Job:
         self.x_test, self.y_test = rep(self.data.x_test, self.mesh), rep(self.data.y_test, self.mesh)
         self.indexer = self.plan
         self._train_chunk = jax.jit(
-            make_train_chunk(self.fns, self.tx, self.lr_shape, cfg.accumulate, self.mesh),
+            make_train_chunk(self.train_fns, self.tx, self.lr_shape, cfg.accumulate, self.mesh),
             donate_argnums=(0,))
         self._evaluate = jax.jit(make_evaluate(self.fns, self.mesh))
         self._compiled: dict[Any, Callable] = {}

@@ -19,14 +19,15 @@ train time of K replicas vs 1 (``train_seconds / steps``) and the ratio extrapol
 budgets from those measured parts. Replica k and process k are the same run: their step-0
 evaluation agrees to float rounding (later rows drift apart as SGD amplifies rounding).
 
-Part 2, in one process: other formulations of the replica axis of the training step (same
-state, same batches, ``steps_per_call`` steps per jitted call): the current ``jax.vmap``
-(bench.step; on XLA:CPU a vmapped convolution becomes a grouped convolution), an unrolled Python
-loop over replicas inside the jitted call (``--all-variants``: also with 5 instead of 25 steps per
-call, since its compile time grows with K x steps per call), ``jax.lax.map`` over replicas, and vmap with the
-convolutions written as im2col + matmul (CNN only). Each is checked against vmap (max |param
-difference| after one step from the same state), its compile time is measured, and it is timed
-after compilation (medians over rounds). The same for one full evaluation: bench.step's (a loop
+Part 2, in one process: formulations of the replica axis of the training step (same state,
+same batches, ``steps_per_call`` steps per jitted call): bench.step's (``jax.vmap``; on CPU with
+K > 1 the 1-D convolutions as im2col + matmul, ``bench.models.im2col``), ``jax.vmap`` with the
+plain convolution (on XLA:CPU a vmapped convolution becomes a grouped convolution), an unrolled
+Python loop over replicas inside the jitted call (``--all-variants``: also with 5 instead of 25
+steps per call, since its compile time grows with K x steps per call) and ``jax.lax.map`` over
+replicas. Each is checked against bench.step's (max |param difference| after one step from the
+same state), its compile time is measured, and it is timed after compilation (medians over
+rounds). The same for one full evaluation: bench.step's (a loop
 over replicas on CPU, vmap elsewhere) vs a vmap over replicas.
 """
 
@@ -138,36 +139,9 @@ def end_to_end(model: str, k: int, batch_size: int, budget: str, eval_every: int
 # ------------------------------------------------------------------------------ part 2
 
 
-def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                precision=None, preferred_element_type=None, **_: Any):
-    """``lax.conv_general_dilated`` for 1-D NWC/WIO convolutions as im2col + one matmul.
-
-    Under ``jax.vmap`` over replicas (each with its own kernel) this is a batched matmul
-    instead of a grouped convolution. Signature of ``nnx.Conv``'s ``conv_general_dilated``.
-    """
-    import jax.numpy as jnp
-    from jax import lax
-
-    if (lhs.ndim != 3 or feature_group_count != 1 or batch_group_count != 1
-            or any(d != 1 for d in (lhs_dilation or (1,))) or any(d != 1 for d in (rhs_dilation or (1,)))):
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
-    width, (stride,) = rhs.shape[0], window_strides
-    if isinstance(padding, str):
-        (padding,) = lax.padtype_to_pads(lhs.shape[1:2], (width,), (stride,), padding)
-    else:
-        (padding,) = padding
-    x = jnp.pad(lhs, ((0, 0), tuple(padding), (0, 0)))
-    out = (x.shape[1] - width) // stride + 1
-    cols = jnp.concatenate([x[:, i:i + stride * (out - 1) + 1:stride, :] for i in range(width)], -1)
-    return jnp.einsum("nlp,po->nlo", cols, rhs.reshape(-1, rhs.shape[-1]), precision=precision,
-                      preferred_element_type=preferred_element_type)
-
-
 def _replica_chunk(job, how: str) -> Callable:
-    """A train chunk like ``bench.step.make_train_chunk`` with another replica formulation."""
+    """A train chunk like ``bench.step.make_train_chunk`` with another replica formulation
+    (``loop``, ``map`` or ``vmap``), always with the plain convolution (``job.fns``)."""
     import jax
     import jax.numpy as jnp
 
@@ -184,7 +158,7 @@ def _replica_chunk(job, how: str) -> Callable:
     def mapped(state, x, y):
         return jax.lax.map(lambda a: step(*a), (state, x, y))
 
-    rstep = {"loop": loop, "map": mapped}[how]
+    rstep = {"loop": loop, "map": mapped, "vmap": jax.vmap(step)}[how]
 
     def chunk(state, x_all, y_all, idx):
         def body(state, idx_t):
@@ -200,20 +174,22 @@ def _replica_chunk(job, how: str) -> Callable:
 
 
 def _im2col_job(cfg, data):
-    """A Job whose CNN convolutions use :func:`im2col_conv` (same parameters, same math)."""
+    """A Job that trains with 1-D convolutions as im2col + matmul whatever K (bench.loop uses
+    them only for K > 1 on CPU)."""
+    import jax
     from flax import nnx
 
     from bench.loop import Job
+    from bench.models.im2col import with_im2col_convs
+    from bench.step import ModelFns, make_train_chunk, split_model
 
-    class Im2colJob(Job):
-        def _build(self, key):
-            model = super()._build(key)
-            for _, node in nnx.iter_graph(model):
-                if isinstance(node, nnx.Conv):
-                    node.conv_general_dilated = im2col_conv
-            return model
-
-    return Im2colJob(cfg, data)
+    job = Job(cfg, data)
+    model = nnx.eval_shape(lambda: job._build(jax.random.key(0)))
+    with_im2col_convs(model)
+    job.train_fns = ModelFns(split_model(model)[0])
+    job._train_chunk = jax.jit(make_train_chunk(job.train_fns, job.tx, job.lr_shape,
+                                                job.cfg.accumulate, job.mesh), donate_argnums=(0,))
+    return job
 
 
 class _VmapEval:
@@ -270,17 +246,17 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
     job, single = Job(config(k), data), Job(config(1), data)
     spc = job.cfg.steps_per_call
     loop_chunk = _replica_chunk(job, "loop")
+    current = "bench.step (current)"
     variants: dict[str, tuple[Any, Callable, int]] = {
-        "vmap (bench.step, current)": (job, job._train_chunk, spc),
+        current: (job, job._train_chunk, spc),
+        "vmap, plain convolutions": (job, _replica_chunk(job, "vmap"), spc),
         "unrolled loop over replicas": (job, loop_chunk, spc)}
     if all_variants:
         variants["  the same, 5 steps per call"] = (job, loop_chunk, 5)
     variants["lax.map over replicas"] = (job, _replica_chunk(job, "map"), spc)
-    if model == "cnn":
-        im2col, im2col_1 = _im2col_job(config(k), data), _im2col_job(config(1), data)
-        variants["vmap, convs as im2col + matmul"] = (im2col, im2col._train_chunk, spc)
     variants["K=1 (reference)"] = (single, single._train_chunk, spc)
     if model == "cnn":
+        im2col_1 = _im2col_job(config(1), data)
         variants["K=1, convs as im2col + matmul"] = (im2col_1, im2col_1._train_chunk, spc)
 
     def idx(jb, start: int, count: int):
@@ -309,23 +285,22 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
         print(f"   {name:<34} compile {compile_s:6.1f} s   {results[name]['step'] * 1e3:8.2f} ms/step",
               flush=True)
 
-    ref, one = results["vmap (bench.step, current)"], results["K=1 (reference)"]
-    print(f"\n   {'train step, K=' + str(k):<34}{'ms/step':>9}{'vs vmap':>9}{'vs ' + str(k) + 'x K=1':>10}"
+    ref, one = results[current], results["K=1 (reference)"]
+    print(f"\n   {'train step, K=' + str(k):<34}{'ms/step':>9}{'vs current':>11}{'vs ' + str(k) + 'x K=1':>10}"
           f"{'compile s':>11}{'1-step max|dparam|':>20}")
     for name, r in results.items():
         base = ref if r["k"] == k else one
         diff = max(float(np.max(np.abs(a - b))) for a, b in
                    zip(jax.tree.leaves(base["one_step"]), jax.tree.leaves(r["one_step"])))
         per_replica = r["step"] / r["k"]                    # ms per replica-step
-        print(f"   {name:<34}{r['step'] * 1e3:>9.2f}{ref['step'] / k / per_replica:>8.2f}x"
+        print(f"   {name:<34}{r['step'] * 1e3:>9.2f}{ref['step'] / k / per_replica:>10.2f}x"
               f"{one['step'] / per_replica:>9.2f}x{r['compile']:>11.1f}{diff:>20.1e}")
-    print("   (per replica-step: vs vmap > 1 = faster than the current vmap; vs Kx K=1 > 1 = faster "
-          "than K separate single-replica steps; max|dparam| after one step vs vmap, K=1 rows vs K=1)")
+    print("   (per replica-step: vs current > 1 = faster than bench.step; vs Kx K=1 > 1 = faster "
+          "than K separate single-replica steps; max|dparam| after one step vs bench.step, K=1 rows "
+          "vs K=1)")
 
     evals = {"bench.step (current)": (job, None), "vmap over replicas": (job, "vmap"),
              "K=1 (reference)": (single, None)}
-    if model == "cnn":
-        evals["vmap, convs as im2col + matmul"] = (im2col, None)
     print(f"\n   {'full evaluation (train + test sets)':<34}{'ms':>9}{'vs vmap':>9}{'compile s':>11}")
     ev_times: dict[str, tuple[float, float, int]] = {}
     for name, (jb, how) in evals.items():
