@@ -93,7 +93,9 @@ class Timings:
 class Job:
     """Everything one job needs, built once: data on device, model functions, compiled steps."""
 
-    def __init__(self, cfg: Config, data: ArrayDataset | None = None):
+    def __init__(self, cfg: Config, data: ArrayDataset | None = None, *, im2col: bool | None = None):
+        """``im2col``: train with 1-D convolutions as im2col + matmul (default
+        ``im2col_for_replicas(K)``: K > 1 replicas on CPU; see bench.models.im2col)."""
         maybe_initialize_distributed()
         self.mesh = make_mesh()
         self.cfg = validate(cfg, num_devices=self.mesh.size)
@@ -113,7 +115,9 @@ class Job:
         # Training K > 1 replicas on CPU: 1-D convs as im2col + matmul (see bench.models.im2col);
         # evaluation and curvature keep the plain convolution.
         self.train_fns = self.fns
-        if im2col_for_replicas(len(self.replicas)) and with_im2col_convs(abstract):
+        if im2col is None:
+            im2col = im2col_for_replicas(len(self.replicas))
+        if im2col and with_im2col_convs(abstract):
             self.train_fns = ModelFns(split_model(abstract)[0])
         self.tx = make_optimizer(cfg.optimizer)
         peak_over_base = (cfg.batch_size / cfg.scaling.base_batch_size) ** cfg.scaling.alpha

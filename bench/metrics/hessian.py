@@ -56,6 +56,7 @@ __all__ = [
     "hvp",
     "jit_loss",
     "lanczos",
+    "lanczos_from_key",
     "lift_closure",
     "lanczos_top_eigenvalues",
     "num_examples",
@@ -261,6 +262,16 @@ def lanczos(
     return q[:m], alpha, beta
 
 
+def lanczos_from_key(
+    matvec: Callable[[jax.Array], jax.Array], flat: jax.Array, num_iters: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``lanczos`` from the Gaussian start vector and restart key that ``key`` determines, as
+    ``lanczos_top_eigenvalues`` uses them (the same key gives the same Krylov basis)."""
+    start_key, restart_key = jax.random.split(key)
+    v0 = jax.random.normal(start_key, flat.shape, flat.dtype)
+    return lanczos(matvec, v0, num_iters, restart_key)
+
+
 def ritz(alpha: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Eigen-decomposition of tridiag(beta, alpha, beta): (values ascending, vectors [m, m])."""
     t = jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
@@ -290,9 +301,7 @@ def lanczos_top_eigenvalues(
     m = min(num_iters, flat.size)
     if not 1 <= k <= m:
         raise ValueError(f"need 1 <= k <= min(num_iters, num_params) = {m}, got k={k}")
-    start_key, restart_key = jax.random.split(key)
-    v0 = jax.random.normal(start_key, flat.shape, flat.dtype)
-    q, alpha, beta = lanczos(matvec, v0, m, restart_key)
+    q, alpha, beta = lanczos_from_key(matvec, flat, m, key)
     theta, y = ritz(alpha, beta[:-1])
     top, vecs = theta[::-1][:k], y[:, ::-1][:, :k].T @ q  # [k], [k, P]
     vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)

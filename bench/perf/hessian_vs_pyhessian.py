@@ -292,9 +292,7 @@ def _lanczos_trajectory(loss_fn: Any, params: Any, data: Any, key: jax.Array, it
     @jax.jit
     def tridiagonal(p):
         matvec, flat = hs._flat_operator(loss_fn, p, data, chunk)
-        start_key, restart_key = jax.random.split(key)
-        v0 = jax.random.normal(start_key, flat.shape, flat.dtype)
-        _, alpha, beta = hs.lanczos(matvec, v0, iters, restart_key)
+        _, alpha, beta = hs.lanczos_from_key(matvec, flat, iters, key)
         return alpha, beta
 
     alpha, beta = map(np.asarray, tridiagonal(params))

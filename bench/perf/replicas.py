@@ -143,22 +143,18 @@ def _replica_chunk(job, how: str) -> Callable:
     """A train chunk like ``bench.step.make_train_chunk`` with another replica formulation
     (``loop``, ``map`` or ``vmap``), always with the plain convolution (``job.fns``)."""
     import jax
-    import jax.numpy as jnp
 
     from bench.parallel import batch_sharded
-    from bench.step import make_replica_step, scan_unroll
+    from bench.step import make_replica_step, over_replicas, scan_unroll
 
     step = make_replica_step(job.fns, job.tx, job.lr_shape, job.cfg.accumulate)
-    K, mesh = len(job.replicas), job.mesh
-
-    def loop(state, x, y):
-        outs = [step(jax.tree.map(lambda a: a[k], state), x[k], y[k]) for k in range(K)]
-        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    mesh = job.mesh
 
     def mapped(state, x, y):
         return jax.lax.map(lambda a: step(*a), (state, x, y))
 
-    rstep = {"loop": loop, "map": mapped, "vmap": jax.vmap(step)}[how]
+    rstep = {"loop": over_replicas(step, (0, 0, 0), loop=True), "map": mapped,
+             "vmap": over_replicas(step, (0, 0, 0), loop=False)}[how]
 
     def chunk(state, x_all, y_all, idx):
         def body(state, idx_t):
@@ -171,25 +167,6 @@ def _replica_chunk(job, how: str) -> Callable:
         return jax.lax.scan(body, state, idx, unroll=scan_unroll(idx.shape[0]))
 
     return jax.jit(chunk, donate_argnums=(0,))
-
-
-def _im2col_job(cfg, data):
-    """A Job that trains with 1-D convolutions as im2col + matmul whatever K (bench.loop uses
-    them only for K > 1 on CPU)."""
-    import jax
-    from flax import nnx
-
-    from bench.loop import Job
-    from bench.models.im2col import with_im2col_convs
-    from bench.step import ModelFns, make_train_chunk, split_model
-
-    job = Job(cfg, data)
-    model = nnx.eval_shape(lambda: job._build(jax.random.key(0)))
-    with_im2col_convs(model)
-    job.train_fns = ModelFns(split_model(model)[0])
-    job._train_chunk = jax.jit(make_train_chunk(job.train_fns, job.tx, job.lr_shape,
-                                                job.cfg.accumulate, job.mesh), donate_argnums=(0,))
-    return job
 
 
 class _VmapEval:
@@ -256,7 +233,7 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
     variants["lax.map over replicas"] = (job, _replica_chunk(job, "map"), spc)
     variants["K=1 (reference)"] = (single, single._train_chunk, spc)
     if model == "cnn":
-        im2col_1 = _im2col_job(config(1), data)
+        im2col_1 = Job(config(1), data, im2col=True)
         variants["K=1, convs as im2col + matmul"] = (im2col_1, im2col_1._train_chunk, spc)
 
     def idx(jb, start: int, count: int):
