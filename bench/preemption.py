@@ -33,6 +33,7 @@ submitit's requeue bookkeeping and timeout countdown apply) or, outside submitit
 SLURM, runs ``scontrol requeue`` itself. The requeued job restarts the same Hydra job,
 which resumes from its latest checkpoint::
 
+    arm()                                              # first thing: see "Every phase"
     ckpt = Checkpointer(output_dir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
                         max_to_keep=cfg.checkpoint.max_to_keep)
     state, step = job.init_state(), 0
@@ -53,6 +54,26 @@ which resumes from its latest checkpoint::
 
 Call ``requeue_if_slurm`` outside any ``except Exception`` that writes "failed" records:
 submitit raises ``UncompletedJobError`` there when the job timed out too many times.
+
+Every phase, not just the training loop. A Python signal handler runs in the main thread
+between two bytecodes of whatever it was doing: inside JAX's tracing/lowering, an orbax
+save, a curvature measurement, logging. submitit's USR2 handler pickles, runs ``scontrol
+requeue`` and raises ``SystemExit`` right there; a USR2 that hit a compile that way ended
+in a segmentation fault once the job had been requeued. So nothing but "remember the
+signal" may run in a handler, from the first line of the job to its last:
+
+- ``arm()``, called first thing by the entry point, installs a process-wide handler that
+  only records the first signal (and remembers submitit's handlers). It stays installed
+  outside ``PreemptionFlag`` blocks: data loading, state init (a compile), restore, the
+  final writes.
+- ``PreemptionFlag`` stacks on top of it and adopts a signal recorded before it was entered,
+  so the loop saves at its first poll; on exit it puts the armed handler back.
+- ``requeue_if_slurm`` calls submitit's handler from ordinary code, with the flag's handler
+  still installed: a second signal during the requeue (``scontrol requeue`` itself sends
+  SIGTERM to the job) only sets a flag.
+
+Without ``arm()`` the windows before and after the loop keep whatever handler was there
+(submitit's, or the default action: terminate).
 """
 
 from __future__ import annotations
@@ -60,6 +81,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -71,12 +93,60 @@ REQUEUE_SIGNALS: frozenset[int] = frozenset({signal.SIGUSR1, signal.SIGUSR2})
 Handler = Callable[[int, types.FrameType | None], Any] | int | None
 
 
+class _Armed:
+    """Process-wide state of ``arm()``: the handlers it replaced and the first signal seen."""
+
+    previous: dict[int, Handler] = {}
+    signum: int | None = None
+
+
+def _armed_handler(signum: int, frame: types.FrameType | None) -> None:
+    # Only record: no I/O, no locks, no JAX, no exceptions in a signal handler.
+    if _Armed.signum is None:
+        _Armed.signum = signum
+
+
+def _require_main_thread(what: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(f"{what} must be called from the main thread (Python runs signal "
+                           "handlers only there)")
+
+
+def arm(signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
+    """Make ``signals`` only record themselves for the rest of the process (idempotent).
+
+    Call first thing in the entry point, before data loading and the first compile. A
+    signal received while armed is picked up by the next ``PreemptionFlag`` entered (the
+    loop then saves at its first poll); submitit's handlers are remembered, so
+    ``requeue_if_slurm`` still hands the signal to them.
+    """
+    _require_main_thread("arm()")
+    for s in map(signal.Signals, signals):
+        if s not in _Armed.previous:
+            _Armed.previous[s] = signal.signal(s, _armed_handler)
+
+
+def disarm() -> None:
+    """Put back the handlers ``arm()`` replaced and forget a recorded signal (tests)."""
+    _require_main_thread("disarm()")
+    for s, old in _Armed.previous.items():
+        signal.signal(s, old if old is not None else signal.SIG_DFL)
+    _Armed.previous = {}
+    _Armed.signum = None
+
+
+def armed_signal() -> int | None:
+    """The first signal recorded by ``arm()``'s handler (None if none, or not armed)."""
+    return _Armed.signum
+
+
 class PreemptionFlag:
     """Context manager: while active, the given signals only set a flag.
 
-    ``requested`` / ``signal_name`` / ``signum`` describe the first signal received.
-    On exit the previous handlers (e.g. submitit's) are restored. Must be entered from
-    the main thread (Python only runs signal handlers there).
+    ``requested`` / ``signal_name`` / ``signum`` describe the first signal received, or
+    the one ``arm()`` recorded before the flag was entered. On exit the previous handlers
+    (``arm()``'s, else e.g. submitit's) are restored. Must be entered from the main thread
+    (Python only runs signal handlers there).
     """
 
     def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
@@ -96,6 +166,8 @@ class PreemptionFlag:
         for s in self.signals:
             self._previous[s] = signal.signal(s, self._handle)
         self._active = True
+        if self._signum is None and _Armed.signum in self.signals:
+            self._signum = _Armed.signum    # arrived earlier (loading, init compile, restore)
         return self
 
     def restore(self) -> None:
@@ -125,8 +197,11 @@ class PreemptionFlag:
         return None if self._signum is None else signal.Signals(self._signum).name
 
     def previous_handler(self, signum: int) -> Handler:
-        """The handler that was installed for ``signum`` before this flag."""
-        return self._previous.get(signal.Signals(signum))
+        """The handler that was installed for ``signum`` before this flag (looking through
+        ``arm()``'s: the one it replaced, e.g. submitit's)."""
+        s = signal.Signals(signum)
+        handler = self._previous.get(s)
+        return _Armed.previous.get(s) if handler is _armed_handler else handler
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         """Raise the flag by hand (tests, or a loop enforcing its own time budget)."""
@@ -171,10 +246,11 @@ def requeue_if_slurm(flag: PreemptionFlag, *, max_requeues: int | None = None) -
     """Have the job requeued after the preemption save, if the signal calls for it.
 
     - Under submitit (the Hydra submitit launchers), if the signal received is the one
-      submitit handles: restores the previous handlers and hands the signal to
-      submitit's handler. On global rank 0 that re-pickles the launcher, runs
-      ``scontrol requeue`` (submitit_local: exit code 144) and raises ``SystemExit``, so
-      this call does not return; other ranks return True.
+      submitit handles: calls submitit's handler, from here, not from a signal (the flag's
+      handlers stay installed, so a signal during the requeue only sets a flag). On
+      global rank 0 that re-pickles the launcher, runs ``scontrol requeue``
+      (submitit_local: exit code 144) and raises ``SystemExit``, so this call does not
+      return; other ranks return True.
     - Plain SLURM (``SLURM/sbatch_template.sh``), USR1/USR2: rank 0 runs
       ``scontrol requeue <job>``; returns True. ``max_requeues`` caps
       ``SLURM_RESTART_COUNT`` (None: no cap).
@@ -187,7 +263,6 @@ def requeue_if_slurm(flag: PreemptionFlag, *, max_requeues: int | None = None) -
         return False
     previous = flag.previous_handler(signum)
     if _submitit_requeue_handler(previous):
-        flag.restore()
         previous(signum, None)  # type: ignore[operator]  # rank 0: requeue + SystemExit
         return True
     if signum not in REQUEUE_SIGNALS:
