@@ -49,7 +49,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench.config import Config, ConfigError
-from bench.profile import (DEFAULT_BATCH_SIZES, GIB, compose, fit_line, saturation_batch_size,
+from bench.hydra_conf import compose_config
+from bench.profile import (DEFAULT_BATCH_SIZES, GIB, fit_line, saturation_batch_size,
                            split_overrides)
 
 RULES = ("linear-sqrt", "linear", "sqrt", "mccandlish")
@@ -222,11 +223,12 @@ def measure_noise_scale(cfg: Config, *, data=None, train_steps: int = 200, draws
     """
     import jax
 
-    from bench.config import BatchScheduleConfig, MetricsConfig, ReplicasConfig
-    from bench.loop import Job
+    from bench.config import ReplicasConfig
+    from bench.data.batch_schedules import BATCH_SCHEDULES
+    from bench.job import Job
     from bench.metrics.noise_scale import gradient_noise_scale
 
-    cfg = dataclasses.replace(cfg, replicas=ReplicasConfig(), batch_schedule=BatchScheduleConfig(),
+    cfg = dataclasses.replace(cfg, replicas=ReplicasConfig(), batch_schedule=BATCH_SCHEDULES.create("constant"),
                               metrics=dataclasses.replace(cfg.metrics, hessian=False),
                               budget=f"{max(train_steps, 1)}steps", progress=False)
     job = Job(cfg, data)
@@ -335,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides, sizes = split_overrides(args.overrides)
-        cfg = compose(overrides)
+        cfg = compose_config(overrides)
         budget = args.memory_gb * GIB if args.memory_gb is not None else None
         if args.profile:
             table = pd.read_csv(Path(args.profile) / "profile.csv")

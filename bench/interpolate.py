@@ -149,7 +149,7 @@ def interpolation_curve(record_sb_path: Path | str, record_lb_path: Path | str,
 
     from bench.config import from_dict
     from bench.data import load_dataset
-    from bench.loop import eval_indices
+    from bench.job import eval_indices
     from bench.parallel import batch_sharded, global_array, make_mesh, put_replicated
     from bench.step import ModelFns, make_evaluate
 

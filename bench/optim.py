@@ -1,74 +1,153 @@
-"""Optimizers, LR schedules with warmup, and batch-size LR scaling rules (all optax).
+"""Optimizers and batch-size LR scaling rules (registries; all optax).
 
-The learning rate is an injected hyperparameter (``optax.inject_hyperparams``), so each
-vectorized replica carries its own value in its optimizer state. The schedule is a *shape*
-(a multiplier of the peak LR, a pure function of the step), so
-``lr(step) = peak_lr * shape(step)`` with ``peak_lr = base_lr * (B / base_B) ** alpha``.
+``optimizer=<name>`` picks a registered section (its keys and its optax transformation);
+``scaling=<name>`` picks the rule that turns the base LR into the peak LR for the job's batch
+size. The learning rate is an injected hyperparameter (``optax.inject_hyperparams``), so each
+vectorized replica carries its own value in its optimizer state; per step,
+``lr(step) = peak_lr * multiplier(step)`` with the multiplier from bench.schedules.
+
+Adding an optimizer: one registered section here (keys + ``transform``) and
+``conf/optimizer/<name>.yaml``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any
 
-import jax.numpy as jnp
 import optax
 
-from bench.config import Config, OptimizerConfig, total_steps, warmup_steps, steps_per_epoch
+from bench.schema import Registry, frozen, param
 
-Schedule = Callable[[jnp.ndarray], jnp.ndarray]
+OPTIMIZERS: Registry["OptimizerConfig"] = Registry("optimizer", default="momentum")
+SCALING_RULES: Registry["ScalingConfig"] = Registry("scaling", default="none")
+
+_BETA = {"ge": 0.0, "lt": 1.0}
+
+
+@frozen
+class OptimizerConfig:
+    name: str = param("momentum", help="optimizer=<name> selects the option")
+    lr: float = param(0.05, gt=0, help="base LR, defined at scaling.base_batch_size")
+    weight_decay: float = param(0.0, ge=0)
+
+    def transform(self, learning_rate: Any) -> optax.GradientTransformation:
+        raise NotImplementedError
+
+
+@OPTIMIZERS.register("sgd")
+@frozen
+class SGDConfig(OptimizerConfig):
+    """Plain SGD (no momentum), L2 weight decay added to the gradient."""
+    lr: float = param(0.1, gt=0, help="base LR, defined at scaling.base_batch_size")
+
+    def transform(self, learning_rate):
+        return optax.chain(optax.add_decayed_weights(self.weight_decay), optax.sgd(learning_rate))
+
+
+@OPTIMIZERS.register("momentum")
+@frozen
+class MomentumConfig(OptimizerConfig):
+    """Heavy-ball (or Nesterov) momentum SGD, L2 weight decay added to the gradient."""
+    momentum: float = param(0.9, **_BETA)
+    nesterov: bool = param(False)
+
+    def transform(self, learning_rate):
+        return optax.chain(optax.add_decayed_weights(self.weight_decay),
+                           optax.sgd(learning_rate, momentum=self.momentum, nesterov=self.nesterov))
+
+
+@frozen
+class _AdamFamily(OptimizerConfig):
+    lr: float = param(0.001, gt=0, help="base LR, defined at scaling.base_batch_size")
+    b1: float = param(0.9, **_BETA)
+    b2: float = param(0.999, **_BETA)
+    eps: float = param(1e-8, gt=0)
+
+
+@OPTIMIZERS.register("adam")
+@frozen
+class AdamConfig(_AdamFamily):
+    """Adam with L2 weight decay added to the gradient (coupled)."""
+
+    def transform(self, learning_rate):
+        return optax.chain(optax.add_decayed_weights(self.weight_decay),
+                           optax.adam(learning_rate, b1=self.b1, b2=self.b2, eps=self.eps))
+
+
+@OPTIMIZERS.register("adamw")
+@frozen
+class AdamWConfig(_AdamFamily):
+    """AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
+    weight_decay: float = param(1e-4, ge=0)
+
+    def transform(self, learning_rate):
+        return optax.adamw(learning_rate, b1=self.b1, b2=self.b2, eps=self.eps,
+                           weight_decay=self.weight_decay)
+
+
+@OPTIMIZERS.register("lamb")
+@frozen
+class LambConfig(_AdamFamily):
+    """LAMB (You et al. 2019)."""
+    lr: float = param(0.002, gt=0, help="base LR, defined at scaling.base_batch_size")
+    weight_decay: float = param(1e-4, ge=0)
+
+    def transform(self, learning_rate):
+        return optax.lamb(learning_rate, b1=self.b1, b2=self.b2, eps=self.eps,
+                          weight_decay=self.weight_decay)
+
+
+@OPTIMIZERS.register("lars")
+@frozen
+class LarsConfig(OptimizerConfig):
+    """LARS (You et al. 2017)."""
+    lr: float = param(1.0, gt=0, help="base LR, defined at scaling.base_batch_size")
+    weight_decay: float = param(1e-4, ge=0)
+    momentum: float = param(0.9, **_BETA)
+    nesterov: bool = param(False)
+    trust_coefficient: float = param(0.001, gt=0)
+
+    def transform(self, learning_rate):
+        return optax.lars(learning_rate, weight_decay=self.weight_decay,
+                          trust_coefficient=self.trust_coefficient, momentum=self.momentum,
+                          nesterov=self.nesterov)
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    """The named optax optimizer with its LR injected (placeholder value 1.0, set per step)."""
-    wd = cfg.weight_decay
-    if cfg.name == "sgd":
-        factory = lambda learning_rate: optax.chain(
-            optax.add_decayed_weights(wd), optax.sgd(learning_rate))
-    elif cfg.name == "momentum":
-        factory = lambda learning_rate: optax.chain(
-            optax.add_decayed_weights(wd),
-            optax.sgd(learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov))
-    elif cfg.name == "adam":
-        factory = lambda learning_rate: optax.chain(
-            optax.add_decayed_weights(wd),
-            optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
-    elif cfg.name == "adamw":
-        factory = lambda learning_rate: optax.adamw(
-            learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd)
-    elif cfg.name == "lars":
-        factory = lambda learning_rate: optax.lars(
-            learning_rate, weight_decay=wd, trust_coefficient=cfg.trust_coefficient,
-            momentum=cfg.momentum, nesterov=cfg.nesterov)
-    elif cfg.name == "lamb":
-        factory = lambda learning_rate: optax.lamb(
-            learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd)
-    else:
-        raise ValueError(f"unknown optimizer {cfg.name!r}")
-    return optax.inject_hyperparams(factory)(learning_rate=1.0)
+    """The optimizer with its LR injected (placeholder 1.0; the train step sets it every step)."""
+    return optax.inject_hyperparams(cfg.transform)(learning_rate=1.0)
 
 
-def lr_shape(cfg: Config, num_train: int, peak_over_base: float = 1.0) -> Schedule:
-    """Multiplier of the peak LR at each step: warmup, then constant / cosine / step decay.
+# ------------------------------------------------------------------------- LR scaling rules
 
-    ``peak_over_base`` is peak_lr / base_lr; with ``schedule.warmup_from=base`` warmup starts at
-    the unscaled LR (Goyal et al. 2017) instead of zero.
-    """
-    s = cfg.schedule
-    steps = total_steps(cfg, num_train)
-    warm = warmup_steps(cfg, num_train)
-    spe = steps_per_epoch(cfg, num_train)
-    decay_steps = max(steps - warm, 1)
-    if s.name == "constant":
-        after = optax.constant_schedule(1.0)
-    elif s.name == "cosine":
-        after = optax.cosine_decay_schedule(1.0, decay_steps, alpha=s.final_fraction)
-    elif s.name == "step":
-        boundaries = {max(int(round(e * spe)) - warm, 0): s.decay_factor for e in s.decay_epochs}
-        after = optax.piecewise_constant_schedule(1.0, boundaries)
-    else:
-        raise ValueError(f"unknown schedule {s.name!r}")
-    if warm == 0:
-        return after
-    start = (1.0 / peak_over_base) if s.warmup_from == "base" else 0.0
-    warmup = optax.linear_schedule(start, 1.0, warm)
-    return optax.join_schedules([warmup, after], [warm])
+
+@frozen
+class ScalingConfig:
+    """peak LR = base LR * (B / base_batch_size) ** alpha."""
+    name: str = param("none", help="scaling=<name> selects the rule")
+    base_batch_size: int = param(128, ge=1, help="the batch size at which optimizer.lr is defined")
+    alpha = 0.0
+
+    def peak_lr(self, base_lr: float, batch_size: int) -> float:
+        return float(base_lr) * (batch_size / self.base_batch_size) ** self.alpha
+
+
+@SCALING_RULES.register("none")
+@frozen
+class NoScaling(ScalingConfig):
+    """The same LR at every batch size."""
+    alpha = 0.0
+
+
+@SCALING_RULES.register("sqrt")
+@frozen
+class SqrtScaling(ScalingConfig):
+    """Square-root scaling (Krizhevsky 2014; Hoffer et al. 2017)."""
+    alpha = 0.5
+
+
+@SCALING_RULES.register("linear")
+@frozen
+class LinearScaling(ScalingConfig):
+    """Linear scaling (Goyal et al. 2017)."""
+    alpha = 1.0

@@ -53,24 +53,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from bench.config import Config, ConfigError, from_hydra
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from bench.config import Config, ConfigError
+from bench.hydra_conf import compose_config
 COLUMNS = ("batch_size", "peak_memory_bytes", "step_seconds", "examples_per_second")
 DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 GIB = 2**30
 
 
 # ---------------------------------------------------------------------------- config
-
-
-def compose(overrides: Sequence[str] = ()) -> Config:
-    """conf/ composed with Hydra overrides, exactly like ``python -m bench.train``."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return from_hydra(cfg)
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -87,10 +77,10 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 def profiling_config(cfg: Config, batch_size: int) -> Config:
     """The job config for one profiled B: constant B, a budget long enough for any schedule."""
-    from bench.config import BatchScheduleConfig
+    from bench.data.batch_schedules import BATCH_SCHEDULES
 
     return dataclasses.replace(cfg, batch_size=int(batch_size), budget="1000000000steps",
-                               batch_schedule=BatchScheduleConfig(), progress=False)
+                               batch_schedule=BATCH_SCHEDULES.create("constant"), progress=False)
 
 
 def effective_batch_sizes(batch_sizes: Iterable[int], num_train: int) -> list[int]:
@@ -113,14 +103,13 @@ def memory_stats(compiled: Any) -> dict[str, int]:
 
 
 def _prepare(cfg: Config, batch_size: int, data, steps: int):
-    from bench.loop import Job
-    from bench.parallel import batch_sharded, global_array
+    from bench.job import Job
 
     job = Job(profiling_config(cfg, batch_size), data)
     state = job.init_state()
-    idx = global_array(job.indexer.indices(0, steps), batch_sharded(job.mesh, 2, 3))
-    compiled = job._compile(("profile", batch_size, steps), job._train_chunk,
-                            state, job.x_train, job.y_train, idx)
+    idx = job.train_inputs(0, steps)
+    compiled = job.compile(("profile", batch_size, steps), job.train_call,
+                           state, job.x_train, job.y_train, idx)
     return job, state, idx, compiled
 
 
@@ -346,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides, sizes = split_overrides(args.overrides)
-        cfg = compose(overrides)
+        cfg = compose_config(overrides)
         if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or not 0 < args.saturation <= 1:
             raise ConfigError("--steps and --repeats must be >= 1, --warmup >= 0, --saturation in (0, 1]")
         budget = args.memory_gb * GIB if args.memory_gb is not None else None

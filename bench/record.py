@@ -1,28 +1,9 @@
 """Run records: the unit of truth. One JSON file per trained replica, written atomically.
 
-Schema (``SCHEMA``), every key always present::
-
-    schema          "batch-bench/run-record/v1"
-    run_id          stable id: "<config hash>-r<replica index>"
-    status          "running" | "finished" | "diverged" | "failed"
-    config          the full resolved config (a dict, as composed by Hydra)
-    replica         {index, count, seed, base_lr, peak_lr}
-    experiment      {dataset, model, optimizer, scaling, schedule, batch_size,
-                     num_train, num_test, num_params, steps_per_epoch, total_steps}
-    environment     versions of python/jax/jaxlib/flax/optax/..., platform, devices, git commit
-    history         list of eval rows: {step, epoch, examples, train_seconds, lr, batch_size,
-                     train_loss, train_accuracy, test_loss, test_accuracy, gap_loss,
-                     gap_accuracy, [curvature keys...]}
-    final           the last eval row (or null if none)
-    convergence     {target_test_accuracy, steps_to_target, examples_to_target,
-                     seconds_to_target, target_train_loss, steps_to_train_loss,
-                     examples_to_train_loss, seconds_to_train_loss}
-    curvature       final curvature statistics (dict) or null
-    timings         {compile_seconds, train_seconds, eval_seconds, total_seconds}
-    diverged_at_step  int or null
-    error           one-line error message or null
-    artifacts       {name: path relative to the record file} (e.g. final params)
-
+The schema is the typed definitions below (:class:`RunRecord` and the dicts it holds):
+``bench.loop`` writes exactly these keys and ``analysis`` reads them. Every key is always
+present; ``history`` rows carry, beyond :class:`EvalRow`, the curvature keys of
+``bench.metrics.curvature.measure`` at steps where curvature was measured.
 gap_loss = test_loss - train_loss; gap_accuracy = train_accuracy - test_accuracy.
 """
 
@@ -33,26 +14,136 @@ import json
 import math
 import os
 import platform
+import secrets
 import socket
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, get_type_hints
 
-SCHEMA = "batch-bench/run-record/v1"
-STATUSES = ("running", "finished", "diverged", "failed")
+SCHEMA = "batch-bench/run-record/v2"
+# v1 (before 2026-11-29) lacks config_hash, experiment.warmup_steps and the SLURM array id;
+# analysis reads both.
+READABLE_SCHEMAS = (SCHEMA, "batch-bench/run-record/v1")
+Status = Literal["running", "finished", "diverged", "failed"]
+STATUSES: tuple[str, ...] = ("running", "finished", "diverged", "failed")
 TRACKED_PACKAGES = (
     "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "hydra-core", "wandb",
-    "numpy", "matfree", "mnist1d", "tensorflow-datasets", "batch-bench",
+    "numpy", "matfree", "mnist1d", "tensorflow-datasets", "grain", "batch-bench",
 )
+
+
+class Replica(TypedDict):
+    index: int            # position in the job's LR-major grid of base LRs x seeds
+    count: int            # K, replicas in the job
+    seed: int
+    base_lr: float        # before the batch-size scaling rule
+    peak_lr: float        # after it, before the LR schedule
+
+
+class Experiment(TypedDict):
+    dataset: str
+    model: str
+    optimizer: str
+    scaling: str          # rule name: none | sqrt | linear
+    schedule: str
+    batch_size: int       # the peak B (B of every step unless batch_schedule is not constant)
+    accumulate: int
+    num_train: int
+    num_test: int
+    data_sha256: str      # of the arrays trained and evaluated on (bench.data.base.ArrayDataset)
+    num_params: int
+    steps_per_epoch: int  # steps in data epoch 0 (the batch plan's)
+    total_steps: int
+    warmup_steps: int
+    batch_schedule: str
+    batch_stages: list[dict[str, Any]]  # {epoch, step, batch_size, lr_factor} per boundary
+
+
+class Environment(TypedDict):
+    python: str
+    packages: dict[str, str | None]
+    platform: str         # jax backend
+    device_kind: str
+    device_count: int
+    local_device_count: int
+    process_count: int
+    hostname: str
+    os: str
+    git_commit: str | None
+    slurm_job_id: str | None
+    slurm_array_job_id: str | None
+    slurm_array_task_id: str | None
+    compile_cache: dict[str, Any]  # {dir (None: off), atomic_writes, hits, misses} (bench.compile_cache)
+
+
+class EvalRow(TypedDict):
+    step: int             # steps taken before this evaluation
+    epoch: float          # examples / num_train
+    examples: int         # sum of the batch sizes of the steps taken
+    train_seconds: float  # training wall time so far (compile and evaluation excluded)
+    lr: float             # LR of the last step taken
+    batch_size: int       # B of the last step taken
+    train_loss: float     # full training set, eval mode
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    gap_loss: float
+    gap_accuracy: float
+
+
+class Convergence(TypedDict):
+    target_test_accuracy: float | None
+    steps_to_target: int | None
+    examples_to_target: int | None
+    seconds_to_target: float | None
+    target_train_loss: float | None
+    steps_to_train_loss: int | None
+    examples_to_train_loss: int | None
+    seconds_to_train_loss: float | None
+
+
+class Timings(TypedDict):
+    compile_seconds: float
+    train_seconds: float
+    eval_seconds: float
+    metrics_seconds: float
+    total_seconds: float
+    resumed_at_steps: list[int]
+
+
+class RunRecord(TypedDict):
+    schema: str                     # SCHEMA
+    run_id: str | None              # "<config hash>-r<replica index>"
+    status: Status
+    config: dict[str, Any]          # the full resolved config (bench.config.as_dict)
+    config_hash: str | None         # hash of the keys that can change results
+    replica: Replica
+    experiment: Experiment
+    environment: Environment
+    history: list[EvalRow]
+    final: EvalRow | None           # the last eval row
+    convergence: Convergence
+    curvature: dict[str, Any] | None  # curvature at the last step (bench.metrics.curvature)
+    timings: Timings
+    diverged_at_step: int | None
+    error: str | None               # one line
+    artifacts: dict[str, str]       # name -> path relative to the record (e.g. final params)
+
+
+def keys_of(schema: type) -> tuple[str, ...]:
+    """The keys of a TypedDict, in order."""
+    return tuple(get_type_hints(schema))
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Write text to ``path`` via a temp file in the same directory and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # os.open with 0o666 applies the umask, like every other file (mkstemp would force 0600 and
+    # hide results from the rest of a group on a shared filesystem).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -77,7 +168,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_record(path: Path | str, record: dict[str, Any]) -> None:
+def write_record(path: Path | str, record: RunRecord | dict[str, Any]) -> None:
     """Validate the top-level shape and write the record atomically."""
     missing = [k for k in empty_record() if k not in record]
     if missing:
@@ -87,9 +178,9 @@ def write_record(path: Path | str, record: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(_json_safe(record), indent=1, allow_nan=False) + "\n")
 
 
-def read_record(path: Path | str) -> dict[str, Any]:
+def read_record(path: Path | str) -> RunRecord:
     record = json.loads(Path(path).read_text())
-    if record.get("schema") != SCHEMA:
+    if record.get("schema") not in READABLE_SCHEMAS:
         raise ValueError(f"{path}: not a batch-bench run record (schema={record.get('schema')!r})")
     return record
 
@@ -99,7 +190,7 @@ def find_records(root: Path | str) -> list[Path]:
     out = []
     for p in sorted(Path(root).rglob("record_r*.json")):
         try:
-            if json.loads(p.read_text()).get("schema") == SCHEMA:
+            if json.loads(p.read_text()).get("schema") in READABLE_SCHEMAS:
                 out.append(p)
         except (json.JSONDecodeError, OSError):
             continue
@@ -110,19 +201,19 @@ def record_filename(replica_index: int) -> str:
     return f"record_r{replica_index}.json"
 
 
-def empty_record() -> dict[str, Any]:
-    return {
-        "schema": SCHEMA, "run_id": None, "status": "running", "config": {}, "replica": {},
-        "experiment": {}, "environment": {}, "history": [], "final": None,
+def empty_record() -> RunRecord:
+    return {  # type: ignore[typeddict-item]  (filled in by bench.run_records)
+        "schema": SCHEMA, "run_id": None, "status": "running", "config": {}, "config_hash": None,
+        "replica": {}, "experiment": {}, "environment": {}, "history": [], "final": None,
         "convergence": {}, "curvature": None, "timings": {}, "diverged_at_step": None,
         "error": None, "artifacts": {},
     }
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Stable short hash of a resolved config (keys sorted), excluding where outputs go."""
-    semantic = {k: v for k, v in config.items() if k not in ("output_dir", "logger")}
-    blob = json.dumps(_json_safe(semantic), sort_keys=True).encode()
+    """Stable short hash of a config dict (keys sorted). Pass the keys that can change results
+    (``bench.config.result_config``), so logging and output paths do not change it."""
+    blob = json.dumps(_json_safe(config), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -143,7 +234,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def environment() -> dict[str, Any]:
+def environment() -> Environment:
     """Versions, devices and host: everything needed to say where a number came from."""
     import jax
 
@@ -160,5 +251,6 @@ def environment() -> dict[str, Any]:
         "os": platform.platform(),
         "git_commit": _git_commit(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
     }

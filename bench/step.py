@@ -27,15 +27,15 @@ from bench.parallel import batch_sharded
 Batch = dict[str, jax.Array]
 
 
-def scan_unroll(length: int) -> int | bool:
-    """How far to unroll a ``lax.scan`` of ``length`` model evaluations.
+def scan_unroll() -> int | bool:
+    """How far to unroll a ``lax.scan`` of model evaluations (the same rule for every length:
+    ``unroll=1`` would still emit a while loop).
 
     XLA:CPU runs convolutions inside a while loop several times slower than outside one
     (measured with jax 0.10.2: a 1-D CNN step at 11.8 ms in a rolled scan vs 0.9 ms unrolled),
     so on CPU scans are unrolled fully; on accelerators they stay rolled (small programs,
     fast compiles).
     """
-    del length  # same rule for every length (``unroll=1`` would still emit a while loop)
     return True if jax.default_backend() == "cpu" else 1
 
 
@@ -116,7 +116,7 @@ def _tree_all_finite(tree) -> jax.Array:
 
 
 def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
-                      lr_shape: Callable, accumulate: int) -> Callable:
+                      lr_multiplier: Callable, accumulate: int) -> Callable:
     """One SGD step of one replica on its batch (x [B, ...], y [B])."""
 
     def grads_and_stats(params, stats, x, y, key):
@@ -155,7 +155,7 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
     def step(state: TrainState, x: jax.Array, y: jax.Array):
         key = jax.random.fold_in(state.dropout_key, state.step)
         loss, acc, grads, new_stats = compute(state.params, state.stats, x, y, key)
-        lr = state.peak_lr * lr_shape(state.step)
+        lr = state.peak_lr * lr_multiplier(state.step)
         opt_state = state.opt_state._replace(
             hyperparams={**state.opt_state.hyperparams, "learning_rate": lr.astype(jnp.float32)})
         updates, new_opt = tx.update(grads, opt_state, state.params)
@@ -179,10 +179,10 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
     return step
 
 
-def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_shape: Callable,
+def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_multiplier: Callable,
                      accumulate: int, mesh: Mesh) -> Callable:
     """``chunk(state, x_all, y_all, idx[n, K, B]) -> (state, metrics[n, K])``, not yet jitted."""
-    vstep = jax.vmap(make_replica_step(fns, tx, lr_shape, accumulate))
+    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate))
 
     def chunk(state: TrainState, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
         def body(state, idx_t):
@@ -192,7 +192,7 @@ def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_shape: 
         if idx.shape[0] == 1:  # XLA:CPU runs a length-1 scan ~10x slower than the plain step
             state, metrics = body(state, idx[0])
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(body, state, idx, unroll=scan_unroll(idx.shape[0]))
+        return jax.lax.scan(body, state, idx, unroll=scan_unroll())
 
     return chunk
 
@@ -214,7 +214,7 @@ def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None) 
             return (carry[0] + jnp.sum(losses * m), carry[1] + jnp.sum(correct * m)), None
 
         (loss_sum, correct_sum), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (idx, mask),
-                                                  unroll=scan_unroll(idx.shape[0]))
+                                                  unroll=scan_unroll())
         n = jnp.sum(mask)
         return loss_sum / n, correct_sum / n
 

@@ -9,7 +9,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.config import LoggerConfig
+from bench.schema import Registry, frozen, param
+
+LOGGERS: Registry["LoggerConfig"] = Registry("logger", default="wandb")
+
+
+@frozen
+class LoggerConfig:
+    name: str = param("wandb", help="logger=<name> selects the option")
+
+    def make(self, **kwargs: Any) -> "Tracker":
+        return NullTracker()
+
+
+@LOGGERS.register("none")
+@frozen
+class NoLogger(LoggerConfig):
+    """No tracking (the run records are written either way)."""
+
+
+@LOGGERS.register("wandb")
+@frozen
+class WandbLogger(LoggerConfig):
+    """W&B, offline by default: files under <run dir>/wandb, upload later with `wandb sync`."""
+    mode: str = param("offline", choices=("offline", "online", "disabled"))
+    project: str = param("batch-bench")
+    entity: str | None = param(None)
+    group: str | None = param(None)
+
+    def make(self, **kwargs: Any) -> "Tracker":
+        return NullTracker() if self.mode == "disabled" else WandbTracker(self, **kwargs)
 
 
 class Tracker(Protocol):
@@ -33,7 +62,7 @@ def _scalars(row: dict[str, Any], prefix: str) -> dict[str, float]:
 class WandbTracker:
     """One W&B run per job; ``run_id`` is stable so a requeued job resumes the same run."""
 
-    def __init__(self, cfg: LoggerConfig, *, config: dict[str, Any], run_id: str, name: str,
+    def __init__(self, cfg: WandbLogger, *, config: dict[str, Any], run_id: str, name: str,
                  output_dir: Path, replicas: list[dict[str, Any]]):
         import wandb
 
@@ -57,6 +86,5 @@ class WandbTracker:
 
 
 def make_tracker(cfg: LoggerConfig, **kwargs: Any) -> Tracker:
-    if cfg.name == "none" or cfg.mode == "disabled":
-        return NullTracker()
-    return WandbTracker(cfg, **kwargs)
+    """The tracker of the chosen logger (``kwargs``: WandbTracker's keyword arguments)."""
+    return cfg.make(**kwargs)

@@ -1,11 +1,16 @@
 """Hydra entry point: ``python -m bench.train [overrides]`` (``-m`` for a sweep).
 
 One job = one batch size and one dataset/model/optimizer choice, training K replicas.
-A bad configuration stops with one ``error:`` line before anything is compiled (exit 2); in a
-multirun the failing job writes a ``failed`` record instead, so the rest of the sweep goes on.
-A diverged run is a result, not an error: its record says ``diverged`` and the exit code is 0.
-A job whose output directory already holds finished records is skipped (re-submitting a sweep
-runs only what is missing); an interrupted one resumes from its latest checkpoint.
+Before Hydra runs, the command line is composed and checked (:func:`bench.hydra_conf.preflight`):
+a bad configuration stops with one ``error:`` line before anything is compiled (exit 2). In a
+multirun a job whose values are invalid writes a ``failed`` record instead, so the rest of the
+sweep goes on. A diverged run is a result, not an error: its record says ``diverged``, exit 0.
+
+Output directories are reused only by the same configuration (bench.reuse): finished records
+of it are skipped (re-running a sweep runs only what is missing), an interrupted run resumes
+from its latest checkpoint, and records of another configuration stop the job with an
+``error:`` line (in a multirun: a failed record under ``<job dir>/rejected/``), overwriting
+nothing.
 """
 
 from __future__ import annotations
@@ -20,36 +25,39 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import record as rec
 from bench.config import ConfigError, from_hydra
-from bench.status import is_finished
+from bench.hydra_conf import CONF_DIR, preflight, register_schema
+from bench.reuse import StaleResults, check_reuse
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_schema()
 
 
-def _write_failed(output_dir: Path, cfg: DictConfig, message: str) -> None:
+def _write_failed(directory: Path, cfg: DictConfig, message: str) -> None:
     record = rec.empty_record()
     record.update(status="failed", error=message,
-                  config=OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+                  config=OmegaConf.to_container(cfg, resolve=False))  # type: ignore[typeddict-item]
     record["run_id"] = "failed-" + rec.config_hash(record["config"])
-    rec.write_record(output_dir / rec.record_filename(0), record)
+    rec.write_record(directory / rec.record_filename(0), record)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(cfg.get("output_dir") or hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if is_finished(output_dir):
-        print(f"skipped: {output_dir} already holds finished records", file=sys.stderr)
-        return
     try:
         config = from_hydra(cfg)
-        from bench.loop import run  # imports JAX; after the cheap checks
+        if check_reuse(output_dir, config) == "finished":
+            print(f"skipped: {output_dir} already holds finished records of this configuration",
+                  file=sys.stderr)
+            return
+        from bench.loop import run  # imports JAX and the model code; after the cheap checks
 
         records = run(config, output_dir)
     except ConfigError as err:
-        if multirun:
-            _write_failed(output_dir, cfg, str(err))
-            print(f"error: {err} (job recorded as failed in {output_dir})", file=sys.stderr)
+        if multirun:  # the sweep goes on; the old records (if any) stay untouched
+            where = output_dir / "rejected" if isinstance(err, StaleResults) else output_dir
+            _write_failed(where, cfg, str(err))
+            print(f"error: {err} (job recorded as failed in {where})", file=sys.stderr)
             return
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -58,5 +66,17 @@ def main(cfg: DictConfig) -> None:
               f"(with output_dir={output_dir}) to resume", file=sys.stderr)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Check the command line the way Hydra will compose it, then let Hydra run it."""
+    args = sys.argv[1:]
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    if not any(a.startswith("-") for a in overrides):  # Hydra's own flags: left to Hydra
+        if (err := preflight(overrides, multirun=multirun)) is not None:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,7 +25,7 @@ def small_config(**overrides: Any):
         "optimizer": {"name": "momentum", "lr": 0.05},
         "batch_size": 64, "budget": "40steps",
         "eval": {"every_steps": 10, "batch_size": 256},
-        "logger": {"name": "none", "mode": "disabled"}, "progress": False,
+        "logger": {"name": "none"}, "progress": False,
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench.config import ModelConfig, OptimizerConfig
+from bench.models import MODELS
+from bench.optim import OPTIMIZERS
 from bench.loop import run
 from bench.models import build_model
 from bench.optim import make_optimizer
@@ -24,10 +25,10 @@ B, A, DIM, CLASSES, LR = 32, 4, 12, 5, 0.3
 
 
 def _setup(batch_norm: bool, ghost: int | None = None):
-    model = build_model(ModelConfig(name="mlp", hidden=(24, 16), batch_norm=batch_norm,
+    model = build_model(MODELS.create("mlp", hidden=(24, 16), batch_norm=batch_norm,
                                     ghost_batch_size=ghost), (DIM,), CLASSES, nnx.Rngs(0))
     graphdef, params, stats = split_model(model)
-    tx = make_optimizer(OptimizerConfig(name="sgd"))  # plain SGD: new = old - lr * grad
+    tx = make_optimizer(OPTIMIZERS.create("sgd"))  # plain SGD: new = old - lr * grad
     state = TrainState(params=params, stats=stats, opt_state=tx.init(params),
                        peak_lr=jnp.float32(LR), dropout_key=jax.random.PRNGKey(1),
                        alive=jnp.array(True), diverged_step=jnp.array(-1, jnp.int32),

@@ -11,7 +11,7 @@ from analysis import figures as F
 from analysis.load import load_history, load_profile, load_records
 from analysis.plotting import NoData
 from analysis.steps_to_result import Goal
-from analysis.testing import make_record, eval_rows, synthetic_sweep, write_records
+from record_factory import make_record, eval_rows, synthetic_sweep, write_records
 
 RULES = ("linear", "none", "sqrt")
 BATCHES = (16, 32, 64, 128, 256)

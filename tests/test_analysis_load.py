@@ -10,7 +10,7 @@ import pytest
 
 from analysis.load import (IDENTITY_COLUMNS, load_history, load_profile, load_records,
                            load_wandb, load_wandb_history)
-from analysis.testing import eval_rows, make_record, write_records
+from record_factory import eval_rows, make_record, write_records
 
 
 def _records() -> list[dict]:

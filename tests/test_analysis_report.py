@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from analysis import report as R
-from analysis.testing import eval_rows, make_record, synthetic_sweep, write_records
+from record_factory import eval_rows, make_record, synthetic_sweep, write_records
 
 
 def _rec(b, seed, acc, *, status="finished", dataset="mnist1d", sharp=None, i=0):

@@ -11,7 +11,7 @@ import pytest
 from analysis.load import load_history
 from analysis.steps_to_result import (Goal, fit_mccandlish, perfect_scaling_max_b, regimes,
                                       steps_to_result, trials)
-from analysis.testing import make_record, write_records
+from record_factory import make_record, write_records
 
 
 def _rows(b: int, steps: list[int], accs: list[float]) -> list[dict]:

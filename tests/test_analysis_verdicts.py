@@ -8,7 +8,7 @@ import pytest
 
 from analysis.load import load_history, load_records
 from analysis.steps_to_result import Goal
-from analysis.testing import eval_rows, make_record, synthetic_sweep, write_records
+from record_factory import eval_rows, make_record, synthetic_sweep, write_records
 from analysis.verdicts import (Verdict, directional_verdict, eos_table, eos_verdict,
                                goyal_verdict, keskar_verdicts, shallue_verdicts)
 

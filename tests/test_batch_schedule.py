@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import bench.loop
-from bench.config import ConfigError, validate, validate_with_data
-from bench.data.batching import (BatchIndexer, BatchPlan, epoch_permutation, increase_stages,
-                                 plan_lr_shape, warmup_stages)
-from bench.optim import lr_shape
+from bench.config import ConfigError, validate
+from bench.data.batch_schedules import increase_stages, make_plan, warmup_stages
+from bench.data.plan import BatchPlan, epoch_permutation
+from bench.schedules import lr_multiplier
 from conftest import small_config
 
 
@@ -24,9 +24,9 @@ def _classic(seeds, n, b, start, count):
 
 
 def test_constant_plan_is_the_classic_drop_last_loader():
-    plan = BatchIndexer([1, 2], 100, 30)  # 3 steps per epoch, 10 examples dropped
+    plan = BatchPlan([1, 2], 100, 30)  # 3 steps per epoch, 10 examples dropped
     np.testing.assert_array_equal(plan.indices(5, 7), _classic([1, 2], 100, 30, 5, 7))
-    assert plan.spe == 3 and plan.next_change(0) is None and plan.segments(4, 50) == [(4, 46, 30)]
+    assert plan.steps_per_epoch == 3 and plan.next_change(0) is None and plan.segments(4, 50) == [(4, 46, 30)]
     assert [plan.examples(t) for t in (0, 1, 7)] == [0, 30, 210]
     assert plan.epoch(10) == pytest.approx(300 / 100)
 
@@ -110,19 +110,18 @@ def _cfg(**kw):
 
 def test_increase_plan_and_lr_shape_from_config():
     cfg = _cfg(batch_schedule={"name": "increase"})
-    plan = BatchPlan.from_config(validate(cfg), 512)
+    plan = make_plan(validate(cfg), 512)
     # epochs 0-1: 16 steps of 32; 2-3: 3 steps of 160 (32 dropped); 4-5: 1 full batch of 512 (capped)
     assert plan.total_steps == 32 + 6 + 2
     assert [plan.batch_size(t) for t in (0, 31, 32, 37, 38, 39)] == [32, 32, 160, 160, 512, 512]
-    shape = plan_lr_shape(cfg, plan)
+    shape = lr_multiplier(cfg.schedule, plan)
     lrs = [float(shape(jnp.asarray(t))) for t in range(plan.total_steps)]
     np.testing.assert_allclose(lrs[:38], 1.0)                       # no decay where B grew x5
     np.testing.assert_allclose(lrs[38:], 0.2 * 512 / 160, rtol=1e-6)  # cap: LR decays the rest
     # the same config without the batch schedule decays the LR at both boundaries
-    plain = lr_shape(cfg, 512)                                       # boundaries at steps 32, 64
-    assert [float(plain(jnp.asarray(t))) for t in (31, 40, 70)] == pytest.approx([1.0, 0.2, 0.04])
-    constant = plan_lr_shape(cfg, BatchPlan.from_config(validate(_cfg()), 512))
-    assert [float(constant(jnp.asarray(t))) for t in range(96)] == [float(plain(jnp.asarray(t))) for t in range(96)]
+    plain = lr_multiplier(cfg.schedule, make_plan(validate(_cfg()), 512))  # boundaries at steps 32, 64
+    assert [float(plain(jnp.asarray(t))) for t in (31, 32, 63, 64, 95)] == pytest.approx(
+        [1.0, 0.2, 0.2, 0.04, 0.04])
 
 
 def test_warmup_plan_from_config_and_lr_boundaries_in_plan_steps():
@@ -132,10 +131,10 @@ def test_warmup_plan_from_config_and_lr_boundaries_in_plan_steps():
     cfg = _cfg(batch_size=128, budget="5epochs", schedule={"name": "step", "decay_epochs": [4],
                                                             "decay_factor": 0.1},
                batch_schedule={"name": "warmup", "start_batch_size": 16, "warmup_epochs": 3})
-    plan = BatchPlan.from_config(validate(cfg), 512)
+    plan = make_plan(validate(cfg), 512)
     assert plan.sizes() == [16, 32, 64, 128]
     assert plan.total_steps == 32 + 16 + 8 + 4 + 4
-    shape = plan_lr_shape(cfg, plan)
+    shape = lr_multiplier(cfg.schedule, plan)
     decay_at = plan.steps_to_epoch(4)
     assert decay_at == 60
     assert float(shape(jnp.asarray(decay_at - 1))) == pytest.approx(1.0)
@@ -144,11 +143,11 @@ def test_warmup_plan_from_config_and_lr_boundaries_in_plan_steps():
 
 def test_examples_and_epoch_budgets_count_plan_steps():
     plan = BatchPlan([0], 512, [(0, 32), (2, 160), (4, 512)])
-    assert plan.steps_for_budget("6epochs") == 40
-    assert plan.steps_for_budget("3epochs") == 35
-    assert plan.steps_for_budget("1024examples") == 32            # exactly two epochs of 32
-    assert plan.steps_for_budget("1100examples") == 32            # the next batch (160) would exceed it
-    assert plan.steps_for_budget("7steps") == 7
+    assert plan.steps_for_budget(6, "epochs") == 40
+    assert plan.steps_for_budget(3, "epochs") == 35
+    assert plan.steps_for_budget(1024, "examples") == 32          # exactly two epochs of 32
+    assert plan.steps_for_budget(1100, "examples") == 32          # the next batch (160) would exceed it
+    assert plan.steps_for_budget(7, "steps") == 7
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -156,11 +155,12 @@ def test_examples_and_epoch_budgets_count_plan_steps():
     (dict(batch_schedule={"name": "increase"}, schedule={"name": "cosine"}), "use schedule=step"),
     (dict(batch_schedule={"name": "increase", "factor": 1.0}), "batch_schedule.factor=1.0 must be > 1"),
     (dict(batch_schedule={"name": "increase", "max_batch_size": 16}), "max_batch_size=16 must be >="),
-    (dict(batch_schedule={"name": "warmup"}), "start_batch_size=None must be below"),
+    (dict(batch_schedule={"name": "warmup"}), "start_batch_size=32 must be below batch_size=32"),
     (dict(batch_schedule={"name": "warmup", "start_batch_size": 64, "warmup_epochs": 1}), "start_batch_size=64"),
-    (dict(batch_schedule={"name": "warmup", "start_batch_size": 8}), "warmup_epochs=0.0 must be > 0"),
+    (dict(batch_schedule={"name": "warmup", "start_batch_size": 8, "warmup_epochs": 0}),
+     "warmup_epochs=0.0 must be > 0"),
     (dict(batch_schedule={"name": "warmup", "start_batch_size": 8, "warmup_epochs": 1, "growth": 1}),
-     "growth=1 must be > 1"),
+     "growth=1.0 must be > 1"),
 ])
 def test_bad_batch_schedules_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -175,11 +175,11 @@ def test_batch_schedule_sizes_must_suit_devices_and_data():
         validate(cfg, num_devices=4)
     cfg = _cfg(batch_schedule={"name": "increase", "max_batch_size": 1024})
     with pytest.raises(ConfigError, match="larger than the training set"):
-        validate_with_data(validate(cfg), 512)
+        make_plan(validate(cfg), 512)
 
 
 def test_hydra_groups_compose():
-    from bench.profile import compose
+    from bench.hydra_conf import compose_config as compose
 
     cfg = compose(["batch_schedule=increase", "schedule=step"])
     assert cfg.batch_schedule.name == "increase" and cfg.batch_schedule.factor is None
@@ -220,7 +220,7 @@ def test_loop_records_per_step_batch_size_examples_and_epoch(tmp_path, spy_jobs)
     assert record["experiment"]["total_steps"] == 32 and record["experiment"]["batch_schedule"] == "increase"
     # each batch size compiled once (calls never mix two sizes; every call here has 4 steps)
     (job,) = spy_jobs
-    train_keys = [k for k in job._compiled if k[0] == "train"]
+    train_keys = [k for k in job.compiled_keys if k[0] == "train"]
     assert sorted(train_keys) == [("train", 4, 32), ("train", 4, 64)]
 
 
@@ -229,10 +229,10 @@ def test_loop_with_warmup_calls_never_mix_batch_sizes(tmp_path, spy_jobs):
                        batch_schedule={"name": "warmup", "start_batch_size": 32, "warmup_epochs": 2})
     (record,) = bench.loop.run(cfg, tmp_path)
     (job,) = spy_jobs
-    assert job.total_steps == 16 + 8 + 4
+    assert job.plan.total_steps == 16 + 8 + 4
     last = record["history"][-1]
     assert (last["step"], last["examples"], last["batch_size"]) == (28, 3 * 512, 128)
     assert [r["batch_size"] for r in record["history"]] == [32, 32, 64, 128]   # steps 0, 10, 20, 28
-    keys = [k for k in job._compiled if k[0] == "train"]
+    keys = [k for k in job.compiled_keys if k[0] == "train"]
     # eval at 10, 20; B changes at 16 and 24: calls [0,10) [10,16) [16,20) [20,24) [24,28)
     assert sorted(keys) == sorted([("train", 10, 32), ("train", 6, 32), ("train", 4, 64), ("train", 4, 128)])

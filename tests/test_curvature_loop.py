@@ -45,7 +45,7 @@ def test_measured_at_the_configured_steps(trained):
 
 def test_top_eigenvalues_match_dense_hessian_of_final_params(trained):
     cfg, record, out = trained
-    from bench.loop import Job
+    from bench.job import Job
 
     job = Job(cfg)
     saved = np.load(out / "params_r0.npz")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.config import DatasetConfig
 from bench.data import load_dataset
-from bench.data.batching import BatchIndexer, epoch_permutation
-from bench.loop import eval_indices
+from bench.data import DATASETS
+from bench.data.plan import BatchPlan, epoch_permutation
+from bench.job import eval_indices
 
 
 def test_drop_last_each_epoch_sees_disjoint_full_batches():
     n, b = 100, 32
-    idx = BatchIndexer([7], n, b).indices(0, 6)  # 3 steps per epoch (4 examples dropped), 2 epochs
+    idx = BatchPlan([7], n, b).indices(0, 6)  # 3 steps per epoch (4 examples dropped), 2 epochs
     assert idx.shape == (6, 1, 32)
     for epoch in range(2):
         seen = idx[3 * epoch: 3 * epoch + 3, 0].ravel()
@@ -24,20 +24,20 @@ def test_drop_last_each_epoch_sees_disjoint_full_batches():
 
 
 def test_full_batch_is_the_whole_set_every_step():
-    idx = BatchIndexer([0], 50, 50).indices(0, 3)
+    idx = BatchPlan([0], 50, 50).indices(0, 3)
     for t in range(3):
         np.testing.assert_array_equal(np.sort(idx[t, 0]), np.arange(50))
 
 
 def test_batch_size_one():
-    idx = BatchIndexer([0], 5, 1).indices(0, 10)
+    idx = BatchPlan([0], 5, 1).indices(0, 10)
     assert idx.shape == (10, 1, 1)
     np.testing.assert_array_equal(np.sort(idx[:5, 0, 0]), np.arange(5))
 
 
 def test_replica_order_depends_only_on_its_seed():
-    alone = BatchIndexer([3], 64, 16).indices(5, 4)
-    grouped = BatchIndexer([1, 3, 2], 64, 16).indices(5, 4)
+    alone = BatchPlan([3], 64, 16).indices(5, 4)
+    grouped = BatchPlan([1, 3, 2], 64, 16).indices(5, 4)
     np.testing.assert_array_equal(alone[:, 0], grouped[:, 1])
 
 
@@ -53,14 +53,14 @@ def test_eval_indices_cover_every_example_once():
     ("synthetic", 4096, 1024, (32,)),
 ])
 def test_offline_loaders(name, n_train, n_test, shape):
-    data = load_dataset(DatasetConfig(name=name))
+    data = load_dataset(DATASETS.create(name))
     assert (data.num_train, data.num_test, data.input_shape) == (n_train, n_test, shape)
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32
     assert set(np.unique(data.y_train)) == set(range(10))
 
 
 def test_mnist1d_is_deterministic_and_standardized():
-    a, b = load_dataset(DatasetConfig(name="mnist1d")), load_dataset(DatasetConfig(name="mnist1d"))
+    a, b = load_dataset(DATASETS.create("mnist1d")), load_dataset(DATASETS.create("mnist1d"))
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert abs(float(a.x_train.mean())) < 1e-4 and abs(float(a.x_train.std()) - 1) < 1e-3
 
@@ -70,7 +70,7 @@ def test_mnist1d_is_deterministic_and_standardized():
 def test_tfds_loader_under_mock_data(name, shape, classes):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=48):
-        data = load_dataset(DatasetConfig(name=name))
+        data = load_dataset(DATASETS.create(name))
     assert data.num_train == 48 and data.num_test == 48
     assert data.input_shape == shape and data.num_classes == classes
     assert data.y_train.min() >= 0 and data.y_train.max() < classes

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench.config import ModelConfig
+from bench.models import MODELS
 from bench.models import build_model
 from bench.models.norm import BatchNorm
 
@@ -73,13 +73,15 @@ def test_ghost_chunks_do_not_see_each_other():
 def test_ghost_model_equals_model_applied_to_each_chunk(name):
     """A whole network with ghost BN (g) on 4g examples == the plain network on each chunk."""
     g = 8
-    kwargs = dict(name=name, hidden=(16,), batch_norm=True, channels=(8, 8), kernel_size=3)
+    kwargs = dict(hidden=(16,), batch_norm=True)
+    if name == "cnn":
+        kwargs.update(channels=(8, 8), kernel_size=3, conv_stride=1)
     shape = (20, 1) if name == "cnn" else (12,)
-    ghost = build_model(ModelConfig(**kwargs, ghost_batch_size=g), shape, 5, nnx.Rngs(0))
-    plain = build_model(ModelConfig(**kwargs), shape, 5, nnx.Rngs(0))
+    ghost = build_model(MODELS.create(name, **kwargs, ghost_batch_size=g), shape, 5, nnx.Rngs(0))
+    plain = build_model(MODELS.create(name, **kwargs), shape, 5, nnx.Rngs(0))
     x = jnp.asarray(_input((4 * g,) + shape))
     out = ghost(x, train=True)
     expected = jnp.concatenate([plain(x[i:i + g], train=True) for i in range(0, 4 * g, g)])
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-4, atol=1e-5)
-    full = build_model(ModelConfig(**kwargs), shape, 5, nnx.Rngs(0))(x, train=True)
+    full = build_model(MODELS.create(name, **kwargs), shape, 5, nnx.Rngs(0))(x, train=True)
     assert float(jnp.abs(full - out).max()) > 1e-3   # global-batch BN differs

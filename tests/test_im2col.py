@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench.loop import Job, run
+from bench.job import Job
+from bench.loop import run
 from bench.models.im2col import im2col_conv, im2col_for_replicas, with_im2col_convs
 from conftest import small_config
 

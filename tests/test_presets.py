@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from bench.config import from_hydra, scaled_lr, steps_per_epoch, total_steps, validate
+from bench.config import from_hydra, validate
+from bench.data.batch_schedules import make_plan
+from bench.hydra_conf import compose
 from conftest import REPO
 
 EXPERIMENTS = REPO / "conf" / "experiment"
@@ -22,14 +23,13 @@ TRAIN_SIZE = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 @pytest.fixture(scope="module")
 def preset():
     """``preset(name, *overrides) -> (Config, sweeper params dict)``."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        def load(name: str, *overrides: str):
-            ov = [f"+experiment={name}", *overrides]
-            cfg = validate(from_hydra(compose(config_name="config", overrides=ov)))
-            params = compose(config_name="config", overrides=ov,
-                             return_hydra_config=True).hydra.sweeper.params
-            return cfg, dict(params or {})
-        yield load
+    def load(name: str, *overrides: str):
+        ov = [f"+experiment={name}", *overrides]
+        composed = compose(ov, return_hydra_config=True)
+        params = composed.hydra.sweeper.params
+        del composed["hydra"]
+        return validate(from_hydra(composed)), dict(params or {})
+    return load
 
 
 def sweep_values(params: dict, key: str) -> list[float]:
@@ -78,7 +78,7 @@ def test_keskar_sb_256_lb_ten_percent_adam(preset, name, dataset, lb):
     assert sweep_values(params, "batch_size") == [256, lb]         # -m runs SB and LB
     lb_cfg, _ = preset(name, f"batch_size={lb}")                    # the documented LB override
     assert lb_cfg.batch_size == lb
-    assert cfg.optimizer.name == "adam" and cfg.scaling.rule == "none"
+    assert cfg.optimizer.name == "adam" and cfg.scaling.name == "none"
     assert len(cfg.replicas.seeds) == 5                            # 5 runs
     assert cfg.save_params                                         # Figure 3 interpolation
     m = cfg.metrics
@@ -105,9 +105,9 @@ def test_goyal_linear_rule_warmup_and_decay(preset):
     cfg, params = preset("goyal_linear")
     assert cfg.model.name == "resnet"
     assert cfg.optimizer.name == "momentum" and cfg.optimizer.momentum == 0.9
-    assert cfg.scaling.rule == "linear" and cfg.scaling.base_batch_size == 256
+    assert cfg.scaling.name == "linear" and cfg.scaling.base_batch_size == 256
     assert cfg.optimizer.lr == 0.1
-    assert scaled_lr(cfg.optimizer.lr, 8192, cfg.scaling) == pytest.approx(0.1 * 8192 / 256)
+    assert cfg.scaling.peak_lr(cfg.optimizer.lr, 8192) == pytest.approx(0.1 * 8192 / 256)
     s = cfg.schedule
     assert (s.name, s.warmup_epochs, s.warmup_from, s.decay_epochs, s.decay_factor) == (
         "step", 5, "base", (30, 60, 80), 0.1)
@@ -116,22 +116,21 @@ def test_goyal_linear_rule_warmup_and_decay(preset):
     assert 256 in bs and max(bs) >= 8192
     # the documented comparison: other rules keep base_batch_size 256
     sq, _ = preset("goyal_linear", "scaling=sqrt")
-    assert sq.scaling.rule == "sqrt" and sq.scaling.base_batch_size == 256
+    assert sq.scaling.name == "sqrt" and sq.scaling.base_batch_size == 256
 
 
 def test_hoffer_sqrt_ghost_bn_and_regime_adaptation(preset):
     cfg, _ = preset("hoffer_regime")
-    assert cfg.scaling.rule == "sqrt" and cfg.scaling.base_batch_size == 128
-    assert scaled_lr(cfg.optimizer.lr, 4096, cfg.scaling) == pytest.approx(0.1 * (4096 / 128) ** 0.5)
+    assert cfg.scaling.name == "sqrt" and cfg.scaling.base_batch_size == 128
+    assert cfg.scaling.peak_lr(cfg.optimizer.lr, 4096) == pytest.approx(0.1 * (4096 / 128) ** 0.5)
     assert cfg.model.ghost_batch_size == 128
     n = TRAIN_SIZE[cfg.dataset.name]
     # regime adaptation: the same number of updates at every B, i.e. epochs x B / 128
-    base = steps_per_epoch(preset("hoffer_regime", "batch_size=128")[0], n)
+    base = make_plan(preset("hoffer_regime", "batch_size=128")[0], n).steps_per_epoch
     for b in (128, 512, 4096):
-        c, _ = preset("hoffer_regime", f"batch_size={b}")
-        assert total_steps(c, n) == 64000
-        assert total_steps(c, n) / steps_per_epoch(c, n) == pytest.approx(
-            64000 / base * b / 128, rel=0.02)
+        plan = make_plan(preset("hoffer_regime", f"batch_size={b}")[0], n)
+        assert plan.total_steps == 64000
+        assert plan.total_steps / plan.steps_per_epoch == pytest.approx(64000 / base * b / 128, rel=0.02)
     # the header's decay table puts the /10 boundaries at steps 32k and 48k for every B
     text = (EXPERIMENTS / "hoffer_regime.yaml").read_text()
     table = re.findall(r"B = (\d+): \[([\d.]+), ([\d.]+)\]", text)
@@ -139,15 +138,15 @@ def test_hoffer_sqrt_ghost_bn_and_regime_adaptation(preset):
     for b, e1, e2 in table:
         spe = n // int(b)
         assert round(float(e1) * spe) == 32000 and round(float(e2) * spe) == 48000
-    spe = steps_per_epoch(cfg, n)
-    assert [round(e * spe) for e in cfg.schedule.decay_epochs] == [32000, 48000]
+    plan = make_plan(cfg, n)
+    assert [plan.step_at_epoch(e) for e in cfg.schedule.decay_epochs] == [32000, 48000]
 
 
 def test_shallue_tunes_lr_per_batch_size_to_a_target(preset):
     cfg, params = preset("shallue_steps_to_result")
     assert cfg.dataset.name == "mnist"
     assert cfg.target.test_accuracy == 0.99                       # goal: 0.01 test error
-    assert cfg.scaling.rule == "none"                             # the same LR grid at every B
+    assert cfg.scaling.name == "none"                             # the same LR grid at every B
     assert len(cfg.replicas.lr) >= 6
     lrs = sorted(cfg.replicas.lr)
     assert lrs[-1] / lrs[0] >= 50                                 # a wide log grid

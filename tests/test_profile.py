@@ -29,7 +29,7 @@ def _memory(cfg, b, data, accumulate=1):
     import bench.step
 
     # with accumulate=1 the unroll rule does not matter (one step per call); repr: True == 1
-    key = (b, accumulate, repr(bench.step.scan_unroll(accumulate)) if accumulate > 1 else None)
+    key = (b, accumulate, repr(bench.step.scan_unroll()) if accumulate > 1 else None)
     if key not in _CACHE:
         _CACHE[key] = prof.compiled_memory(dataclasses.replace(cfg, accumulate=accumulate), b, data)
     return _CACHE[key]
@@ -60,7 +60,7 @@ def test_rolled_accumulation_needs_only_microbatch_memory(cnn, monkeypatch):
     harness unrolls scans for speed, and then XLA may keep several microbatches live at once.)"""
     import bench.step
 
-    monkeypatch.setattr(bench.step, "scan_unroll", lambda length: 1)
+    monkeypatch.setattr(bench.step, "scan_unroll", lambda: 1)
     cfg, data = cnn
     full = _memory(cfg, 512, data)["temp_bytes"]
     micro = _memory(cfg, 64, data)["temp_bytes"]

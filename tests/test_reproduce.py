@@ -1,4 +1,5 @@
-"""analysis.reproduce: offline plans (pure), paper-scale Hydra commands, a tiny end-to-end run."""
+"""bench.reproduce (alias analysis.reproduce): plans read from the presets, paper-scale Hydra
+commands, a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import math
 import shlex
 
 import pytest
-from hydra import compose, initialize_config_dir
+from analysis.reproduce import main
+from bench.hydra_conf import compose
+from bench.hydra_conf import compose_config as compose_overrides
+from bench.reproduce.plan import FINDINGS, offline_plan, paper_commands, read_preset
+from bench.reproduce.plan import scaled_budget as _scaled_budget
+from bench.reproduce.run import publish
 
-from analysis.reproduce import (FINDINGS, OFFLINE_PRESET, PAPER_PRESETS, _scaled_budget,
-                                compose_config, main, offline_plan, paper_commands, publish)
-from conftest import REPO
+PAPER_PRESETS = {name: f.paper for name, f in FINDINGS.items()}
+
+
+def compose_config(preset: str, overrides):
+    return compose_overrides([f"+experiment={preset}", *overrides])
 
 
 def sweep_params(preset: str) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"+experiment={preset}"], return_hydra_config=True)
-    return dict(cfg.hydra.sweeper.params or {})
+    return dict(compose([f"+experiment={preset}"], return_hydra_config=True).hydra.sweeper.params or {})
 
 
 def override(job, key: str) -> str:
@@ -27,11 +33,15 @@ def override(job, key: str) -> str:
 
 
 # ----------------------------------------------------------------------------- plans
-@pytest.mark.parametrize("finding", FINDINGS)
-def test_plan_is_pure_and_every_job_composes(finding):
+@pytest.mark.parametrize("finding", sorted(FINDINGS))
+def test_plan_is_read_from_the_preset_and_every_job_composes(finding):
     plan = offline_plan(finding)
     assert plan == offline_plan(finding)                       # deterministic, no side effects
-    assert plan.preset == OFFLINE_PRESET[finding]
+    assert plan.preset == FINDINGS[finding].offline
+    preset, params = read_preset(plan.preset)                  # one home: the preset
+    assert plan.lrs == tuple(preset.replicas.lr or (preset.optimizer.lr,))
+    assert plan.seeds == tuple(preset.replicas.seeds)
+    assert [str(b) for b in plan.batch_sizes] == params.get("batch_size", [str(preset.batch_size)])
     assert len(plan.jobs) == len(plan.batch_sizes) * len(plan.rules)
     assert len({j.name for j in plan.jobs}) == len(plan.jobs)
     assert len(plan.seeds) >= (1 if finding == "edge_of_stability" else 3)   # several seeds
@@ -71,10 +81,11 @@ def test_shallue_plan():
     assert plan.report["target_accuracy"] == 0.85
     assert {j.budget for j in plan.jobs} == {"100000examples"}          # equal epochs at every B
     steps = [100000 // b for b in bs]                                    # small B gets more steps
-    evals = [s / int(override(j, "eval.every_steps")) for s, j in zip(steps, plan.jobs)]
-    assert min(evals) >= 20                                              # steps-to-result resolution
+    cadence = [compose_config(plan.preset, j.overrides).eval.cadence(j.batch_size) for j in plan.jobs]
+    assert cadence == [80, 50, 25, 15, 10, 8, 6]                         # the preset's per-B cadence
+    assert min(s / e for s, e in zip(steps, cadence)) >= 20              # steps-to-result resolution
     cfg = compose_config(plan.preset, plan.jobs[0].overrides)
-    assert cfg.scaling.rule == "none" and cfg.target.test_accuracy == 0.85
+    assert cfg.scaling.name == "none" and cfg.target.test_accuracy == 0.85
 
 
 def test_goyal_plan():
@@ -123,7 +134,8 @@ def test_paper_dry_run_prints_the_hydra_commands(capsys):
     assert shlex.split(line) == [
         "python", "-m", "bench.train", "-m", "+experiment=goyal_linear", "hydra/launcher=local",
         "hydra.sweep.dir=results/goyal-paper/goyal_linear", "replicas.seeds=[0,1,2]",
-        "scaling=linear,none,sqrt", "dataset.data_dir=/data/tfds"]
+        "dataset.data_dir=/data/tfds"]
+    assert sweep_params("goyal_linear")["scaling"] == "linear,none,sqrt"   # the rules compared
     assert main(["shallue", "--scale", "paper", "--dry-run", "--launcher", "basic"]) == 0
     assert capsys.readouterr().out.strip() == (
         "python -m bench.train -m +experiment=shallue_steps_to_result "
@@ -138,8 +150,7 @@ def test_paper_commands_compose_with_the_launcher(launcher):
     for finding in FINDINGS:
         for cmd in paper_commands(finding, launcher=launcher, seeds=2):
             ov = [o.split(",")[0] if "=" in o and "[" not in o else o for o in cmd[4:]]
-            with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-                cfg = compose(config_name="config", overrides=ov, return_hydra_config=True)
+            cfg = compose(ov, return_hydra_config=True)
             assert "submitit" in cfg.hydra.launcher._target_
             assert list(cfg.replicas.seeds) == [0, 1]
 
@@ -196,10 +207,12 @@ def test_tiny_keskar_reproduction_with_interpolation_and_sharpness(tmp_path):
 def test_paper_path_runs_the_hydra_sweep_then_reports(tmp_path, monkeypatch):
     """--scale paper without --dry-run, on an offline preset (no TFDS here): the Hydra multirun over
     the preset's sweeper params, then interpolation, figures and report in the sweep dir."""
-    import analysis.reproduce as rp
+    import dataclasses
 
-    monkeypatch.setattr(rp, "PAPER_PRESETS", {**rp.PAPER_PRESETS, "keskar": ("keskar_offline",)})
-    monkeypatch.setattr(rp, "PAPER_REPORT", {**rp.PAPER_REPORT, "keskar_offline": {"sb": 32, "lb": 400}})
+    import bench.reproduce.plan as rp
+
+    monkeypatch.setitem(rp.FINDINGS, "keskar", dataclasses.replace(rp.FINDINGS["keskar"],
+                                                                   paper=("keskar_offline",)))
     out = tmp_path / "paper"
     assert main(["keskar", "--scale", "paper", "--launcher", "basic", "--out", str(out), "--seeds", "2",
                  "--override", "batch_size=32,400", "--override", "budget=4steps",

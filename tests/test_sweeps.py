@@ -20,7 +20,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from bench.config import from_hydra, total_steps, validate, validate_with_data
+from bench.config import from_hydra, validate
+from bench.data.batch_schedules import make_plan
+from bench.hydra_conf import compose as compose_conf
 from conftest import REPO
 
 SWEEPS = REPO / "sweeps"
@@ -53,8 +55,7 @@ EXPECTED: dict[str, dict] = {
 
 
 def _compose(overrides: list[str], hydra: bool = True):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=hydra)
+    return compose_conf(overrides, return_hydra_config=hydra)
 
 
 def _expand(params: dict[str, str]) -> list[list[str]]:
@@ -99,8 +100,7 @@ def test_sweep_composes_and_expands_to_the_expected_valid_jobs(name):
     for job in jobs:
         job_cfg = _compose([f"+sweep={name}", *job])
         config = validate(from_hydra(_compose([f"+sweep={name}", *job], hydra=False)))  # valid job
-        validate_with_data(config, MNIST1D_TRAIN)
-        assert total_steps(config, MNIST1D_TRAIN) >= 10
+        assert make_plan(config, MNIST1D_TRAIN).total_steps >= 10
         lrs = config.replicas.lr or (config.optimizer.lr,)
         seeds = config.replicas.seeds or (config.seed,)
         assert len(lrs) * len(seeds) == spec["replicas"]

@@ -67,7 +67,7 @@ def test_record_contents(tmp_path):
 
 
 def test_peak_lr_follows_the_scaling_rule(tmp_path):
-    cfg = small_config(batch_size=256, scaling={"rule": "sqrt", "base_batch_size": 64},
+    cfg = small_config(batch_size=256, scaling={"name": "sqrt", "base_batch_size": 64},
                        optimizer={"lr": 0.01}, budget="4steps", eval={"every_steps": 2})
     (record,) = run(cfg, tmp_path)
     assert record["replica"]["peak_lr"] == pytest.approx(0.02)

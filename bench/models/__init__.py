@@ -1,31 +1,93 @@
-"""Model registry: ``build_model(cfg.model, input_shape, num_classes, rngs)``.
+"""Model registry: ``model=<name>`` picks a section below; ``cfg.model.build(...)`` makes it.
 
-Every model is called as ``model(x, train=..., rngs=...)``: the mode is an argument, not
-state, so the functional core (bench.step) stays pure.
+Each option is one registered section: its keys with defaults, types and ranges, and its
+``build(input_shape, num_classes, rngs)``. Every model is called as
+``model(x, train=..., rngs=...)``: the mode is an argument, not state, so the functional core
+(bench.step) stays pure. Model code is imported only when a model is built.
+
+Adding a model: a module with the ``nnx.Module``, one registered section here, and
+``conf/model/<name>.yaml`` (see the README's "Extending").
 """
 
 from __future__ import annotations
 
-from flax import nnx
+from typing import Any
 
-from bench.config import ModelConfig
+from bench.schema import ConfigError, Registry, frozen, param
+
+MODELS: Registry["ModelConfig"] = Registry("model", default="cnn")
+
+_GHOST_HELP = "Hoffer et al. ghost batch norm: BatchNorm statistics per chunk of this size (null: whole batch)"
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
-                rngs: nnx.Rngs) -> nnx.Module:
-    ghost = cfg.ghost_batch_size
-    if cfg.name == "mlp":
+@frozen
+class ModelConfig:
+    name: str = param("cnn", help="model=<name> selects the option")
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int, rngs: Any) -> Any:
+        raise NotImplementedError
+
+    def batch_multiple(self) -> int:
+        """Every (micro)batch must be a multiple of this (the ghost batch size, else 1)."""
+        return getattr(self, "ghost_batch_size", None) or 1
+
+
+@MODELS.register("mlp")
+@frozen
+class MLPConfig(ModelConfig):
+    """Fully connected: [Linear (BatchNorm) ReLU (Dropout)] x len(hidden), Linear."""
+    hidden: tuple[int, ...] = param((256, 256), ge=1, help="hidden layer widths")
+    batch_norm: bool = param(False)
+    dropout: float = param(0.0, ge=0, lt=1)
+    ghost_batch_size: int | None = param(None, ge=1, help=_GHOST_HELP)
+
+    def build(self, input_shape, num_classes, rngs):
         from bench.models.mlp import MLP
-        return MLP(input_shape, num_classes, hidden=cfg.hidden, batch_norm=cfg.batch_norm,
-                   dropout=cfg.dropout, ghost_batch_size=ghost, rngs=rngs)
-    if cfg.name == "cnn":
+        return MLP(input_shape, num_classes, hidden=self.hidden, batch_norm=self.batch_norm,
+                   dropout=self.dropout, ghost_batch_size=self.ghost_batch_size, rngs=rngs)
+
+
+@MODELS.register("cnn")
+@frozen
+class CNNConfig(ModelConfig):
+    """1-D or 2-D CNN. The default is Greydanus' MNIST-1D CNN (3 convs of 32 channels, kernel 5,
+    stride 2, linear head), the network every committed MNIST-1D result uses."""
+    channels: tuple[int, ...] = param((32, 32, 32), ge=1, help="conv layer widths")
+    kernel_size: int = param(5, ge=1)
+    conv_stride: int = param(2, ge=1)
+    pool_size: int = param(0, ge=0, help="max-pool window after each conv (0: no pooling)")
+    pool_stride: int = param(2, ge=1)
+    hidden: tuple[int, ...] = param((), ge=1, help="dense layers of the head before the output")
+    batch_norm: bool = param(False)
+    dropout: float = param(0.0, ge=0, lt=1)
+    ghost_batch_size: int | None = param(None, ge=1, help=_GHOST_HELP)
+
+    def build(self, input_shape, num_classes, rngs):
         from bench.models.cnn import CNN
-        return CNN(input_shape, num_classes, channels=cfg.channels, kernel_size=cfg.kernel_size,
-                   conv_stride=cfg.conv_stride, pool_size=cfg.pool_size, pool_stride=cfg.pool_stride,
-                   hidden=cfg.hidden, batch_norm=cfg.batch_norm, dropout=cfg.dropout,
-                   ghost_batch_size=ghost, rngs=rngs)
-    if cfg.name == "resnet":
+        return CNN(input_shape, num_classes, channels=self.channels, kernel_size=self.kernel_size,
+                   conv_stride=self.conv_stride, pool_size=self.pool_size,
+                   pool_stride=self.pool_stride, hidden=self.hidden, batch_norm=self.batch_norm,
+                   dropout=self.dropout, ghost_batch_size=self.ghost_batch_size, rngs=rngs)
+
+
+@MODELS.register("resnet")
+@frozen
+class ResNetConfig(ModelConfig):
+    """CIFAR-style ResNet-(6n+2) with BatchNorm (He et al. 2016); depth 20 is ResNet-20."""
+    depth: int = param(8, ge=8, help="6n+2: 8, 14, 20, 32, 44, 56, 110")
+    width: int = param(16, ge=1, help="channels of the first stage (x2, x4 in the next two)")
+    ghost_batch_size: int | None = param(None, ge=1, help=_GHOST_HELP)
+
+    def check(self, where: str) -> None:
+        if (self.depth - 2) % 6:
+            raise ConfigError(f"{where}depth={self.depth} must be 6n+2 (8, 14, 20, 32, 44, 56, 110)")
+
+    def build(self, input_shape, num_classes, rngs):
         from bench.models.resnet import ResNet
-        return ResNet(input_shape, num_classes, depth=cfg.depth, width=cfg.width,
-                      ghost_batch_size=ghost, rngs=rngs)
-    raise ValueError(f"unknown model {cfg.name!r}")
+        return ResNet(input_shape, num_classes, depth=self.depth, width=self.width,
+                      ghost_batch_size=self.ghost_batch_size, rngs=rngs)
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, rngs: Any) -> Any:
+    """The model of ``cfg`` (any registered section)."""
+    return cfg.build(input_shape, num_classes, rngs)

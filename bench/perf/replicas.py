@@ -147,7 +147,7 @@ def _replica_chunk(job, how: str) -> Callable:
     from bench.parallel import batch_sharded
     from bench.step import make_replica_step, over_replicas, scan_unroll
 
-    step = make_replica_step(job.fns, job.tx, job.lr_shape, job.cfg.accumulate)
+    step = make_replica_step(job.fns, job.tx, job.lr_multiplier, job.cfg.accumulate)
     mesh = job.mesh
 
     def mapped(state, x, y):
@@ -164,7 +164,7 @@ def _replica_chunk(job, how: str) -> Callable:
         if idx.shape[0] == 1:
             state, metrics = body(state, idx[0])
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(body, state, idx, unroll=scan_unroll(idx.shape[0]))
+        return jax.lax.scan(body, state, idx, unroll=scan_unroll())
 
     return jax.jit(chunk, donate_argnums=(0,))
 
@@ -190,9 +190,9 @@ class _VmapEval:
         out = {}
         for split, (x, y) in (("train", (self.job.x_train, self.job.y_train)),
                               ("test", (self.job.x_test, self.job.y_test))):
-            idx, mask = self.job._eval_sets[split]
+            idx, mask = self.job.eval_sets[split]
             key = ("vmap-eval", split)
-            fn = self.job._compile(key, self._evaluate, state.params, state.stats, x, y, idx, mask)
+            fn = self.job.compile(key, self._evaluate, state.params, state.stats, x, y, idx, mask)
             t = time.perf_counter()
             out[split] = jax.device_get(fn(state.params, state.stats, x, y, idx, mask))
             self.timings.eval_seconds += time.perf_counter() - t
@@ -206,18 +206,17 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
 
     from bench.config import from_dict
     from bench.data import load_dataset
-    from bench.loop import Job
-    from bench.parallel import batch_sharded, global_array
+    from bench.job import Job
 
     print(f"\n== Part 2: replica-axis formulations (model={model}, K={k}, B={batch_size}, one process, "
           f"compile excluded, median of {rounds} rounds of {steps} steps)", flush=True)
-    models = {"cnn": {"name": "cnn", "channels": [32, 32, 32], "conv_stride": 2, "hidden": []},
+    models = {"cnn": {"name": "cnn"},  # the default: Greydanus' CNN
               "mlp": {"name": "mlp", "hidden": [256, 256]}}
 
     def config(kk: int):
         return from_dict({"model": models[model], "batch_size": batch_size, "budget": "1000000steps",
                           "replicas": {"lr": [round(0.01 * 1.5 ** i, 6) for i in range(kk)]},
-                          "logger": {"name": "none", "mode": "disabled"}, "progress": False})
+                          "logger": {"name": "none"}, "progress": False})
 
     data = load_dataset(config(1).dataset)
     job, single = Job(config(k), data), Job(config(1), data)
@@ -225,19 +224,19 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
     loop_chunk = _replica_chunk(job, "loop")
     current = "bench.step (current)"
     variants: dict[str, tuple[Any, Callable, int]] = {
-        current: (job, job._train_chunk, spc),
+        current: (job, job.train_call, spc),
         "vmap, plain convolutions": (job, _replica_chunk(job, "vmap"), spc),
         "unrolled loop over replicas": (job, loop_chunk, spc)}
     if all_variants:
         variants["  the same, 5 steps per call"] = (job, loop_chunk, 5)
     variants["lax.map over replicas"] = (job, _replica_chunk(job, "map"), spc)
-    variants["K=1 (reference)"] = (single, single._train_chunk, spc)
+    variants["K=1 (reference)"] = (single, single.train_call, spc)
     if model == "cnn":
         im2col_1 = Job(config(1), data, im2col=True)
-        variants["K=1, convs as im2col + matmul"] = (im2col_1, im2col_1._train_chunk, spc)
+        variants["K=1, convs as im2col + matmul"] = (im2col_1, im2col_1.train_call, spc)
 
     def idx(jb, start: int, count: int):
-        return global_array(jb.indexer.indices(start, count), batch_sharded(jb.mesh, 2, 3))
+        return jb.train_inputs(start, count)
 
     results: dict[str, dict[str, Any]] = {}
     for name, (jb, fn, spc) in variants.items():

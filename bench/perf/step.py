@@ -23,15 +23,15 @@ from flax import nnx
 
 from bench.config import from_dict
 from bench.data import ArrayDataset, load_dataset
-from bench.data.batching import epoch_permutation
-from bench.loop import Job
+from bench.data.plan import epoch_permutation
+from bench.job import Job
 
 
 def _config(batch_size: int, steps_per_call: int):
     return from_dict({
-        "model": {"name": "cnn", "channels": [32, 32, 32], "conv_stride": 2, "hidden": []},
+        "model": {"name": "cnn"},  # the default: Greydanus' CNN
         "batch_size": batch_size, "budget": "1000000steps", "steps_per_call": steps_per_call,
-        "logger": {"name": "none", "mode": "disabled"}, "progress": False})
+        "logger": {"name": "none"}, "progress": False})
 
 
 def tiled_mnist1d(min_examples: int) -> ArrayDataset:
@@ -46,7 +46,7 @@ class MinimalLoop:
     """What a careful person writes by hand: one jitted step, batch gathered on device."""
 
     def __init__(self, job: Job):
-        model = job._build(jax.random.PRNGKey(0))
+        model = job.build_model(jax.random.PRNGKey(0))
         graphdef, params = nnx.split(model, nnx.Param)
         tx = optax.sgd(job.replicas[0].peak_lr, momentum=0.9)
 

@@ -57,9 +57,16 @@ def run_golden(name: str) -> list[dict]:
 
 
 def main(names: list[str]) -> None:
+    """Capture the named golden runs (all with none). Existing records are kept unless --force:
+    they are the reference a refactor is compared with, recaptured only deliberately."""
+    force = "--force" in names
+    names = [n for n in names if n != "--force"]
     out = HERE / "records"
     out.mkdir(exist_ok=True)
     for name in names or list(GOLDEN):
+        if (out / f"{name}.json").exists() and not force:
+            print(f"{name}: kept (exists; --force recaptures)")
+            continue
         records = run_golden(name)
         payload = {"overrides": list(GOLDEN[name]), "fingerprint": fingerprint(), "records": records}
         (out / f"{name}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")

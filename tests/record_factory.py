@@ -34,7 +34,7 @@ def make_record(*, batch_size: int, history: Sequence[dict[str, Any]], seed: int
     ``target_test_accuracy`` when given."""
     peak_lr = base_lr if peak_lr is None else peak_lr
     config = {"dataset": {"name": dataset}, "model": {"name": model},
-              "optimizer": {"name": optimizer}, "scaling": {"rule": scaling},
+              "optimizer": {"name": optimizer}, "scaling": {"name": scaling},
               "schedule": {"name": schedule}, "batch_size": batch_size,
               "lrs": [base_lr], "seeds": [seed]}
     history = [dict(h) for h in history]

@@ -1,0 +1,179 @@
+"""Batch size over training (``batch_schedule=<name>``) and the plan of a job.
+
+Each option is a registered section whose ``stages(cfg, num_train, quantum)`` gives the
+:class:`~bench.data.plan.BatchPlan` stages ``[(start_epoch, B)]`` and LR factors;
+:func:`make_plan` builds the job's plan (stages, budget, warmup) from the whole config.
+
+- ``constant``: B = ``batch_size`` throughout.
+- ``increase`` (Smith et al. 2018, "Don't decay the learning rate, increase the batch size"):
+  at each ``schedule.decay_epochs`` boundary of the step LR schedule B is multiplied by
+  ``factor`` (default 1 / ``schedule.decay_factor``) instead of dividing the LR. B never exceeds
+  ``max_batch_size`` (default N rounded down to a valid size); where B cannot grow by the full
+  factor, the LR takes the rest. The invariant is the SGD noise scale g ~ lr * N / B: at every
+  boundary lr / B is multiplied by ``decay_factor`` exactly as the step schedule would, so the
+  LR multiplier there is ``decay_factor * B_new / B_old`` (1 while B grows by the full factor).
+- ``warmup``: B grows from ``start_batch_size`` by ``growth`` (e.g. doubling) in equal-length
+  stages over ``warmup_epochs``, then stays at ``batch_size``; the LR schedule is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Sequence
+
+from bench.data.plan import BatchPlan, parse_budget
+from bench.schema import ConfigError, Registry, frozen, param
+
+if TYPE_CHECKING:  # type hints only: bench.config imports this module
+    from bench.config import Config
+
+BATCH_SCHEDULES: Registry["BatchScheduleConfig"] = Registry("batch_schedule", default="constant")
+
+Stages = list[tuple[Any, int]]
+LRFactors = list[tuple[float, float]]
+
+
+def batch_quantum(cfg: "Config", num_devices: int = 1) -> int:
+    """Every batch size must be a multiple of this: accumulate * lcm(devices, ghost batch)."""
+    return cfg.accumulate * math.lcm(num_devices, cfg.model.batch_multiple())
+
+
+def round_batch(b: float, quantum: int) -> int:
+    """The nearest positive multiple of ``quantum``."""
+    return max(int(round(b / quantum)) * quantum, quantum)
+
+
+@frozen
+class BatchScheduleConfig:
+    name: str = param("constant", help="batch_schedule=<name> selects the option")
+
+    def stages(self, cfg: "Config", num_train: int, quantum: int) -> tuple[Stages, LRFactors]:
+        return [(0, cfg.batch_size)], []
+
+    def check(self, where: str) -> None:
+        pass
+
+    def check_with(self, cfg: "Config", quantum: int) -> None:
+        """Rules that relate this section to the rest of the config."""
+
+
+@BATCH_SCHEDULES.register("constant")
+@frozen
+class ConstantBatch(BatchScheduleConfig):
+    """Every step uses ``batch_size`` examples (the default)."""
+
+
+@BATCH_SCHEDULES.register("increase")
+@frozen
+class IncreaseBatch(BatchScheduleConfig):
+    """Smith et al. 2018: multiply B at the step schedule's decay epochs instead of the LR."""
+    factor: float | None = param(None, gt=1, help="B multiplier per boundary (null: 1 / schedule.decay_factor)")
+    max_batch_size: int | None = param(None, ge=1, help="cap on B; beyond it the LR decays (null: N)")
+
+    def check_with(self, cfg, quantum):
+        s = cfg.schedule
+        if s.name != "step" or not s.decay_epochs:
+            raise ConfigError("batch_schedule=increase replaces the decays of a step LR schedule;"
+                              " use schedule=step with non-empty schedule.decay_epochs")
+        if list(s.decay_epochs) != sorted(set(s.decay_epochs)):
+            raise ConfigError(f"schedule.decay_epochs={list(s.decay_epochs)} must be strictly"
+                              f" increasing for batch_schedule=increase")
+        if not s.decay_factor < 1:
+            raise ConfigError(f"schedule.decay_factor={s.decay_factor} must be in (0, 1)"
+                              f" for batch_schedule=increase")
+        if self.max_batch_size is not None and (self.max_batch_size < cfg.batch_size
+                                                or self.max_batch_size % quantum):
+            raise ConfigError(f"batch_schedule.max_batch_size={self.max_batch_size} must be >= "
+                              f"batch_size={cfg.batch_size} and a multiple of {quantum} "
+                              f"(accumulate x devices x ghost batch)")
+
+    def stages(self, cfg, num_train, quantum):
+        cap = self.max_batch_size or (num_train // quantum) * quantum
+        return increase_stages(cfg.batch_size, cfg.schedule.decay_epochs, cfg.schedule.decay_factor,
+                               factor=self.factor, cap=cap, quantum=quantum)
+
+
+@BATCH_SCHEDULES.register("warmup")
+@frozen
+class WarmupBatch(BatchScheduleConfig):
+    """B grows start_batch_size, x growth, ... up to batch_size over warmup_epochs."""
+    start_batch_size: int = param(32, ge=1, help="first batch size")
+    warmup_epochs: float = param(2.0, gt=0, help="epochs until B reaches batch_size")
+    growth: float = param(2.0, gt=1, help="B multiplier between the warmup sizes (2: doubling)")
+
+    def check_with(self, cfg, quantum):
+        if self.start_batch_size % quantum or not self.start_batch_size < cfg.batch_size:
+            raise ConfigError(f"batch_schedule.start_batch_size={self.start_batch_size} must be below"
+                              f" batch_size={cfg.batch_size} and a multiple of {quantum}"
+                              f" (accumulate x devices x ghost batch)")
+
+    def stages(self, cfg, num_train, quantum):
+        return warmup_stages(self.start_batch_size, cfg.batch_size, self.warmup_epochs,
+                             growth=self.growth, quantum=quantum), []
+
+
+def increase_stages(batch_size: int, decay_epochs: Sequence[float], decay_factor: float, *,
+                    factor: float | None, cap: int, quantum: int = 1) -> tuple[Stages, LRFactors]:
+    """Smith et al. 2018: (stages, LR factors) replacing a step LR schedule's decays.
+
+    At each boundary B <- min(round(B * factor), cap) and the LR is multiplied by
+    ``decay_factor * B_new / B_old``, so lr / B follows the step schedule exactly
+    (LR unchanged while B grows by the full 1 / decay_factor).
+    """
+    factor = 1.0 / decay_factor if factor is None else float(factor)
+    cap = (cap // quantum) * quantum
+    stages: Stages = [(0, batch_size)]
+    lr_factors: LRFactors = []
+    b = batch_size
+    for e in sorted(decay_epochs):
+        new = min(round_batch(b * factor, quantum), max(cap, b))
+        lr_factors.append((float(e), decay_factor * new / b))
+        if new != b:
+            stages.append((e, new))
+        b = new
+    return stages, lr_factors
+
+
+def warmup_stages(start: int, batch_size: int, warmup_epochs: float, *, growth: float = 2.0,
+                  quantum: int = 1) -> Stages:
+    """B = start, start * growth, ... (< batch_size) in equal stages over ``warmup_epochs``."""
+    sizes: list[int] = []
+    b = float(start)
+    while round_batch(b, quantum) < batch_size:
+        size = round_batch(b, quantum)
+        if not sizes or size > sizes[-1]:
+            sizes.append(size)
+        b *= growth
+    if not sizes:
+        return [(0, batch_size)]
+    length = Fraction(warmup_epochs).limit_denominator(10**9) / len(sizes)
+    return ([(i * length, s) for i, s in enumerate(sizes)]
+            + [(Fraction(warmup_epochs).limit_denominator(10**9), batch_size)])
+
+
+def make_plan(cfg: "Config", num_train: int, num_devices: int = 1,
+              seeds: Sequence[int] | None = None) -> BatchPlan:
+    """The plan of one job: stages from ``cfg.batch_schedule``, the budget, the LR warmup.
+
+    Raises ConfigError when the config does not fit the data (B > N, warmup > training).
+    """
+    if cfg.batch_size > num_train:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the training set ({num_train} examples);"
+            f" the largest allowed is {num_train} (full batch)")
+    cap = getattr(cfg.batch_schedule, "max_batch_size", None)
+    if cap is not None and cap > num_train:
+        raise ConfigError(f"batch_schedule.max_batch_size={cap} is larger than the training set"
+                          f" ({num_train} examples)")
+    if seeds is None:
+        seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
+    stages, lr_factors = cfg.batch_schedule.stages(cfg, num_train, batch_quantum(cfg, num_devices))
+    plan = BatchPlan(seeds, num_train, stages, budget=parse_budget(cfg.budget),
+                     warmup_epochs=cfg.schedule.warmup_epochs,
+                     warmup_steps=cfg.schedule.warmup_steps, lr_factors=lr_factors,
+                     name=cfg.batch_schedule.name)
+    if plan.warmup_steps > plan.total_steps:
+        raise ConfigError(f"warmup ({plan.warmup_steps} steps) is longer than training "
+                          f"({plan.total_steps} steps)")
+    return plan

@@ -1,0 +1,218 @@
+"""Everything one job needs, built once: data on device, the batch plan, model functions,
+the optimizer, and its compiled programs (:class:`Job`).
+
+Timing follows AlgoPerf: programs are compiled ahead of time (:meth:`Job.compile`) and that
+time is counted apart; training time is the wall time of the jitted training calls only
+(synchronized with the host before the clock stops); evaluation and curvature time are counted
+apart as well. bench.loop drives a Job; bench.profile and bench.perf use the same public API.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bench import compile_cache
+from bench.config import Config, validate
+from bench.data import ArrayDataset, load_dataset
+from bench.data.batch_schedules import make_plan
+from bench.metrics.probe import CurvatureProbe
+from bench.models.im2col import im2col_for_replicas, with_im2col_convs
+from bench.optim import make_optimizer
+from bench.parallel import (batch_sharded, global_array, make_mesh, maybe_initialize_distributed,
+                            put_replicated, replicated)
+from bench.record import Replica as ReplicaDict
+from bench.schedules import lr_multiplier
+from bench.step import ModelFns, TrainState, make_evaluate, make_train_chunk, split_model
+from bench.streams import Stream
+
+
+@dataclass(frozen=True)
+class Replica:
+    index: int
+    seed: int
+    base_lr: float
+    peak_lr: float
+
+    def as_dict(self, count: int) -> ReplicaDict:
+        return {"index": self.index, "count": count, "seed": self.seed, "base_lr": self.base_lr,
+                "peak_lr": self.peak_lr}
+
+
+def replica_grid(cfg: Config) -> list[Replica]:
+    """LR values x seeds, LR-major; LRs are base LRs, scaled by the batch-size rule."""
+    lrs = cfg.replicas.lr if cfg.replicas.lr is not None else (cfg.optimizer.lr,)
+    seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
+    return [Replica(i, int(seed), float(lr), cfg.scaling.peak_lr(lr, cfg.batch_size))
+            for i, (lr, seed) in enumerate(itertools.product(lrs, seeds))]
+
+
+def eval_indices(n: int, chunk: int, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunked indices over a whole set, padded to full chunks, with a validity mask."""
+    chunk = min(chunk, n)
+    chunk = int(math.ceil(chunk / num_devices) * num_devices)
+    num_chunks = int(math.ceil(n / chunk))
+    idx = np.zeros(num_chunks * chunk, np.int32)
+    idx[:n] = np.arange(n)
+    mask = np.zeros(num_chunks * chunk, np.float32)
+    mask[:n] = 1.0
+    return idx.reshape(num_chunks, chunk), mask.reshape(num_chunks, chunk)
+
+
+@dataclass
+class Timings:
+    compile_seconds: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    metrics_seconds: float = 0.0
+    resumed_at_steps: list[int] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"compile_seconds": self.compile_seconds, "train_seconds": self.train_seconds,
+                "eval_seconds": self.eval_seconds, "metrics_seconds": self.metrics_seconds,
+                "total_seconds": time.perf_counter() - self.start,
+                "resumed_at_steps": list(self.resumed_at_steps)}
+
+    def restore(self, saved: dict[str, Any], step: int) -> None:
+        """Continue the clocks of a checkpointed run (compile time adds up over attempts)."""
+        self.compile_seconds += saved["compile_seconds"]
+        self.train_seconds = saved["train_seconds"]
+        self.eval_seconds = saved["eval_seconds"]
+        self.metrics_seconds = saved.get("metrics_seconds", 0.0)
+        self.start -= saved["total_seconds"]
+        self.resumed_at_steps = [*saved.get("resumed_at_steps", []), step]
+
+
+class Job:
+    """One job: K replicas of one config, with their data, plan and compiled programs.
+
+    Public API: ``cfg``, ``data``, ``mesh``, ``plan``, ``replicas``, ``fns`` (the model as pure
+    functions), ``tx``, ``lr_multiplier``, ``probe`` (curvature, or None), ``timings``,
+    ``x_train``/``y_train``/``x_test``/``y_test`` (on device), ``eval_sets``;
+    :meth:`build_model`, :meth:`init_state`, :meth:`train_inputs`, :meth:`compile` (+
+    ``compiled_keys``), :meth:`train`, :meth:`evaluate`; ``train_call`` and ``evaluate_call``
+    are the jitted (not yet compiled) programs.
+    """
+
+    def __init__(self, cfg: Config, data: ArrayDataset | None = None, *, im2col: bool | None = None):
+        """``im2col``: train with 1-D convolutions as im2col + matmul (default
+        ``im2col_for_replicas(K)``: K > 1 replicas on CPU; see bench.models.im2col)."""
+        maybe_initialize_distributed()
+        compile_cache.enable(cfg.compile_cache_dir)  # before anything compiles
+        self.mesh = make_mesh()
+        self.cfg = validate(cfg, num_devices=self.mesh.size)
+        self.data = data if data is not None else load_dataset(cfg.dataset)
+        self.replicas = replica_grid(cfg)
+        self.plan = make_plan(cfg, self.data.num_train, self.mesh.size, [r.seed for r in self.replicas])
+        self.timings = Timings()
+        self._compiled: dict[Any, Callable] = {}
+
+        abstract = nnx.eval_shape(lambda: self.build_model(jax.random.key(0)))
+        graphdef, params, _ = split_model(abstract)
+        self.num_params = int(sum(math.prod(p.shape) for p in jax.tree.leaves(params)))
+        self.fns = ModelFns(graphdef)
+        # Training K > 1 replicas on CPU: 1-D convs as im2col + matmul (see bench.models.im2col);
+        # evaluation and curvature keep the plain convolution.
+        self.train_fns = self.fns
+        if im2col is None:
+            im2col = im2col_for_replicas(len(self.replicas))
+        if im2col and with_im2col_convs(abstract):
+            self.train_fns = ModelFns(split_model(abstract)[0])
+        self.tx = make_optimizer(cfg.optimizer)
+        peak_over_base = cfg.scaling.peak_lr(1.0, cfg.batch_size)
+        self.lr_multiplier = lr_multiplier(cfg.schedule, self.plan, peak_over_base)
+
+        self.x_train, self.y_train = (put_replicated(a, self.mesh) for a in (self.data.x_train, self.data.y_train))
+        self.x_test, self.y_test = (put_replicated(a, self.mesh) for a in (self.data.x_test, self.data.y_test))
+        self.train_call = jax.jit(
+            make_train_chunk(self.train_fns, self.tx, self.lr_multiplier, cfg.accumulate, self.mesh),
+            donate_argnums=(0,))
+        self.evaluate_call = jax.jit(make_evaluate(self.fns, self.mesh))
+        self.probe = CurvatureProbe(
+            cfg.metrics, self.fns, self.data.x_train, self.data.y_train,
+            [jax.random.fold_in(jax.random.PRNGKey(r.seed), Stream.PROBES) for r in self.replicas],
+            self.mesh) if cfg.metrics.hessian else None
+        self.eval_sets = {
+            split: tuple(global_array(a, batch_sharded(self.mesh, 1, 2))
+                         for a in eval_indices(n, cfg.eval.batch_size, self.mesh.size))
+            for split, n in (("train", self.data.num_train), ("test", self.data.num_test))}
+
+    def build_model(self, key: jax.Array) -> nnx.Module:
+        return self.cfg.model.build(self.data.input_shape, self.data.num_classes, nnx.Rngs(key))
+
+    def init_state(self) -> TrainState:
+        """Replica k's init depends only on its own seed (identical alone or in a group)."""
+        roots = jnp.stack([jax.random.PRNGKey(r.seed) for r in self.replicas])
+        peak = jnp.asarray([r.peak_lr for r in self.replicas], jnp.float32)
+
+        def init(roots, peak):
+            def one(root, lr):
+                model = self.build_model(jax.random.fold_in(root, Stream.INIT))
+                _, params, stats = split_model(model)
+                return TrainState(
+                    params=params, stats=stats, opt_state=self.tx.init(params), peak_lr=lr,
+                    dropout_key=jax.random.fold_in(root, Stream.DROPOUT),
+                    alive=jnp.array(True), diverged_step=jnp.array(-1, jnp.int32),
+                    step=jnp.array(0, jnp.int32))
+            return jax.vmap(one)(roots, peak)
+
+        return jax.jit(init, out_shardings=replicated(self.mesh))(roots, peak)
+
+    def initial_lrs(self) -> np.ndarray:
+        """Every replica's LR at step 0 (what an evaluation before any step reports)."""
+        return np.asarray([r.peak_lr for r in self.replicas]) * float(self.lr_multiplier(0))
+
+    def compile(self, key: Any, fn: Callable, *args: Any) -> Callable:
+        """``fn`` compiled for ``args`` once per ``key`` (compile time counted apart)."""
+        if key not in self._compiled:
+            t = time.perf_counter()
+            self._compiled[key] = fn.lower(*args).compile()
+            self.timings.compile_seconds += time.perf_counter() - t
+        return self._compiled[key]
+
+    @property
+    def compiled_keys(self) -> list[Any]:
+        return list(self._compiled)
+
+    def train_inputs(self, start: int, count: int) -> jax.Array:
+        """Example indices [count, K, B] of steps [start, start + count), sharded over B."""
+        return global_array(self.plan.indices(start, count), batch_sharded(self.mesh, 2, 3))
+
+    def train(self, state: TrainState, start: int, count: int) -> tuple[TrainState, dict[str, np.ndarray]]:
+        """Run steps [start, start + count) (one batch size); returns host metrics [count, K]."""
+        idx = self.train_inputs(start, count)
+        key = ("train", count, idx.shape[2])  # each (steps per call, batch size) compiles once
+        fn = self.compile(key, self.train_call, state, self.x_train, self.y_train, idx)
+        t = time.perf_counter()
+        state, metrics = fn(state, self.x_train, self.y_train, idx)
+        metrics = jax.device_get(metrics)  # waits for the computation: honest wall time
+        self.timings.train_seconds += time.perf_counter() - t
+        return state, metrics
+
+    def evaluate(self, state: TrainState) -> dict[str, np.ndarray]:
+        """Loss and accuracy [K] of every replica on the whole train and test sets."""
+        out = {}
+        for split, (x, y) in (("train", (self.x_train, self.y_train)), ("test", (self.x_test, self.y_test))):
+            idx, mask = self.eval_sets[split]
+            fn = self.compile(("eval", split), self.evaluate_call, state.params, state.stats, x, y, idx, mask)
+            t = time.perf_counter()
+            loss, acc = jax.device_get(fn(state.params, state.stats, x, y, idx, mask))
+            self.timings.eval_seconds += time.perf_counter() - t
+            out[f"{split}_loss"], out[f"{split}_accuracy"] = loss, acc
+        return out
+
+    def measure(self, state: TrainState, k: int, lr: float) -> dict[str, Any]:
+        """Curvature statistics of replica k (time counted as metrics time)."""
+        t = time.perf_counter()
+        stats = self.probe.measure(state, k, lr)
+        self.timings.metrics_seconds += time.perf_counter() - t
+        return stats

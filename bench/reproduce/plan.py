@@ -1,0 +1,180 @@
+"""What a reproduction runs: the finding table and the plans read from the presets.
+
+Every grid, seed list, budget and evaluation cadence lives in the finding's presets
+(``conf/experiment/<preset>.yaml``: its keys and its ``hydra.sweeper.params``); a plan is
+read from them, so ``python -m bench.train -m +experiment=<preset>`` and the reproduction run
+the same jobs. What is not a training setting (which verdict tolerance, whether to draw the
+interpolation curve) is in :data:`FINDINGS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.config import Config, from_hydra, validate
+from bench.hydra_conf import CONF_DIR, compose, group_options
+
+
+@dataclass(frozen=True)
+class Finding:
+    offline: str                          # the preset of the offline reproduction
+    paper: tuple[str, ...]                # the paper-scale presets
+    verdict: dict[str, Any] = field(default_factory=dict)  # analysis.report verdict options
+    interpolation: bool = False           # Keskar Fig. 3: SB -> LB parameter interpolation
+
+
+FINDINGS: dict[str, Finding] = {
+    "keskar": Finding("keskar_offline", ("keskar_f1", "keskar_c1", "keskar_c2", "keskar_c3",
+                                         "keskar_c4"), interpolation=True),
+    "goyal": Finding("goyal_offline", ("goyal_linear",), {"tolerance": 0.01}),
+    "shallue": Finding("shallue_offline", ("shallue_steps_to_result",)),
+    "edge_of_stability": Finding("eos_offline", ("cohen_eos",), {"tol": 0.2}),
+}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One bench.loop job: a batch size (and LR-scaling rule), all LRs x seeds as replicas."""
+    name: str                       # records/<name>/
+    batch_size: int
+    budget: str
+    overrides: tuple[str, ...]      # Hydra overrides after +experiment=<preset>
+
+
+@dataclass(frozen=True)
+class Plan:
+    finding: str
+    preset: str
+    batch_sizes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...]          # base learning rates (before the preset's scaling rule)
+    rules: tuple[str, ...]          # LR-scaling rules swept by the preset (goyal compares three)
+    budget_scale: float
+    jobs: tuple[JobSpec, ...]
+    report: dict[str, Any] = field(default_factory=dict)   # analysis.report.build_report options
+    figures: dict[str, Any] = field(default_factory=dict)  # analysis.figures.make_figures options
+    interpolation: tuple[int, int] | None = None           # (SB, LB) batch sizes (keskar)
+
+
+def finding(name: str) -> Finding:
+    if name not in FINDINGS:
+        raise ValueError(f"unknown finding {name!r}; choose from {', '.join(FINDINGS)}")
+    return FINDINGS[name]
+
+
+def read_preset(preset: str, overrides: Sequence[str] = ()) -> tuple[Config, dict[str, list[str]]]:
+    """(the preset's config, {swept key: values of its hydra.sweeper.params})."""
+    composed = compose([f"+experiment={preset}", *overrides], return_hydra_config=True)
+    params = {str(k): [v.strip() for v in str(v).split(",")]
+              for k, v in (composed.hydra.sweeper.params or {}).items()}
+    del composed["hydra"]
+    return validate(from_hydra(composed)), params
+
+
+def report_options(preset: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """analysis.report and analysis.figures options of a preset, from the preset itself."""
+    cfg, params = read_preset(preset)
+    report = dict(finding(name).verdict)
+    figures: dict[str, Any] = {}
+    if name == "keskar" and "batch_size" in params:
+        sizes = [int(b) for b in params["batch_size"]]
+        report.update(sb=min(sizes), lb=max(sizes))   # SB and LB are the sweep's ends
+    if name == "shallue":
+        report["target_accuracy"] = figures["target_accuracy"] = cfg.target.test_accuracy
+    return report, figures
+
+
+def scaled_budget(budget: str, scale: float) -> str:
+    """'60epochs' x 0.5 -> '30epochs'; steps/examples stay integers >= 1."""
+    from bench.data.plan import parse_budget
+
+    value, unit = parse_budget(budget)
+    if scale == 1:
+        return budget
+    if unit == "epochs":
+        return f"{max(value * scale, 1e-3):g}epochs"
+    return f"{max(int(round(value * scale)), 1)}{unit}"
+
+
+def _cadence(every: int, scale: float) -> int:
+    return max(int(round(every * scale)), 1)
+
+
+def _list(values: Sequence[Any]) -> str:
+    return "[" + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "]"
+
+
+def offline_plan(name: str, *, seeds: int | None = None, budget_scale: float = 1.0,
+                 batch_sizes: Sequence[int] | None = None) -> Plan:
+    """The scaled-down reproduction of finding ``name``, read from its offline preset.
+
+    ``seeds``: number of seeds (0 .. n-1; default: the preset's); ``batch_sizes``: a subset of
+    the preset's swept batch sizes (smoke tests); ``budget_scale``: multiplies budgets and
+    evaluation / measurement cadences (quick smoke runs; not the reproduction unless 1).
+    """
+    spec = finding(name)
+    if not budget_scale > 0:
+        raise ValueError(f"budget_scale={budget_scale} must be > 0")
+    cfg, params = read_preset(spec.offline)
+    sizes = tuple(int(b) for b in params.get("batch_size", [cfg.batch_size]))
+    rules = tuple(params.get("scaling", [cfg.scaling.name]))
+    seed_list = tuple(range(int(seeds))) if seeds is not None else tuple(cfg.replicas.seeds or (cfg.seed,))
+    if not seed_list:
+        raise ValueError(f"seeds={seeds} must be >= 1")
+    lrs = tuple(cfg.replicas.lr or (cfg.optimizer.lr,))
+    if batch_sizes is not None:
+        unknown = sorted(set(batch_sizes) - set(sizes))
+        if unknown:
+            raise ValueError(f"batch sizes {unknown} are not in the {name} plan {list(sizes)}")
+        sizes = tuple(b for b in sizes if b in set(batch_sizes))
+    jobs = []
+    for b in sizes:
+        for rule in rules:
+            budget = scaled_budget(cfg.budget, budget_scale)
+            ov = [f"batch_size={b}", f"replicas.seeds={_list(seed_list)}", "progress=false"]
+            if len(rules) > 1:
+                ov.append(f"scaling={rule}")
+            if budget_scale != 1:  # smoke runs: shorter budgets, denser evaluations
+                ov += [f"budget={budget}",
+                       f"eval.every_steps={_cadence(cfg.eval.cadence(b), budget_scale)}",
+                       "eval.every_steps_at=null"]
+                if cfg.metrics.every:
+                    ov.append(f"metrics.every={_cadence(cfg.metrics.every, budget_scale)}")
+            name_b = f"B{b}" + (f"-{rule}" if len(rules) > 1 else "")
+            jobs.append(JobSpec(name_b, b, budget, tuple(ov)))
+    report, figures = report_options(spec.offline, name)
+    interpolation = (report["sb"], report["lb"]) if spec.interpolation else None
+    return Plan(name, spec.offline, sizes, seed_list, lrs, rules, float(budget_scale), tuple(jobs),
+                report, figures, interpolation)
+
+
+def launchers() -> tuple[str, ...]:
+    """``basic`` (Hydra's default, sequential, this machine) + the presets in conf/hydra/launcher."""
+    return ("basic", *group_options("hydra/launcher"))
+
+
+def paper_commands(name: str, *, launcher: str = "slurm_gpu", out: Path | str | None = None,
+                   seeds: int | None = None, overrides: Sequence[str] = (),
+                   python: str = "python") -> list[list[str]]:
+    """The Hydra multirun command of every paper preset of finding ``name`` (the sweep is the
+    preset's own ``hydra.sweeper.params``)."""
+    spec = finding(name)
+    if launcher not in launchers():
+        raise ValueError(f"unknown launcher {launcher!r}; choose from {', '.join(launchers())}")
+    out = Path(out) if out is not None else Path("results") / f"{name}-paper"
+    cmds = []
+    for preset in spec.paper:
+        cmd = [python, "-m", "bench.train", "-m", f"+experiment={preset}"]
+        if launcher != "basic":
+            cmd.append(f"hydra/launcher={launcher}")
+        cmd.append(f"hydra.sweep.dir={out / preset}")
+        if seeds is not None:
+            cmd.append(f"replicas.seeds={_list(tuple(range(int(seeds))))}")
+        cmds.append([*cmd, *overrides])
+    return cmds
+
+
+__all__ = ["CONF_DIR", "FINDINGS", "Finding", "JobSpec", "Plan", "launchers", "offline_plan",
+           "paper_commands", "read_preset", "report_options", "scaled_budget"]
