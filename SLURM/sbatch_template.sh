@@ -57,6 +57,11 @@ eval "OVERRIDES=(${LINES[$TASK_ID]})"
 # from every task).
 mkdir -p "$SWEEP_DIR"
 cp "$JOBS_FILE" "$SWEEP_DIR/.jobs.txt.$TASK_ID" && mv -f "$SWEEP_DIR/.jobs.txt.$TASK_ID" "$SWEEP_DIR/jobs.txt"
+# ... and the array's id, so bench.status can ask squeue about tasks still pending/requeued
+# (one id per submission; appending the same id twice is harmless).
+if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]] && ! grep -qx "$SLURM_ARRAY_JOB_ID" "$SWEEP_DIR/.slurm_array_ids" 2>/dev/null; then
+    echo "$SLURM_ARRAY_JOB_ID" >> "$SWEEP_DIR/.slurm_array_ids"
+fi
 
 export WANDB_MODE=${WANDB_MODE:-offline}
 echo "batch-bench: job ${SLURM_JOB_ID:-?} task $TASK_ID restart ${SLURM_RESTART_COUNT:-0} on $(hostname)"

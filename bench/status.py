@@ -15,13 +15,27 @@ comes from the records of all its replicas:
 
 ``is_finished(output_dir)`` is what the training entry point calls to skip jobs that are
 done, so re-running the same sweep command into the same sweep dir only runs the rest.
+
+Also shown per job:
+
+- what SLURM says, when ``squeue`` answers: jobs of this sweep still pending, requeued
+  (pending again after a preemption/requeue) or running, found from submitit's
+  ``.submitit/<array>_<task>`` folders, ``.slurm_array_ids`` (``SLURM/sbatch_template.sh``)
+  and the records' ``environment.slurm_job_id``. A live job means: do not re-submit into
+  this directory yet. Without ``squeue`` (or SLURM) the column is left empty.
+- the configuration of its records: the config hash (``config_hash``, else the
+  ``run_id`` prefix), and any override in ``.hydra/overrides.yaml`` that the records'
+  stored ``config`` contradicts (the directory was reused with other overrides).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -47,6 +61,12 @@ class JobStatus:
     test_accuracy: float | None = None   # best final test accuracy over replicas
     error: str | None = None      # first error message among the records
     records: list[str] = field(default_factory=list)
+    config_hash: str | None = None       # of the records' config ("a,b" if they disagree)
+    config_mismatch: list[str] = field(default_factory=list)  # overrides the records contradict
+    slurm_job: str | None = None         # "<array>_<task>" (or job id) while SLURM lists it
+    queue: str | None = None             # squeue state: PENDING, RUNNING, REQUEUED, ...
+    queue_reason: str | None = None      # squeue reason, e.g. BeginTime after a requeue
+    restarts: int | None = None          # SLURM restart count (requeues), when squeue says
 
 
 def _load_records(paths: list[Path]) -> list[dict[str, Any]]:
@@ -137,10 +157,11 @@ def expected_jobs(sweep_dir: Path | str) -> list[tuple[str | None, list[str]]]:
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.load(multirun)
-        hydra_cfg = cfg.get("hydra", {})
-        params = OmegaConf.to_container(hydra_cfg.get("sweeper", {}).get("params") or {})
-        task = OmegaConf.to_container(hydra_cfg.get("overrides", {}).get("task") or [])
-        subdir = OmegaConf.to_container(hydra_cfg.get("sweep", {}), resolve=False).get("subdir")
+        # params is null for a command-line sweep (batch_size=32,64): everything is in task
+        params = OmegaConf.to_container(cfg, resolve=False).get("hydra", {})
+        subdir = (params.get("sweep") or {}).get("subdir")
+        task = (params.get("overrides") or {}).get("task") or []
+        params = (params.get("sweeper") or {}).get("params") or {}
         lines = [f"{k}={v}" for k, v in (params or {}).items()] + [str(t) for t in task or []]
         parsed = OverridesParser.create().parse_overrides(lines)
         batches = BasicSweeper.split_arguments(parsed, None)[0]
@@ -150,7 +171,177 @@ def expected_jobs(sweep_dir: Path | str) -> list[tuple[str | None, list[str]]]:
     return [(str(i) if default_subdir else None, list(ovr)) for i, ovr in enumerate(batches)]
 
 
-def sweep_status(sweep_dir: Path | str) -> list[JobStatus]:
+def _config_hash(records: list[dict[str, Any]]) -> str | None:
+    hashes = []
+    for r in records:
+        h = r.get("config_hash") or re.sub(r"-r\d+$", "", str(r.get("run_id") or "")) or None
+        if h and h not in hashes:
+            hashes.append(h)
+    return ",".join(hashes) or None
+
+
+_NO_VALUE = object()
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _NO_VALUE
+        node = node[part]
+    return node
+
+
+def config_mismatches(overrides: list[str], config: dict[str, Any]) -> list[str]:
+    """Overrides that the stored ``config`` contradicts, as ``"key=value (record: x)"``.
+
+    Checked: ``key=value`` for a key present in the config, and a group choice
+    (``dataset=digits``) against the group's ``name``. Not checked: hydra keys, additions
+    (``+sweep=...``), deletions, interpolations, keys the config does not have.
+    """
+    if not config:
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for line in overrides:
+        try:
+            (ovr,) = OverridesParser.create().parse_overrides([line])
+            value = ovr.value()
+        except Exception:
+            continue
+        key = ovr.key_or_group
+        if (ovr.is_add() or ovr.is_delete() or ovr.package or key.startswith("hydra")
+                or key == "output_dir" or (isinstance(value, str) and "${" in value)):
+            continue
+        stored = _lookup(config, key.replace("/", "."))
+        if isinstance(stored, dict):                       # a config group choice
+            stored = stored.get("name", _NO_VALUE)
+        if stored is _NO_VALUE or stored == value:
+            continue
+        out.append(f"{line} (record: {json.dumps(stored)})")
+    return out
+
+
+@dataclass
+class QueueEntry:
+    job_id: str          # as squeue prints it: "<array>_<task>" or "<id>"
+    raw_id: str          # the job's own id (SLURM_JOB_ID inside the job)
+    array_id: str
+    task: str | None
+    state: str
+    reason: str
+    restarts: int | None = None     # SLURM's restart count (>0: requeued at least once)
+
+
+def _sweep_slurm_ids(sweep_dir: Path, records: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """(array job ids of this sweep, raw job ids from its records)."""
+    arrays = {m.group(1) for d in (sweep_dir / ".submitit").glob("*_*")
+              if (m := re.fullmatch(r"(\d+)_\d+", d.name))}
+    ids_file = sweep_dir / ".slurm_array_ids"
+    if ids_file.is_file():
+        arrays |= {t for t in ids_file.read_text().split() if t.isdigit()}
+    raw = {str(r.get("environment", {}).get("slurm_job_id")) for r in records
+           if str(r.get("environment", {}).get("slurm_job_id") or "").isdigit()}
+    arrays |= {str(r.get("environment", {}).get("slurm_array_job_id")) for r in records
+               if str(r.get("environment", {}).get("slurm_array_job_id") or "").isdigit()}
+    return arrays, raw
+
+
+def squeue(job_ids: set[str]) -> list[QueueEntry]:
+    """The queue entries of ``job_ids`` (one per array task). Raises ``OSError`` when
+    squeue is missing or fails; an empty list when SLURM no longer knows any of them."""
+    if not job_ids:
+        return []
+    exe = shutil.which("squeue")
+    if exe is None:
+        raise OSError("squeue not found")
+    ids = ",".join(sorted(job_ids, key=int))
+    fields = ["JobArrayID", "JobID", "ArrayJobID", "ArrayTaskID", "State", "Reason", "RestartCnt"]
+    formats = [["-O", ",".join(f"{f}:0|" for f in fields)],   # width 0: unpadded, "|"-separated
+               ["-o", "%i|%A|%F|%K|%T|%r|"]]                  # older squeue: no restart count
+    for fmt in formats:
+        proc = subprocess.run([exe, "-h", "-r", *fmt, "-j", ids], capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode == 0 or "Invalid job id" in proc.stderr:
+            break
+    if proc.returncode != 0:
+        if "Invalid job id" in proc.stderr:     # all of them have left the queue
+            return []
+        raise OSError(f"squeue failed: {proc.stderr.strip() or proc.returncode}")
+    out = []
+    for line in proc.stdout.splitlines():
+        job, raw, array, task, state, reason, restarts, *_ = line.strip().split("|") + [""] * 7
+        if state:
+            out.append(QueueEntry(job, raw, array, task if task.isdigit() else None, state,
+                                  reason, int(restarts) if restarts.isdigit() else None))
+    return out
+
+
+def _attach_queue(sweep_dir: Path, jobs: list[JobStatus],
+                  records: dict[str, list[dict[str, Any]]]) -> str | None:
+    """Fill ``slurm_job`` / ``queue`` / ``queue_reason`` from squeue; returns a note when
+    the queue could not be checked (None when it was, or when nothing here ran on SLURM)."""
+    all_records = [r for rs in records.values() for r in rs]
+    arrays, raw = _sweep_slurm_ids(sweep_dir, all_records)
+    if not arrays and not raw:
+        return None
+    try:
+        entries = squeue(arrays | raw)
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"SLURM queue not checked ({err})"
+    by_raw: dict[str, str] = {}
+    for name, recs in records.items():
+        for r in recs:
+            env = r.get("environment", {})
+            if env.get("slurm_job_id"):
+                by_raw[str(env["slurm_job_id"])] = name
+    by_name = {j.job: j for j in jobs}
+    for e in entries:
+        # its records name the job; a task not started yet: array task i is job dir i
+        # (submitit numbers the tasks of a launch in job order; sbatch_template.sh too)
+        name = by_raw.get(e.raw_id)
+        if name is None and e.task is not None and e.array_id in arrays:
+            name = e.task
+        if name is None:
+            continue
+        job = by_name.get(name)
+        if job is None:
+            job = by_name[name] = JobStatus(job=name, status="missing")
+            jobs.append(job)
+        job.slurm_job, job.queue, job.queue_reason, job.restarts = (e.job_id, e.state, e.reason,
+                                                                    e.restarts)
+    return None
+
+
+def queue_label(job: JobStatus) -> str:
+    """"requeued, pending (BeginTime)", "pending (Priority)", "running (restart 1)", ... or ""."""
+    if job.queue is None:
+        return ""
+    state = job.queue.lower().replace("_", " ")
+    # requeued: SLURM counted a restart, or (no count) the job already wrote records
+    requeued = job.restarts > 0 if job.restarts is not None else bool(job.replicas)
+    if job.queue == "PENDING" and requeued:
+        state = "requeued, pending"
+    elif job.restarts:
+        state += f" (restart {job.restarts})"
+    reason = f" ({job.queue_reason})" if job.queue_reason not in (None, "", "None") else ""
+    return f"{state}{reason}"
+
+
+def live_jobs(jobs: list[JobStatus]) -> list[JobStatus]:
+    """Jobs SLURM still lists (pending, requeued, running, completing)."""
+    return [j for j in jobs if j.queue is not None]
+
+
+def sweep_status(sweep_dir: Path | str, *, queue: bool = True) -> list[JobStatus]:
+    """One ``JobStatus`` per job found or expected under ``sweep_dir``; with ``queue``, ask
+    squeue about the sweep's SLURM jobs (see ``sweep_report`` for the note when it can't)."""
+    return sweep_report(sweep_dir, queue=queue)[0]
+
+
+def sweep_report(sweep_dir: Path | str, *, queue: bool = True) -> tuple[list[JobStatus], str | None]:
+    """``(jobs, note)``: note says why the SLURM queue was not checked (else None)."""
     """One ``JobStatus`` per job found or expected under ``sweep_dir``."""
     sweep_dir = Path(sweep_dir).absolute()
     job_dirs = _job_dirs(sweep_dir)
@@ -162,6 +353,7 @@ def sweep_status(sweep_dir: Path | str) -> list[JobStatus]:
         records_by_job.setdefault(owner, []).append(rec)
 
     jobs: list[JobStatus] = []
+    loaded: dict[str, list[dict[str, Any]]] = {}
     for job_dir, paths in records_by_job.items():
         records = _load_records(paths)
         statuses = [str(r.get("status")) for r in records]
@@ -172,15 +364,19 @@ def sweep_status(sweep_dir: Path | str) -> list[JobStatus]:
         errors = [r.get("error") for r in records if r.get("error")]
         rel = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
         overrides = _read_overrides(job_dir)
+        mismatch = sorted({m for r in records
+                           for m in config_mismatches(overrides, r.get("config") or {})})
         if not overrides and records:
             overrides = list(records[0].get("config", {}).get("overrides", []) or [])
+        loaded[rel] = records
         jobs.append(JobStatus(
             job=rel, status=aggregate_status(statuses, expected), overrides=overrides,
             replicas=dict(Counter(statuses)), expected_replicas=expected,
             step=max((s for s in steps if isinstance(s, int)), default=None),
             test_accuracy=max(accs) if accs else None,
             error=str(errors[0]) if errors else None,
-            records=[p.relative_to(sweep_dir).as_posix() for p in paths]))
+            records=[p.relative_to(sweep_dir).as_posix() for p in paths],
+            config_hash=_config_hash(records), config_mismatch=mismatch))
 
     present_names = {j.job for j in jobs}
     present_overrides = {tuple(sorted(j.overrides)) for j in jobs if j.overrides}
@@ -191,7 +387,8 @@ def sweep_status(sweep_dir: Path | str) -> list[JobStatus]:
             continue
         jobs.append(JobStatus(job=name if name is not None else f"#{i}", status="missing",
                               overrides=overrides))
-    return sorted(jobs, key=lambda j: _sort_key(j.job.lstrip("#")))
+    note = _attach_queue(sweep_dir, jobs, loaded) if queue else None
+    return sorted(jobs, key=lambda j: _sort_key(j.job.lstrip("#"))), note
 
 
 def summary(jobs: list[JobStatus]) -> dict[str, int]:
@@ -204,26 +401,49 @@ def summary_line(jobs: list[JobStatus]) -> str:
     return f"{len(jobs)} jobs: " + (", ".join(parts) if parts else "none found")
 
 
-def print_table(sweep_dir: Path | str, jobs: list[JobStatus]) -> None:
+def live_line(jobs: list[JobStatus]) -> str | None:
+    """The warning printed under the table while SLURM still lists jobs of the sweep."""
+    live = live_jobs(jobs)
+    if not live:
+        return None
+    listed = "; ".join(f"job {j.job} ({j.slurm_job}): {queue_label(j)}" for j in live)
+    return (f"SLURM still lists {len(live)} job(s) of this sweep -- {listed}. The sweep is "
+            "live: do not re-submit into this directory until squeue no longer lists them.")
+
+
+def print_table(sweep_dir: Path | str, jobs: list[JobStatus], note: str | None = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"batch-bench sweep {sweep_dir}")
-    for col in ("job", "status", "replicas", "step", "test acc", "overrides", "error"):
+    cols = ["job", "status", "replicas", "step", "test acc", "config", "overrides"]
+    cols += ["SLURM"] * any(j.queue for j in jobs) + ["error"]
+    for col in cols:
         table.add_column(col, overflow="fold")
     for j in jobs:
         replicas = ", ".join(f"{n} {s}" for s, n in sorted(j.replicas.items()))
         if j.expected_replicas and sum(j.replicas.values()) < j.expected_replicas:
             replicas += f" (of {j.expected_replicas})"
         status = "running/interrupted" if j.status == "running" else j.status
-        table.add_row(
-            j.job, f"[{_STYLE[j.status]}]{status}[/]", replicas or "-",
-            "-" if j.step is None else str(j.step),
-            "-" if j.test_accuracy is None else f"{j.test_accuracy:.4f}",
-            " ".join(j.overrides), (j.error or "")[:80])
+        overrides = escape(" ".join(j.overrides))
+        if j.config_mismatch:
+            overrides += "\n[red]records differ: " + escape("; ".join(j.config_mismatch)) + "[/]"
+        row = [j.job, f"[{_STYLE[j.status]}]{status}[/]", replicas or "-",
+               "-" if j.step is None else str(j.step),
+               "-" if j.test_accuracy is None else f"{j.test_accuracy:.4f}",
+               j.config_hash or "-", overrides]
+        if "SLURM" in cols:
+            row.append(f"[bold]{queue_label(j)}[/] {j.slurm_job}" if j.queue else "")
+        table.add_row(*row, escape((j.error or "")[:80]))
     console = Console()
+    if not console.is_terminal:   # logs, pipes: wide enough for the overrides
+        console = Console(width=160)
     console.print(table)
     console.print(summary_line(jobs))
+    for line in (live_line(jobs), note):
+        if line:
+            console.print(escape(line), style="bold red" if line != note else "yellow")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,12 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep_dir.is_dir():
         print(f"bench.status: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
-    jobs = sweep_status(args.sweep_dir)
+    jobs, note = sweep_report(args.sweep_dir)
     if args.json:
         print(json.dumps({"sweep_dir": str(args.sweep_dir), "summary": summary(jobs),
+                          "live": [j.job for j in live_jobs(jobs)], "queue_note": note,
                           "jobs": [asdict(j) for j in jobs]}, indent=1))
     else:
-        print_table(args.sweep_dir, jobs)
+        print_table(args.sweep_dir, jobs, note)
     return 0
 
 
