@@ -162,6 +162,10 @@ def test_sbatch_template_runs_the_selected_override_line(tmp_path):
     assert argv == ["python", "-m", "bench.train", "batch_size=64", "tag=a b",
                     f"hydra.run.dir={sweep}/1"]
     assert (sweep / "jobs.txt").read_text() == jobs.read_text()   # for bench.status
+    assert (sweep / ".slurm_array_ids").read_text() == "500\n"    # bench.status asks squeue
+    subprocess.run(["bash", str(TEMPLATE), str(jobs), str(sweep)], env=env, cwd=tmp_path,
+                   capture_output=True, check=True)               # another task of the array
+    assert (sweep / ".slurm_array_ids").read_text() == "500\n"    # recorded once
     bad = subprocess.run(["bash", str(TEMPLATE), str(jobs), str(sweep)],
                          env={**env, "SLURM_ARRAY_TASK_ID": "2"}, capture_output=True, text=True)
     assert bad.returncode != 0 and "only 2 job lines" in bad.stderr

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from bench.record import empty_record, record_filename, write_record
-from bench.status import aggregate_status, is_finished, main, sweep_status, summary
+from bench.status import (aggregate_status, config_mismatches, expected_jobs, is_finished,
+                          main, summary, sweep_report, sweep_status)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,3 +186,85 @@ def test_real_hydra_multirun(tmp_path):
     after = {j.job: (j.status, sorted(j.overrides)) for j in sweep_status(sweep)}
     assert after[victim] == ("missing", ["batch_size=16", "lr=1.0"])
     assert is_finished(sweep / next(k for k, (s, o) in before.items() if s == "finished"))
+
+
+def _with_config(job: Path, index: int, status: str, config: dict, environment: dict | None = None,
+                 config_hash: str = "a1b2c3") -> None:
+    rec = empty_record()
+    rec.update(run_id=f"{config_hash}-r{index}", status=status, config=config,
+               replica={"index": index, "count": 1}, final={"step": 10, "test_accuracy": 0.5},
+               environment=environment or {})
+    write_record(job / record_filename(index), rec)
+
+
+CONFIG = {"batch_size": 64, "seed": 0, "budget": "20steps", "progress": False,
+          "dataset": {"name": "synthetic", "input_dim": 16}, "model": {"name": "mlp", "hidden": [16]},
+          "optimizer": {"name": "momentum", "lr": 0.05}, "scaling": {"rule": "none"},
+          "output_dir": "/somewhere/else"}
+
+
+def test_config_hash_and_overrides_the_records_contradict(tmp_path):
+    """A job directory reused with other overrides: the records (made with batch_size=64 on
+    synthetic data) no longer match .hydra/overrides.yaml, and status says which ones."""
+    sweep = tmp_path / "sw"
+    same = _hydra_job(sweep, 0, ["dataset=synthetic", "model.hidden=[16]", "batch_size=64",
+                                 "progress=false", "optimizer.lr=0.05", "scaling=linear",
+                                 "+sweep=keskar_gap", "hydra.launcher.partition=debug",
+                                 "output_dir=${hydra:runtime.output_dir}"])
+    _with_config(same, 0, "finished", CONFIG)
+    reused = _hydra_job(sweep, 1, ["dataset=digits", "batch_size=128", "seed=0",
+                                   "optimizer.lr=0.1", "model.hidden=[32,32]", "budget=20steps"])
+    _with_config(reused, 0, "finished", CONFIG, config_hash="d4e5f6")
+    jobs = {j.job: j for j in sweep_status(sweep)}
+    assert jobs["0"].config_hash == "a1b2c3" and jobs["0"].config_mismatch == []
+    assert jobs["1"].config_hash == "d4e5f6"
+    assert jobs["1"].config_mismatch == [
+        "batch_size=128 (record: 64)", 'dataset=digits (record: "synthetic")',
+        "model.hidden=[32,32] (record: [16])", "optimizer.lr=0.1 (record: 0.05)"]
+    assert config_mismatches(["optimizer=adam", "seed=1"], CONFIG) == [
+        'optimizer=adam (record: "momentum")', "seed=1 (record: 0)"]
+    assert config_mismatches(["batch_size=64"], {}) == []        # failed early: no config
+
+
+def test_table_shows_config_and_mismatch(tmp_path, capsys):
+    sweep = tmp_path / "sw"
+    _with_config(_hydra_job(sweep, 0, ["batch_size=128"]), 0, "finished", CONFIG)
+    assert main([str(sweep)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a1b2c3" in text
+    assert "records differ: batch_size=128 (record: 64)" in text
+    assert "SLURM" not in text                                   # nothing ran on SLURM here
+
+
+def test_queue_not_checked_without_squeue(tmp_path, monkeypatch, capsys):
+    """Records from SLURM jobs, but no squeue on this machine: statuses from the records, a
+    note that the queue was not checked, no queue column."""
+    sweep = tmp_path / "sw"
+    job = _hydra_job(sweep, 0, ["batch_size=64"])
+    _with_config(job, 0, "running", CONFIG, environment={"slurm_job_id": "4242",
+                                                         "slurm_array_task_id": "0"})
+    (sweep / ".submitit" / "4241_0").mkdir(parents=True)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))      # no squeue on PATH
+    jobs, note = sweep_report(sweep)
+    assert note == "SLURM queue not checked (squeue not found)"
+    assert [(j.job, j.status, j.queue) for j in jobs] == [("0", "running", None)]
+    assert main([str(sweep), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["live"] == [] and out["queue_note"] == note
+    assert main([str(sweep)]) == 0
+    assert "SLURM queue not checked (squeue not found)" in capsys.readouterr().out
+    # a sweep with no SLURM trace does not mention the queue at all
+    assert sweep_report(tmp_path / "nothing")[1] is None
+
+
+def test_expected_jobs_of_a_command_line_sweep(tmp_path):
+    """multirun.yaml of `-m batch_size=32,64`: sweeper params are null, the sweep is in the
+    task overrides."""
+    sweep = tmp_path / "sw"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({
+        "hydra": {"sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}"},
+                  "sweeper": {"params": None},
+                  "overrides": {"task": ["model=mlp", "batch_size=32,64"], "hydra": []}}}))
+    assert expected_jobs(sweep) == [("0", ["model=mlp", "batch_size=32"]),
+                                    ("1", ["model=mlp", "batch_size=64"])]
