@@ -224,6 +224,15 @@ def test_invalid_options_are_rejected():
         from_preset("huge", vocab_size=V, rngs=nnx.Rngs(0))
 
 
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    x = tokens(10)
+    fast, exact = make(seed=0, dtype="bfloat16"), make(seed=0)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(fast, nnx.Param)))
+    a, b = jitted(fast)(x), jitted(exact)(x)
+    assert a.dtype == jnp.float32
+    assert 0 < float(jnp.abs(a - b).max()) < 0.05 * float(jnp.abs(b).max())   # rounded, not broken
+
+
 # ---------------------------------------------------------------- determinism and dropout
 
 def test_same_seed_same_model_and_outputs():
