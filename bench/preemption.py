@@ -89,6 +89,9 @@ from typing import Any
 DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 #: signals sent before the time limit: the job should come back (requeue)
 REQUEUE_SIGNALS: frozenset[int] = frozenset({signal.SIGUSR1, signal.SIGUSR2})
+#: sent along with SIGTERM (requeue, scancel); submitit logs it from its handler. Ours does
+#: nothing (the kernel resumes a stopped process whatever the handler).
+QUIET_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGCONT,)
 
 Handler = Callable[[int, types.FrameType | None], Any] | int | None
 
@@ -104,6 +107,10 @@ def _armed_handler(signum: int, frame: types.FrameType | None) -> None:
     # Only record: no I/O, no locks, no JAX, no exceptions in a signal handler.
     if _Armed.signum is None:
         _Armed.signum = signum
+
+
+def _quiet_handler(signum: int, frame: types.FrameType | None) -> None:
+    """Nothing runs for a QUIET_SIGNALS signal (instead of, e.g., submitit's logging)."""
 
 
 def _require_main_thread(what: str) -> None:
@@ -124,6 +131,9 @@ def arm(signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
     for s in map(signal.Signals, signals):
         if s not in _Armed.previous:
             _Armed.previous[s] = signal.signal(s, _armed_handler)
+    for s in QUIET_SIGNALS:
+        if s not in _Armed.previous:
+            _Armed.previous[s] = signal.signal(s, _quiet_handler)
 
 
 def disarm() -> None:
@@ -141,7 +151,8 @@ def armed_signal() -> int | None:
 
 
 class PreemptionFlag:
-    """Context manager: while active, the given signals only set a flag.
+    """Context manager: while active, the given signals only set a flag (and SIGCONT,
+    which comes with SIGTERM, does nothing).
 
     ``requested`` / ``signal_name`` / ``signum`` describe the first signal received, or
     the one ``arm()`` recorded before the flag was entered. On exit the previous handlers
@@ -163,8 +174,10 @@ class PreemptionFlag:
     def install(self) -> PreemptionFlag:
         if self._active:
             return self
-        for s in self.signals:
-            self._previous[s] = signal.signal(s, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        for s in QUIET_SIGNALS:
+            if s not in self._previous:
+                self._previous[s] = signal.signal(s, _quiet_handler)
         self._active = True
         if self._signum is None and _Armed.signum in self.signals:
             self._signum = _Armed.signum    # arrived earlier (loading, init compile, restore)

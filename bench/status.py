@@ -234,10 +234,13 @@ class QueueEntry:
     restarts: int | None = None     # SLURM's restart count (>0: requeued at least once)
 
 
-def _sweep_slurm_ids(sweep_dir: Path, records: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
-    """(array job ids of this sweep, raw job ids from its records)."""
-    arrays = {m.group(1) for d in (sweep_dir / ".submitit").glob("*_*")
-              if (m := re.fullmatch(r"(\d+)_\d+", d.name))}
+def _sweep_slurm_ids(sweep_dir: Path, records: list[dict[str, Any]]
+                     ) -> tuple[set[str], set[str], set[str]]:
+    """(array job ids of this sweep, ids of single (non-array) jobs, job ids in its records).
+    submitit names its folders ``<array>_<task>``, or ``<job>`` when a launch had one job."""
+    folders = [d.name for d in (sweep_dir / ".submitit").glob("*") if d.is_dir()]
+    arrays = {m.group(1) for name in folders if (m := re.fullmatch(r"(\d+)_\d+", name))}
+    singles = {name for name in folders if name.isdigit()}
     ids_file = sweep_dir / ".slurm_array_ids"
     if ids_file.is_file():
         arrays |= {t for t in ids_file.read_text().split() if t.isdigit()}
@@ -245,7 +248,7 @@ def _sweep_slurm_ids(sweep_dir: Path, records: list[dict[str, Any]]) -> tuple[se
            if str(r.get("environment", {}).get("slurm_job_id") or "").isdigit()}
     arrays |= {str(r.get("environment", {}).get("slurm_array_job_id")) for r in records
                if str(r.get("environment", {}).get("slurm_array_job_id") or "").isdigit()}
-    return arrays, raw
+    return arrays, singles, raw
 
 
 def squeue(job_ids: set[str]) -> list[QueueEntry]:
@@ -283,11 +286,11 @@ def _attach_queue(sweep_dir: Path, jobs: list[JobStatus],
     """Fill ``slurm_job`` / ``queue`` / ``queue_reason`` from squeue; returns a note when
     the queue could not be checked (None when it was, or when nothing here ran on SLURM)."""
     all_records = [r for rs in records.values() for r in rs]
-    arrays, raw = _sweep_slurm_ids(sweep_dir, all_records)
-    if not arrays and not raw:
+    arrays, singles, raw = _sweep_slurm_ids(sweep_dir, all_records)
+    if not (arrays or singles or raw):
         return None
     try:
-        entries = squeue(arrays | raw)
+        entries = squeue(arrays | singles | raw)
     except (OSError, subprocess.SubprocessError) as err:
         return f"SLURM queue not checked ({err})"
     by_raw: dict[str, str] = {}
@@ -299,10 +302,13 @@ def _attach_queue(sweep_dir: Path, jobs: list[JobStatus],
     by_name = {j.job: j for j in jobs}
     for e in entries:
         # its records name the job; a task not started yet: array task i is job dir i
-        # (submitit numbers the tasks of a launch in job order; sbatch_template.sh too)
+        # (submitit numbers the tasks of a launch in job order; sbatch_template.sh too),
+        # and a launch of a single job is job 0
         name = by_raw.get(e.raw_id)
         if name is None and e.task is not None and e.array_id in arrays:
             name = e.task
+        if name is None and e.task is None and e.raw_id in singles:
+            name = "0"
         if name is None:
             continue
         job = by_name.get(name)

@@ -203,10 +203,33 @@ def test_submitit_local_requeue_resumes_from_checkpoint(tmp_path):
 @pytest.fixture
 def disarmed():
     """arm() is process-wide: put the original handlers back after the test."""
-    before = {s: signal.getsignal(s) for s in DEFAULT_SIGNALS}
+    before = {s: signal.getsignal(s) for s in (*DEFAULT_SIGNALS, signal.SIGCONT)}
     yield
     disarm()
-    assert {s: signal.getsignal(s) for s in DEFAULT_SIGNALS} == before
+    assert {s: signal.getsignal(s) for s in (*DEFAULT_SIGNALS, signal.SIGCONT)} == before
+
+
+def test_sigcont_runs_nothing_while_flag_or_armed(disarmed):
+    """SIGCONT comes with SIGTERM on requeue/scancel; submitit's handler for it logs. While
+    the flag is up (or armed) it runs nothing and does not count as a preemption request."""
+    seen: list[int] = []
+    prev = signal.signal(signal.SIGCONT, lambda signum, frame: seen.append(signum))
+    try:
+        with PreemptionFlag() as flag:
+            _deliver(signal.SIGCONT)
+            assert not flag.requested
+        for _ in range(2):                         # re-entering installs it again
+            flag.install()
+            _deliver(signal.SIGCONT)
+            flag.restore()
+        arm()
+        _deliver(signal.SIGCONT)
+        assert seen == [] and armed_signal() is None
+        disarm()
+        _deliver(signal.SIGCONT)
+        assert seen == [signal.SIGCONT]            # the previous handler is back
+    finally:
+        signal.signal(signal.SIGCONT, prev)
 
 
 def test_arm_records_early_signal_and_flag_adopts_it(disarmed):
