@@ -15,8 +15,10 @@ at B = 1 is beta2 ~ 0.9999.
 
 **Square-root (SDE) scaling rule** (Malladi, Lyu, Panigrahi, Arora 2022, "On the SDEs and
 Scaling Rules for Adaptive Gradient Algorithms", NeurIPS 2022, arXiv:2205.10287, Section 4,
-the square root scaling rule for RMSprop and its Adam counterpart): going from batch size B0 to
-B = kappa * B0,
+the square root scaling rule for RMSprop and its Adam counterpart; the paper's body could not
+be read where this was written, so the definition number is not cited: the form below is
+re-derived from the SDE's invariants stated next and agrees with public re-implementations):
+going from batch size B0 to B = kappa * B0,
 
     lr -> sqrt(kappa) * lr,   1 - beta1 -> kappa * (1 - beta1),
     1 - beta2 -> kappa * (1 - beta2),   eps -> eps / sqrt(kappa),
@@ -25,8 +27,8 @@ and the number of steps -> steps / kappa (same epochs). It keeps the drift, the 
 term and the moment time scales of the paper's SDE unchanged (noise std ~ 1 / sqrt(B) enters as
 sigma * lr, the moment decay rates as (1 - beta) / lr^2, and eps as eps * lr). eps is the one
 added to sqrt(v), as in the paper's Adam and optax's ``eps`` (not ``eps_root``). The SDE is an
-approximation for small learning rates; the paper validates the rule empirically up to the
-batch size where it breaks (beyond it, kappa * (1 - beta) reaches 1).
+approximation for small learning rates, and the rule cannot be applied once
+kappa * (1 - beta) >= 1 (the scaled beta leaves (0, 1)): :func:`sde_scaling` raises there.
 """
 
 from __future__ import annotations
