@@ -242,13 +242,10 @@ def _for_replica(d: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def _experiment_from_config(config: dict[str, Any]) -> dict[str, Any]:
     """Experiment fields recoverable from the resolved config (bench.config layout)."""
-    pick = {"dataset": ("dataset", "name"), "model": ("model", "name"),
-            "optimizer": ("optimizer", "name"), "scaling": ("scaling", "rule"),
-            "schedule": ("schedule", "name")}
     out: dict[str, Any] = {}
-    for key, (group, field) in pick.items():
-        v = config.get(group)
-        out[key] = v.get(field) if isinstance(v, dict) else v
+    for key in ("dataset", "model", "optimizer", "scaling", "schedule"):
+        v = config.get(key)  # every group names its option by `name` (v1 records: scaling.rule)
+        out[key] = v.get("name", v.get("rule")) if isinstance(v, dict) else v
     out["batch_size"] = config.get("batch_size")
     return out
 

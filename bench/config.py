@@ -76,7 +76,7 @@ class MetricsConfig:
     """Curvature and gradient-noise measurements (bench.metrics.curvature); off unless hessian."""
     hessian: bool = param(False, help="Hessian top-k, trace, density, sharpness, noise scale")
     every: int | None = param(None, ge=1, help="steps between measurements (null: at the end)")
-    subset_size: int = param(10000, ge=1, help="training examples used (all when fewer)")
+    subset_size: int = param(10000, ge=0, help="training examples used (0 or >= N: all of them)")
     chunk_size: int = param(1000, ge=1, help="examples per Hessian-vector-product chunk")
     top_k: int = param(1, ge=1)
     lanczos_iters: int = param(30, ge=1)
@@ -146,9 +146,12 @@ def from_dict(data: Mapping[str, Any]) -> Config:
 
 
 def from_hydra(cfg: Any) -> Config:
+    """A Config from Hydra's composed DictConfig (its ``hydra`` node, if returned, left out)."""
     from omegaconf import OmegaConf
 
-    return from_dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return from_dict({k: plain(cfg[k]) for k in cfg if k not in NOT_SETTINGS})
 
 
 def validate(cfg: Config, *, num_devices: int = 1) -> Config:

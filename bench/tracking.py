@@ -22,23 +22,21 @@ class LoggerConfig:
         return NullTracker()
 
 
-@LOGGERS.register("none")
-@frozen
-class NoLogger(LoggerConfig):
-    """No tracking (the run records are written either way)."""
-
-
-@LOGGERS.register("wandb")
+@LOGGERS.register("wandb", "none")
 @frozen
 class WandbLogger(LoggerConfig):
-    """W&B, offline by default: files under <run dir>/wandb, upload later with `wandb sync`."""
+    """W&B, offline by default: files under <run dir>/wandb, upload later with `wandb sync`.
+    ``logger=none`` is W&B turned off (mode disabled): a preset's W&B settings (e.g. its
+    ``logger.group``) stay valid whichever logger is chosen."""
     mode: str = param("offline", choices=("offline", "online", "disabled"))
     project: str = param("batch-bench")
     entity: str | None = param(None)
     group: str | None = param(None)
 
     def make(self, **kwargs: Any) -> "Tracker":
-        return NullTracker() if self.mode == "disabled" else WandbTracker(self, **kwargs)
+        if self.name == "none" or self.mode == "disabled":
+            return NullTracker()
+        return WandbTracker(self, **kwargs)
 
 
 class Tracker(Protocol):

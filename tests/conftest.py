@@ -28,8 +28,9 @@ def small_config(**overrides: Any):
         "logger": {"name": "none"}, "progress": False,
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and (
+                value.get("name", base[key].get("name")) == base[key].get("name")):
+            base[key] = {**base[key], **value}  # same option: change some of its keys
         else:
             base[key] = value
     return from_dict(base)

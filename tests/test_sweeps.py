@@ -20,7 +20,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from bench.config import from_hydra, validate
+from bench.config import GROUPS, from_hydra, validate
 from bench.data.batch_schedules import make_plan
 from bench.hydra_conf import compose as compose_conf
 from conftest import REPO
@@ -108,7 +108,7 @@ def test_sweep_composes_and_expands_to_the_expected_valid_jobs(name):
             assert OmegaConf.select(job_cfg, key) == value, key
         for override in job:                            # the job really gets its swept value
             key, value = override.split("=", 1)
-            got_value = OmegaConf.select(job_cfg, "scaling.rule" if key == "scaling" else key)
+            got_value = OmegaConf.select(job_cfg, f"{key}.name" if key in GROUPS else key)
             assert str(got_value) == value
         # stable job directory named by the swept values only (not by +sweep=<name>)
         subdir = job_cfg.hydra.sweep.subdir

@@ -138,16 +138,16 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
 
 def _count_writes(monkeypatch):
     """Patch the loop's record writer to log (file name, status, history length) per write."""
-    from bench import loop
+    from bench import run_records
 
     writes = []
-    real = loop.rec.write_record
+    real = run_records.rec.write_record
 
     def counting(path, record):
         writes.append((path.name, record["status"], len(record["history"])))
         real(path, record)
 
-    monkeypatch.setattr(loop.rec, "write_record", counting)
+    monkeypatch.setattr(run_records.rec, "write_record", counting)
     return writes
 
 

@@ -69,8 +69,7 @@ def read_preset(preset: str, overrides: Sequence[str] = ()) -> tuple[Config, dic
     composed = compose([f"+experiment={preset}", *overrides], return_hydra_config=True)
     params = {str(k): [v.strip() for v in str(v).split(",")]
               for k, v in (composed.hydra.sweeper.params or {}).items()}
-    del composed["hydra"]
-    return validate(from_hydra(composed)), params
+    return validate(from_hydra(composed)), params  # from_hydra leaves out the hydra node
 
 
 def report_options(preset: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
