@@ -293,18 +293,21 @@ def _attach_queue(sweep_dir: Path, jobs: list[JobStatus],
         entries = squeue(arrays | singles | raw)
     except (OSError, subprocess.SubprocessError) as err:
         return f"SLURM queue not checked ({err})"
-    by_raw: dict[str, str] = {}
+    by_raw: dict[str, tuple[str, str | None]] = {}   # job id -> (job name, array task)
     for name, recs in records.items():
         for r in recs:
             env = r.get("environment", {})
             if env.get("slurm_job_id"):
-                by_raw[str(env["slurm_job_id"])] = name
+                task = env.get("slurm_array_task_id")
+                by_raw[str(env["slurm_job_id"])] = (name, None if task is None else str(task))
     by_name = {j.job: j for j in jobs}
     for e in entries:
         # its records name the job; a task not started yet: array task i is job dir i
         # (submitit numbers the tasks of a launch in job order; sbatch_template.sh too),
         # and a launch of a single job is job 0
-        name = by_raw.get(e.raw_id)
+        name, task = by_raw.get(e.raw_id, (None, None))
+        if task != e.task:                  # an old record's id, now another job's
+            name = None
         if name is None and e.task is not None and e.array_id in arrays:
             name = e.task
         if name is None and e.task is None and e.raw_id in singles:

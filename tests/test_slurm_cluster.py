@@ -40,7 +40,9 @@ def _cluster_partition() -> str:
         pytest.skip(f"no SLURM cluster reachable: sinfo failed: {proc.stderr.strip()}")
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()]
     default = [r for r in rows if r[0].endswith("*") and r[1] == "up"]
-    if not default or not any(r[2].startswith(("idle", "mix")) for r in default):
+    usable = ("idle", "mix", "alloc", "comp")           # busy is fine: jobs wait their turn
+    if not default or not any(r[2].startswith(usable) and not r[2].endswith("*")
+                              for r in default):         # "*": node not responding
         pytest.skip(f"no usable default SLURM partition (sinfo: {proc.stdout.strip()!r})")
     return default[0][0].rstrip("*")
 
@@ -204,64 +206,88 @@ def _history_len(job_dir: Path) -> int:
         return 0
 
 
-def _log(sweep: Path, array: str, task: str, kind: str) -> str:
-    path = sweep / ".submitit" / f"{array}_{task}" / f"{array}_{task}_0_log.{kind}"
-    return path.read_text() if path.exists() else ""
+def _job_log(sweep: Path, kind: str) -> str:
+    """The log of a one-job sweep (submitit folder ``.submitit/<job id>``), "" until written."""
+    logs = [p for p in (sweep / ".submitit").glob(f"[0-9]*/*_0_log.{kind}")]
+    return logs[0].read_text() if logs else ""
+
+
+def _job_id(sweep: Path) -> str:
+    (job,) = [d.name for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]
+    return job
+
+
+def _launch(partition: str, sweep: Path, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.train", "-m", *_launcher(partition, sweep), *args],
+        env=ENV, cwd=sweep.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
 def test_requeue_on_signal_resumes_to_uninterrupted_record(partition, tmp_path):
-    """Job 0 gets ``scontrol requeue`` (SIGTERM: save, record "running", normal exit; SLURM
-    requeues it), job 1 gets SIGUSR2 (submitit's signal: save, then submitit's handler
-    requeues it). Both come back after SLURM's hold (~120 s), resume from their checkpoints
-    and end with the records of uninterrupted runs."""
-    sweep = tmp_path / "sweep"
-    args = [*TINY, "budget=6000steps", "eval.every_steps=100", "steps_per_call=10",
+    """Two one-job sweeps on the cluster. Sweep A's job gets ``scontrol requeue`` (SIGTERM:
+    save, record "running", normal exit -- so its launcher returns while SLURM holds the job
+    and bench.status lists it as requeued). Sweep B's job gets SIGUSR2 (submitit's signal:
+    save, then submitit requeues it -- its launcher keeps waiting). After SLURM's hold
+    (~120 s) both resume from their checkpoints and end with the records of uninterrupted
+    runs."""
+    # ~0.2 ms a step: 60000 steps leave seconds to signal a job once it is training
+    args = [*TINY, "budget=60000steps", "eval.every_steps=1000", "steps_per_call=100",
             "eval.write_every_seconds=0"]            # a record at every eval: we see progress
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "bench.train", "-m", *_launcher(partition, sweep), *args,
-         "batch_size=32,64"], env=ENV, cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    array = None
+    sweeps = {"A": (tmp_path / "A", 32), "B": (tmp_path / "B", 64)}
+    launchers = {k: _launch(partition, sweep, [*args, f"batch_size={b}"])
+                 for k, (sweep, b) in sweeps.items()}
+    a, b = sweeps["A"][0], sweeps["B"][0]
+    jobs: list[str] = []
     try:
-        _wait(lambda: _history_len(sweep / "0") >= 2 and _history_len(sweep / "1") >= 2, 600,
-              "both jobs to be training")
-        (array,) = {name.split("_")[0] for name in _task_dirs(sweep)}
-        subprocess.run(["scontrol", "requeue", f"{array}_0"], check=True, timeout=60)
-        subprocess.run(["scancel", "--signal=USR2", f"{array}_1"], check=True, timeout=60)
-        _wait(lambda: "interrupted: checkpoint and records in" in _log(sweep, array, "0", "err"),
-              120, "job 0 to save and stop")
-        _wait(lambda: "Requeued job" in _log(sweep, array, "1", "err"), 120,
-              "submitit to requeue job 1")
-        saved = {k: max(int(c.name) for c in (sweep / k / "checkpoints").glob("[0-9]*"))
-                 for k in ("0", "1")}
-        assert all(0 < step < 6000 for step in saved.values()), saved
-        assert {k: _record(sweep / k)["status"] for k in "01"} == {"0": "running", "1": "running"}
-        status = _status_json(sweep)                 # SLURM holds both: requeued, pending
-        assert status["live"] == ["0", "1"]
-        assert {j["job"]: (j["queue"], j["restarts"]) for j in status["jobs"]} == {
-            "0": ("PENDING", 1), "1": ("PENDING", 1)}
-        for k in ("0", "1"):                          # meanwhile: uninterrupted references
-            subprocess.run([sys.executable, "-m", "bench.train", *args,
-                            f"batch_size={32 if k == '0' else 64}",
+        signals = {a: ["scontrol", "requeue"], b: ["scancel", "--signal=USR2"]}
+        deadline = time.time() + 600
+        while signals and time.time() < deadline:    # each job as soon as it trains
+            for sweep in [sw for sw in signals if _history_len(sw / "0") >= 2]:
+                subprocess.run([*signals.pop(sweep), _job_id(sweep)], check=True, timeout=60)
+            time.sleep(0.05)
+        assert not signals, "the jobs did not start training"
+        jobs = [_job_id(a), _job_id(b)]
+        _wait(lambda: "interrupted: checkpoint and records in" in _job_log(a, "err"), 120,
+              "job A to save and stop")
+        _wait(lambda: "Requeued job" in _job_log(b, "out"), 120, "submitit to requeue job B")
+        saved = {k: max(int(c.name) for c in (sweep / "0" / "checkpoints").glob("[0-9]*"))
+                 for k, (sweep, _) in sweeps.items()}
+        assert all(0 < step < 60000 for step in saved.values()), saved
+        assert [_record(sweep / "0")["status"] for sweep, _ in sweeps.values()] == ["running"] * 2
+
+        # A: the attempt returned normally, so the launcher returns; the job is still queued
+        out_a, _ = launchers["A"].communicate(timeout=120)
+        assert launchers["A"].returncode == 0, out_a[-3000:]
+        # (COMPLETING for a moment while the attempt's processes exit, then PENDING)
+        status = _wait(lambda: (st := _status_json(a))["jobs"][0]["queue"] == "PENDING" and st,
+                       60, "job A pending again")
+        assert status["live"] == ["0"] and status["summary"]["running"] == 1
+        (job_a,) = status["jobs"]
+        assert (job_a["slurm_job"], job_a["restarts"]) == (jobs[0], 1)
+        assert f"job 0 ({jobs[0]}): requeued, pending (BeginTime)" in _status_text(a)
+        assert launchers["B"].poll() is None          # B: no result yet, its launcher waits
+
+        for k, (sweep, bs) in sweeps.items():        # meanwhile: uninterrupted references
+            subprocess.run([sys.executable, "-m", "bench.train", *args, f"batch_size={bs}",
                             f"output_dir={tmp_path / f'reference_{k}'}"],
                            env=ENV, cwd=tmp_path, check=True, capture_output=True, timeout=600)
-        # the launcher returns once every job has a result: job 0's first attempt ended
-        # normally (a result), job 1's only after its retry
-        out, _ = launcher.communicate(timeout=900)
-        assert launcher.returncode == 0, out[-3000:]
-        _wait(lambda: all(_record(sweep / k)["status"] == "finished" for k in "01"), 600,
-              "both requeued jobs to finish")
-        _wait(lambda: not _status_json(sweep)["live"], 120, "the jobs to leave the queue")
+        out_b, _ = launchers["B"].communicate(timeout=900)
+        assert launchers["B"].returncode == 0, out_b[-3000:]
+        assert _record(b / "0")["status"] == "finished"   # B's launcher returned on the retry
+        _wait(lambda: _record(a / "0")["status"] == "finished", 600, "job A to finish")
+        for sweep in (a, b):
+            _wait(lambda sweep=sweep: not _status_json(sweep)["live"], 120, "the queue to empty")
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        if array is not None:
-            subprocess.run(["scancel", array], timeout=60)
-    for k in ("0", "1"):
-        rec = _record(sweep / k)
+        for proc in launchers.values():
+            if proc.poll() is None:
+                proc.kill()
+        if jobs:
+            subprocess.run(["scancel", *jobs], timeout=60)
+    for k, (sweep, _) in sweeps.items():
+        rec = _record(sweep / "0")
         assert rec["timings"]["resumed_at_steps"] == [saved[k]]
         assert _comparable(rec) == _comparable(_record(tmp_path / f"reference_{k}"))
-        assert "restart count 1" in _log(sweep, array, k, "out")  # SLURM ran it a second time
-    err1 = _log(sweep, array, "1", "err")
-    assert "Caught signal SIGUSR2" in err1 and "Requeued job" in err1   # submitit's requeue
+        assert "restart count 1" in _job_log(sweep, "out")  # SLURM ran it a second time
+    assert "Caught signal SIGUSR2" in _job_log(b, "err")    # submitit's requeue, after our save
+    assert f"Requeued job {jobs[1]} (5 remaining timeouts)" in _job_log(b, "out")
