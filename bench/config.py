@@ -107,6 +107,25 @@ class CheckpointConfig:
 
 
 @frozen
+class DistributedConfig:
+    """Several JAX processes (jax.distributed). Under SLURM (srun, one task per node or GPU)
+    nothing needs setting; on one machine give all three (CPU collectives then use gloo)."""
+    coordinator: str | None = param(None, help="host:port of process 0, e.g. 127.0.0.1:12345")
+    num_processes: int | None = param(None, ge=1)
+    process_id: int | None = param(None, ge=0)
+
+    def check(self, where: str) -> None:
+        given = [k for k in ("coordinator", "num_processes", "process_id") if getattr(self, k) is not None]
+        if given and len(given) < 3:
+            raise ConfigError(f"{where}coordinator, {where}num_processes and {where}process_id go "
+                              f"together (got only {', '.join(where + k for k in given)})")
+        if self.process_id is not None and self.num_processes is not None and \
+                self.process_id >= self.num_processes:
+            raise ConfigError(f"{where}process_id={self.process_id} must be below "
+                              f"{where}num_processes={self.num_processes}")
+
+
+@frozen
 class Config:
     dataset: DatasetConfig = group(DATASETS)
     model: ModelConfig = group(MODELS)
@@ -120,6 +139,7 @@ class Config:
     replicas: ReplicasConfig = section(ReplicasConfig)
     metrics: MetricsConfig = section(MetricsConfig)
     checkpoint: CheckpointConfig = section(CheckpointConfig, results=False)
+    distributed: DistributedConfig = section(DistributedConfig, results=False)
     seed: int = param(0, help="root seed of the replica (init, dropout, data order, probes)")
     batch_size: int = param(128, ge=1, help="examples per step (the peak B with batch_schedule)")
     budget: str = param("40epochs", help="training length: <n>steps, <n>epochs or <n>examples")

@@ -106,7 +106,7 @@ class Job:
     def __init__(self, cfg: Config, data: ArrayDataset | None = None, *, im2col: bool | None = None):
         """``im2col``: train with 1-D convolutions as im2col + matmul (default
         ``im2col_for_replicas(K)``: K > 1 replicas on CPU; see bench.models.im2col)."""
-        maybe_initialize_distributed()
+        maybe_initialize_distributed(cfg.distributed)
         compile_cache.enable(cfg.compile_cache_dir)  # before anything compiles
         self.mesh = make_mesh()
         self.cfg = validate(cfg, num_devices=self.mesh.size)

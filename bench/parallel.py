@@ -16,9 +16,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed() -> None:
-    """Join a multi-process job when SLURM launched several tasks (reads SLURM's variables)."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and jax.process_count() == 1:
+def maybe_initialize_distributed(cfg=None) -> None:
+    """Join a multi-process job: the explicit ``distributed.*`` settings (one machine; CPU
+    collectives through gloo), or SLURM's variables when SLURM launched several tasks."""
+    if jax.distributed.is_initialized():
+        return
+    if cfg is not None and cfg.coordinator is not None:
+        # CPU collectives across processes (only the CPU backend reads this; no backend may be
+        # initialized before jax.distributed.initialize, so don't ask which one is in use)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=cfg.coordinator,
+                                   num_processes=cfg.num_processes, process_id=cfg.process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and jax.process_count() == 1:
         jax.distributed.initialize()
 
 

@@ -8,8 +8,10 @@ registered section here, and ``conf/dataset/<name>.yaml``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bench.data.base import ArrayDataset
-from bench.schema import Registry, frozen, param
+from bench.schema import ConfigError, Registry, frozen, param
 
 DATASETS: Registry["DatasetConfig"] = Registry("dataset", default="mnist1d")
 
@@ -75,13 +77,89 @@ class TFDSImageConfig(DatasetConfig):
         return load_tfds(self.name, self.data_dir)
 
 
+# ----------------------------------------------------------------------------- language
+
+
+@frozen
+class TextConfig(DatasetConfig):
+    """Language modelling: sequences of ``context`` tokens packed from a corpus (x: tokens,
+    y: the next tokens); ``num_train`` counts sequences."""
+    context: int = param(128, ge=1, help="tokens per sequence (T)")
+    test_fraction: float = param(0.1, gt=0, lt=1, help="held-out tail of each source")
+
+
+@DATASETS.register("pydoc")
+@frozen
+class PydocConfig(TextConfig):
+    """English text shipped with every Python (pydoc_data.topics, ~466k bytes), byte-level;
+    the record stores the Python version and the corpus SHA-256 (it changes between versions)."""
+    include_stdlib: bool = param(False, help="add the standard library's non-test sources (~12 MB)")
+
+    def load(self) -> ArrayDataset:
+        from bench.data.text import load_pydoc
+        data, provenance = load_pydoc(self.context, self.test_fraction, self.include_stdlib)
+        return replace(data, provenance=provenance)
+
+
+@DATASETS.register("markov")
+@frozen
+class MarkovConfig(TextConfig):
+    """A random Markov chain over bytes with an exactly known entropy rate (the loss floor)."""
+    seed: int = param(0, help="chain and sample seed")
+    markov_train: int = param(8192, ge=1, help="training sequences")
+    markov_test: int = param(1024, ge=1, help="test sequences")
+    alphabet_size: int = param(16, ge=2, le=256)
+    order: int = param(2, ge=1)
+    concentration: float = param(0.5, gt=0, help="Dirichlet concentration of the transitions")
+
+    def load(self) -> ArrayDataset:
+        from bench.data.markov import load_markov
+        data, provenance = load_markov(self.context, self.markov_train, self.markov_test, self.seed,
+                                       self.alphabet_size, self.order, self.concentration)
+        return replace(data, provenance=provenance)
+
+
+@DATASETS.register("lm1b")
+@frozen
+class LM1BConfig(TextConfig):
+    """TFDS lm1b (Shallue et al.'s LM1B), byte-level, from prepared ArrayRecord data."""
+    data_dir: str | None = param(None, help="TFDS data_dir holding the prepared data", results=False)
+    max_train_sentences: int | None = param(None, ge=1)
+    max_test_sentences: int | None = param(None, ge=1)
+
+    def load(self) -> ArrayDataset:
+        from bench.data.lm1b import load_lm1b
+        data, provenance = load_lm1b(self.context, self.data_dir, self.max_train_sentences,
+                                     self.max_test_sentences)
+        return replace(data, provenance=provenance)
+
+
+@DATASETS.register("tokens")
+@frozen
+class TokenFileConfig(TextConfig):
+    """Pre-tokenized uint16/uint32 token files (.bin/.npy + metadata JSON), memory-mapped."""
+    path: str = param("", help="token file (required)", results=False)
+    test_path: str | None = param(None, help="held-out token file (default: the tail)", results=False)
+    max_train_tokens: int | None = param(None, ge=1)
+    max_test_tokens: int | None = param(None, ge=1)
+    verify_sha256: bool = param(False, results=False)
+
+    def check(self, where: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{where}path is required for dataset=tokens (a .bin or .npy token file)")
+
+    def load(self) -> ArrayDataset:
+        from bench.data.token_files import load_token_file
+        data, provenance = load_token_file(self.path, self.context, self.test_fraction,
+                                           self.test_path, self.max_train_tokens,
+                                           self.max_test_tokens, self.verify_sha256)
+        return replace(data, provenance=provenance)
+
+
 def load_dataset(cfg: DatasetConfig) -> ArrayDataset:
     """The dataset of ``cfg``, cut to the first ``num_train`` training examples when set."""
     data = cfg.load()
-    if cfg.num_train is not None:
-        data = ArrayDataset(data.name, data.x_train[: cfg.num_train], data.y_train[: cfg.num_train],
-                            data.x_test, data.y_test, data.num_classes)
-    return data
+    return data.subset(cfg.num_train) if cfg.num_train is not None else data
 
 
 __all__ = ["ArrayDataset", "DATASETS", "DatasetConfig", "load_dataset"]

@@ -27,6 +27,10 @@ class ModelConfig:
     def build(self, input_shape: tuple[int, ...], num_classes: int, rngs: Any) -> Any:
         raise NotImplementedError
 
+    def weight_decay_mask(self) -> Any:
+        """optax mask of the parameters weight decay applies to (None: all of them)."""
+        return None
+
     def batch_multiple(self) -> int:
         """Every (micro)batch must be a multiple of this (the ghost batch size, else 1)."""
         return getattr(self, "ghost_batch_size", None) or 1
@@ -86,6 +90,57 @@ class ResNetConfig(ModelConfig):
         from bench.models.resnet import ResNet
         return ResNet(input_shape, num_classes, depth=self.depth, width=self.width,
                       ghost_batch_size=self.ghost_batch_size, rngs=rngs)
+
+
+@MODELS.register("transformer")
+@frozen
+class TransformerConfig(ModelConfig):
+    """Decoder-only transformer LM (pre-LayerNorm, causal jax.nn.dot_product_attention, GELU
+    MLP, GPT-2 init); the context is the dataset's sequence length, the vocabulary its
+    ``num_classes``. ``null`` architecture keys take the preset's value."""
+    preset: str = param("tiny", choices=("tiny", "small", "medium", "gpt2_small"),
+                        help="tiny ~1M params (CPU minutes) ... gpt2_small 124M (vocab 50257)")
+    d_model: int | None = param(None, ge=1)
+    num_layers: int | None = param(None, ge=1)
+    num_heads: int | None = param(None, ge=1)
+    mlp_ratio: int | None = param(None, ge=1)
+    positions: str | None = param(None, choices=("rotary", "learned"))
+    tied_embeddings: bool | None = param(None)
+    dropout: float = param(0.0, ge=0, lt=1)
+    bias: bool = param(True, help="biases in linear layers and LayerNorms (GPT-2: true)")
+    rotary_base: float = param(10000.0, gt=0)
+    dtype: str = param("float32", choices=("float32", "bfloat16"),
+                       help="compute dtype; parameters and logits stay float32")
+
+    def architecture(self) -> dict[str, Any]:
+        from bench.models.transformer import PRESETS
+
+        arch = dict(PRESETS[self.preset])
+        for key in ("d_model", "num_layers", "num_heads", "mlp_ratio", "positions", "tied_embeddings"):
+            if getattr(self, key) is not None:
+                arch[key] = getattr(self, key)
+        return arch
+
+    def check(self, where: str) -> None:
+        arch = self.architecture()
+        if arch["d_model"] % arch["num_heads"] or (arch["d_model"] // arch["num_heads"]) % 2:
+            raise ConfigError(f"{where}d_model={arch['d_model']} must be num_heads={arch['num_heads']}"
+                              f" x an even head width")
+
+    def build(self, input_shape, num_classes, rngs):
+        from bench.models.transformer import Transformer
+
+        if len(input_shape) != 1:
+            raise ConfigError(f"model=transformer needs token sequences [N, T], got inputs {input_shape}"
+                              f" (use a language dataset: pydoc, markov, lm1b, tokens)")
+        arch = {**self.architecture(), "context": input_shape[0]}
+        return Transformer(**arch, vocab_size=num_classes, dropout=self.dropout, bias=self.bias,
+                           rotary_base=self.rotary_base, dtype=self.dtype, rngs=rngs)
+
+    def weight_decay_mask(self) -> Any:
+        """Decay matrices and embeddings, not norms and biases."""
+        from bench.models.transformer import weight_decay_mask
+        return weight_decay_mask
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, rngs: Any) -> Any:
