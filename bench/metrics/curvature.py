@@ -127,7 +127,8 @@ def _nums(xs: Any) -> list[float | None]:
     return [_num(x) for x in np.asarray(xs).reshape(-1)]
 
 
-def _hessian(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batch, key: jax.Array) -> dict:
+def _hessian(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batch, key: jax.Array,
+             rolled: bool | None) -> dict:
     chunk = cfg.chunk_size or None
     res = lanczos_top_eigenvalues(
         loss_fn,
@@ -137,6 +138,7 @@ def _hessian(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batch,
         k=cfg.top_k,
         num_iters=cfg.lanczos_iters,
         chunk_size=chunk,
+        rolled=rolled,
     )
     out: dict[str, Any] = {
         "hessian_top_eigenvalue": _num(res.eigenvalues[0]),
@@ -146,7 +148,8 @@ def _hessian(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batch,
     }
     if cfg.power_iters > 0:
         eig, resid = power_iteration_top_eigenvalue(
-            loss_fn, params, data, jax.random.fold_in(key, KEY_POWER), num_iters=cfg.power_iters, chunk_size=chunk
+            loss_fn, params, data, jax.random.fold_in(key, KEY_POWER), num_iters=cfg.power_iters, chunk_size=chunk,
+            rolled=rolled,
         )
         out["power_top_eigenvalue"], out["power_residual"] = _num(eig), _num(resid)
     if cfg.hutchinson_probes > 0:
@@ -157,12 +160,14 @@ def _hessian(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batch,
             jax.random.fold_in(key, KEY_HUTCHINSON),
             num_probes=cfg.hutchinson_probes,
             chunk_size=chunk,
+            rolled=rolled,
         )
         out["hessian_trace"], out["hessian_trace_stderr"] = _num(mean), _num(stderr)
     return out
 
 
-def _sharpness(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batch, key: jax.Array) -> dict:
+def _sharpness(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batch, key: jax.Array,
+               rolled: bool | None) -> dict:
     chunk = cfg.chunk_size or None
     out: dict[str, Any] = {}
     subspace = None
@@ -176,7 +181,8 @@ def _sharpness(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, data: Batc
                 continue
             k = jax.random.fold_in(jax.random.fold_in(key, KEY_SHARPNESS), 2 * i + (kind == "subspace"))
             res = keskar_sharpness(
-                loss_fn, params, data, k, eps=float(eps), subspace=a, max_iter=cfg.sharpness_iters, chunk_size=chunk
+                loss_fn, params, data, k, eps=float(eps), subspace=a, max_iter=cfg.sharpness_iters, chunk_size=chunk,
+                rolled=rolled,
             )
             out[f"sharpness_{kind}_eps{tag}"] = _num(res.phi)
             out["sharpness_loss"] = _num(res.loss)
@@ -216,17 +222,19 @@ def measure(
     *,
     lr: float | None = None,
     ema_state: ns.NoiseScaleEMA | None = None,
+    rolled: bool | None = None,
 ) -> tuple[dict[str, Any], ns.NoiseScaleEMA | None]:
     """Measure the enabled curvature / noise-scale metrics; see the module docstring.
 
     Returns (flat JSON-able dict, new noise-scale EMA state); the state is returned
-    unchanged when the noise scale is disabled.
+    unchanged when the noise scale is disabled. ``rolled``: loop style (bench.metrics.operator;
+    default by backend), same numbers up to round-off.
     """
     start = time.perf_counter()
     subset = select_subset(data, jax.random.fold_in(key, KEY_SUBSET), cfg.subset_size)
     out: dict[str, Any] = {"curvature_subset_size": num_examples(subset)}
     if cfg.hessian:
-        out.update(_hessian(cfg, loss_fn, params, subset, key))
+        out.update(_hessian(cfg, loss_fn, params, subset, key, rolled))
     if cfg.density:
         out["hessian_density"] = spectral_density(
             loss_fn,
@@ -237,9 +245,10 @@ def measure(
             num_iters=cfg.lanczos_iters,
             grid_size=cfg.density_grid,
             chunk_size=cfg.chunk_size or None,
+            rolled=rolled,
         )
     if cfg.sharpness:
-        out.update(_sharpness(cfg, loss_fn, params, subset, key))
+        out.update(_sharpness(cfg, loss_fn, params, subset, key, rolled))
     if cfg.noise_scale:
         noise, ema_state = _noise(cfg, loss_fn, params, data, key, ema_state)
         out.update(noise)

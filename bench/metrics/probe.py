@@ -3,29 +3,46 @@
 Each replica follows one fixed evaluation subset through training (its probe key folds the
 replica's root seed with the probe stream), measured in eval mode (BatchNorm running
 statistics, no dropout); bench.metrics lifts the statistics closed over by the loss into traced
-arguments, so a new closure per measurement reuses the compiled programs. The noise-scale EMA of each replica lives here and is saved in
-checkpoints with the loop's other metadata.
+arguments, so a new closure per measurement reuses the compiled programs. The noise-scale EMA
+of each replica lives here and is saved in checkpoints with the loop's other metadata.
+
+On CPU the curvature loss computes convolutions as im2col + matmul
+(bench.models.matmul_conv): XLA:CPU runs the convolutions of a forward-over-reverse HVP far
+slower than the equivalent matmuls (see ``python -m bench.perf.curvature``). Same parameters
+and math, so the numbers agree to float round-off; training keeps its own formulation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
+from flax import nnx
 
 from bench.config import MetricsConfig
-from bench.metrics.curvature import measure
+from bench.metrics.curvature import KEY_SUBSET, measure, select_subset
 from bench.metrics.noise_scale import NoiseScaleEMA
+from bench.metrics.operator import HessianOperator, LossFn, rolled_loops
+from bench.models.matmul_conv import with_matmul_convs
 from bench.parallel import batch_sharded, global_array, replicated
-from bench.step import ModelFns, TrainState
+from bench.step import ModelFns, TrainState, split_model
+
+Convs = Literal["auto", "lax", "matmul"]
+
+
+def matmul_convs_by_default() -> bool:
+    """Curvature convolutions as matmuls on CPU (see the module docstring); lax convs elsewhere."""
+    return False  # TODO(issue 11): decided by bench.perf.curvature measurements
 
 
 class CurvatureProbe:
     def __init__(self, cfg: MetricsConfig, fns: ModelFns, x_train: np.ndarray, y_train: np.ndarray,
-                 probe_keys: list[jax.Array], mesh):
+                 probe_keys: list[jax.Array], mesh, *, convs: Convs = "auto"):
         self.cfg, self.fns, self.keys = cfg, fns, probe_keys
+        self.convs = convs
+        self._curvature_fns: ModelFns | None = None
         # Sharded over the data axis when it divides evenly (HVPs then run data-parallel).
         shard = len(x_train) % mesh.size == 0
         def place(a: np.ndarray) -> jax.Array:
@@ -39,11 +56,34 @@ class CurvatureProbe:
             return False
         return step == total_steps or (self.cfg.every is not None and step % self.cfg.every == 0)
 
+    def curvature_fns(self, params: Any, stats: Any) -> ModelFns:
+        """The model functions curvature is measured with (built once: the same object keeps the
+        compiled programs' cache keys stable across measurements)."""
+        if self._curvature_fns is None:
+            matmul = self.convs == "matmul" or (self.convs == "auto" and matmul_convs_by_default())
+            model = nnx.merge(self.fns.graphdef, params, stats)
+            self._curvature_fns = (ModelFns(split_model(model)[0]) if matmul and with_matmul_convs(model)
+                                   else self.fns)
+        return self._curvature_fns
+
+    def replica(self, state: TrainState, k: int) -> tuple[Any, Any]:
+        return jax.tree.map(lambda a: a[k], state.params), jax.tree.map(lambda a: a[k], state.stats)
+
+    def loss_fn(self, params: Any, stats: Any) -> LossFn:
+        """The eval-mode mean loss that curvature is measured on."""
+        return self.curvature_fns(params, stats).eval_loss_fn(stats)
+
+    def operator(self, state: TrainState, k: int, *, rolled: bool | None = None) -> HessianOperator:
+        """The Hessian that ``measure`` probes for replica ``k`` (its fixed subset, its chunking)."""
+        params, stats = self.replica(state, k)
+        subset = select_subset(self.data, jax.random.fold_in(self.keys[k], KEY_SUBSET), self.cfg.subset_size)
+        return HessianOperator.of(self.loss_fn(params, stats), params, subset, self.cfg.chunk_size or None,
+                                  rolled_loops() if rolled is None else rolled)
+
     def measure(self, state: TrainState, k: int, lr: float) -> dict[str, Any]:
         """All enabled statistics of replica ``k`` at its current parameters."""
-        params = jax.tree.map(lambda a: a[k], state.params)
-        stats = jax.tree.map(lambda a: a[k], state.stats)
-        out, self.ema[k] = measure(self.cfg, self.fns.eval_loss_fn(stats), params, self.data,
+        params, stats = self.replica(state, k)
+        out, self.ema[k] = measure(self.cfg, self.loss_fn(params, stats), params, self.data,
                                    self.keys[k], lr=lr, ema_state=self.ema[k])
         return out
 

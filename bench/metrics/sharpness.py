@@ -33,7 +33,7 @@ import numpy as np
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
-from bench.metrics.hessian import Batch, LossFn, PyTree, chunked_mean, jit_loss
+from bench.metrics.operator import Batch, HessianOperator, LossFn, PyTree, estimator
 
 __all__ = ["SharpnessResult", "keskar_sharpness", "loss_and_grad_at", "random_subspace"]
 
@@ -46,21 +46,21 @@ class SharpnessResult(NamedTuple):
     evaluations: int  # loss+gradient evaluations on the full data
 
 
-@jit_loss("chunk_size")
-def loss_and_grad_at(
-    loss_fn: LossFn,
-    params: PyTree,
-    data: Batch,
-    a: jax.Array | None,
-    y: jax.Array,
-    *,
-    chunk_size: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """(f(x + A y), A^T grad f(x + A y)) for the full-data mean loss; A = None means I."""
-    flat, unravel = ravel_pytree(params)
+def _value_and_grad_on_batch(loss: LossFn, params: PyTree, batch: Batch) -> tuple[jax.Array, PyTree]:
+    return jax.value_and_grad(loss)(params, batch)
+
+
+@estimator()
+def loss_and_grad_at(op: HessianOperator, a: jax.Array | None, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(f(x + A y), A^T grad f(x + A y)) for the full-data mean loss; A = None means I.
+
+    Called as ``loss_and_grad_at(loss_fn, params, data, a, y, chunk_size=..., rolled=...)``;
+    one full-data gradient (chunked as the HVPs, see bench.metrics.operator).
+    """
+    flat, unravel = ravel_pytree(op.params)
     delta = y if a is None else a @ y
     point = unravel(flat + delta.astype(flat.dtype))
-    value, grad = chunked_mean(lambda b: jax.value_and_grad(loss_fn)(point, b), data, chunk_size)
+    value, grad = op.mean(_value_and_grad_on_batch, point)
     g = ravel_pytree(grad)[0]
     return value, (g if a is None else a.T @ g)
 
@@ -81,6 +81,7 @@ def keskar_sharpness(
     max_iter: int = 10,
     chunk_size: int | None = None,
     init: Literal["random", "zero"] = "random",
+    rolled: bool | None = None,
 ) -> SharpnessResult:
     """Keskar epsilon-sharpness phi; ``subspace`` = A (n x p), None for the full space."""
     flat = np.asarray(ravel_pytree(params)[0], np.float64)
@@ -98,7 +99,8 @@ def keskar_sharpness(
     def objective(y: np.ndarray) -> tuple[float, np.ndarray]:
         nonlocal evals
         evals += 1
-        value, grad = loss_and_grad_at(loss_fn, params, data, a, jnp.asarray(y, dtype), chunk_size=chunk_size)
+        value, grad = loss_and_grad_at(loss_fn, params, data, a, jnp.asarray(y, dtype), chunk_size=chunk_size,
+                                       rolled=rolled)
         return -float(value), -np.asarray(grad, np.float64)
 
     f0 = -objective(np.zeros_like(bound))[0]

@@ -1,0 +1,225 @@
+"""Benchmark: curvature at gradient cost, per model family.
+
+    python -m bench.perf.curvature [--models mlp,cnn,cnn2d,resnet] [--repeats 7] [--suite-repeats 3]
+
+For each model, on the curvature subset and chunking of the default ``metrics.hessian=true``
+settings (the model at initialization, eval mode), prints one line
+
+    <model>: gradient <ms> ms, HVP <ms> ms, HVP = <ratio> gradients, default suite <s> s
+
+- gradient: one full-subset gradient, chunked and formulated as the curvature code runs it;
+- HVP: one full-subset Hessian-vector product, the same way; gradient and HVP calls alternate
+  and each is the median of ``--repeats`` (the ratio is the median of the paired ratios);
+- default suite: one ``metrics.hessian=true`` measurement with every estimator at its default
+  settings (``CurvatureProbe.measure``, as training calls it), median of ``--suite-repeats``.
+
+Compile time (first call minus the steady-state median) is printed apart on its own line, and
+with ``--breakdown`` (default on) each estimator's time per HVP (or per gradient) in gradients.
+An HVP measured below one gradient is physically implausible and flagged as a bug. The load
+average is printed before and after each model; with load above the core count the ratios are
+still paired but absolute times are inflated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.metrics import hessian as hs
+from bench.metrics import noise_scale as ns
+from bench.metrics.curvature import KEY_NOISE, measure
+from bench.metrics.operator import HessianOperator
+from bench.metrics.sharpness import keskar_sharpness
+from bench.metrics.probe import CurvatureProbe
+
+# Model name -> command-line overrides (image-shaped digits 8x8 for the 2-D models).
+MODELS: dict[str, tuple[str, ...]] = {
+    "mlp": ("model=mlp",),
+    "cnn": ("model=cnn",),  # the default experiment: MNIST-1D, Greydanus' 1-D CNN
+    "cnn2d": ("model=cnn", "dataset=digits"),
+    "resnet": ("model=resnet", "dataset=digits"),
+}
+
+
+@dataclasses.dataclass
+class Problem:
+    probe: CurvatureProbe  # the job's probe: what training measures with
+    state: Any  # params / stats with a leading replica axis
+    lr: float
+    description: str
+
+
+def build_problem(model: str, *, convs: str = "auto", train_steps: int = 0) -> Problem:
+    """The one use of the core: the default job for ``model`` with ``metrics.hessian=true``,
+    its curvature probe and its initial (optionally trained) state."""
+    from bench.hydra_conf import compose_config
+    from bench.job import Job
+
+    cfg = compose_config([*MODELS[model], "metrics.hessian=true", "logger=none", "progress=false"])
+    job = Job(cfg)
+    probe = CurvatureProbe(cfg.metrics, job.fns, job.data.x_train, job.data.y_train,
+                           [jax.random.PRNGKey(0)], job.mesh, convs=convs)  # type: ignore[arg-type]
+    state = job.init_state()
+    if train_steps:
+        state, _ = job.train(state, 0, train_steps)
+    num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(state.params))
+    desc = (f"{cfg.model.name} on {cfg.dataset.name} {tuple(job.data.x_train.shape[1:])}, {num_params} params, "
+            f"{train_steps} training steps")
+    return Problem(probe, state, float(job.replicas[0].peak_lr), desc)
+
+
+def _grad_on_batch(loss: Any, params: Any, batch: dict) -> Any:
+    return jax.grad(loss)(params, batch)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def paired(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """First-call seconds, then ``repeats`` rounds alternating the calls: (first, median, all)."""
+    first = {k: _timed(f) for k, f in fns.items()}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            times[k].append(_timed(f))
+    return first, {k: statistics.median(v) for k, v in times.items()}, times
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median of the middle half: how far repeats disagree."""
+    v = sorted(values)
+    q = v[len(v) // 4 : len(v) - len(v) // 4] or v
+    return (q[-1] - q[0]) / statistics.median(v)
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def bench_model(name: str, args: argparse.Namespace) -> None:
+    prob = build_problem(name, convs=args.convs, train_steps=args.train_steps)
+    probe, cfg = prob.probe, prob.probe.cfg
+    op = probe.operator(prob.state, 0, rolled=args.rolled)
+    n = hs.num_examples(op.data)
+    print(f"\n{name}: {prob.description}; subset {n}, chunk {cfg.chunk_size}, "
+          f"{'rolled lax loops' if op.rolled else 'host-driven loops'}, convs={probe.convs} ({load()})", flush=True)
+    flat = jax.flatten_util.ravel_pytree(op.params)[0]
+    v = jax.random.normal(jax.random.PRNGKey(1), flat.shape, flat.dtype)
+    gradient = lambda: op.mean(_grad_on_batch, op.params)  # noqa: E731
+    hvp = lambda: op.matvec(v)  # noqa: E731
+    if op.rolled:  # one program per call, as the rolled estimators run them
+        gradient = _jit_call(lambda o: o.mean(_grad_on_batch, o.params), op)
+        hvp = _jit_call(lambda o, v: o.matvec(v), op, v)
+    first, med, times = paired({"gradient": gradient, "hvp": hvp}, args.repeats)
+    ratios = [h / g for g, h in zip(times["gradient"], times["hvp"])]
+    ratio = statistics.median(ratios)
+
+    params, stats = probe.replica(prob.state, 0)
+
+    def suite() -> dict:  # what CurvatureProbe.measure runs at each measurement
+        return measure(cfg, probe.loss_fn(params, stats), params, probe.data, probe.keys[0], lr=prob.lr,
+                       rolled=args.rolled)[0]
+
+    suite_first = _timed(suite)
+    suite_times = [_timed(suite) for _ in range(args.suite_repeats)]
+    suite_med = statistics.median(suite_times) if suite_times else suite_first
+    print(f"{name}: gradient {med['gradient'] * 1e3:.1f} ms, HVP {med['hvp'] * 1e3:.1f} ms, "
+          f"HVP = {ratio:.2f} gradients, default suite {suite_med:.1f} s", flush=True)
+    print(f"{name} compile: gradient {first['gradient'] - med['gradient']:.2f} s, HVP {first['hvp'] - med['hvp']:.2f} s, "
+          f"default suite {suite_first - suite_med:.1f} s (first call minus steady state)")
+    print(f"{name} spread of repeats: gradient {spread(times['gradient']):.0%}, HVP {spread(times['hvp']):.0%}, "
+          f"ratio {spread(ratios):.0%}, suite {spread(suite_times) if len(suite_times) > 1 else float('nan'):.0%} "
+          f"({args.repeats} and {args.suite_repeats} repeats; {load()})")
+    if ratio < 1.0:
+        print(f"{name}: IMPLAUSIBLE: an HVP measured below one gradient ({ratio:.2f}) is a measurement bug")
+    if args.breakdown:
+        breakdown(name, op, probe, prob, med["gradient"], med["hvp"], args)
+
+
+def _jit_call(fn: Callable, *args: Any) -> Callable[[], Any]:
+    jitted = jax.jit(fn)
+    return lambda: jitted(*args)
+
+
+def breakdown(name: str, op: HessianOperator, probe: CurvatureProbe, prob: Problem, t_grad: float, t_hvp: float,
+              args: argparse.Namespace) -> None:
+    """Each estimator of the default suite alone (compiled first): seconds, HVPs, cost per HVP."""
+    cfg, key, r = probe.cfg, jax.random.PRNGKey(2), args.rolled
+    loss, params, data, chunk = op.loss, op.params, op.data, op.chunk_size
+    m = cfg.lanczos_iters
+    runs: dict[str, tuple[Callable[[], Any], float, str]] = {
+        "Lanczos": (lambda: hs.lanczos_top_eigenvalues(loss, params, data, key, k=cfg.top_k, num_iters=m,
+                                                      chunk_size=chunk, rolled=r), m + cfg.top_k, "HVP"),
+        # tol=0: exactly num_iters iterations (float32 never meets the default 1e-6 anyway)
+        "power iteration": (lambda: hs.power_iteration_top_eigenvalue(
+            loss, params, data, key, num_iters=cfg.power_iters, tol=0.0, chunk_size=chunk, rolled=r),
+            cfg.power_iters + 2, "HVP"),
+        "Hutchinson": (lambda: hs.hutchinson_trace(loss, params, data, key, num_probes=cfg.hutchinson_probes,
+                                                   chunk_size=chunk, rolled=r), cfg.hutchinson_probes, "HVP"),
+        "SLQ": (lambda: hs.slq_ritz(loss, params, data, key, num_probes=cfg.slq_probes, num_iters=m,
+                                    chunk_size=chunk, rolled=r), cfg.slq_probes * m, "HVP"),
+    }
+    evals: list[int] = []
+
+    def sharp() -> float:
+        res = keskar_sharpness(loss, params, data, key, eps=float(cfg.sharpness_eps[0]), max_iter=cfg.sharpness_iters,
+                               chunk_size=chunk, rolled=r)
+        evals.append(res.evaluations)
+        return res.phi
+
+    def noise() -> Any:
+        return ns.gradient_noise_scale(loss, params, probe.data, jax.random.fold_in(key, KEY_NOISE),
+                                       small_batch=cfg.noise_small_batch, num_small=cfg.noise_num_small)
+
+    print(f"{name} breakdown (compile excluded; median of {args.breakdown_repeats}; 1 gradient = {t_grad * 1e3:.1f} ms):")
+    for label, (fn, count, unit) in runs.items():
+        _timed(fn)
+        t = statistics.median(_timed(fn) for _ in range(args.breakdown_repeats))
+        print(f"  {label:16s} {t:7.2f} s  {count:4d} {unit}s  {t / count * 1e3:7.1f} ms per {unit} = "
+              f"{t / count / t_grad:.2f} gradients")
+    _timed(sharp)
+    t = statistics.median(_timed(sharp) for _ in range(args.breakdown_repeats))
+    print(f"  {'sharpness (full)':16s} {t:7.2f} s  {evals[-1]:4d} gradients {t / evals[-1] * 1e3:7.1f} ms per gradient = "
+          f"{t / evals[-1] / t_grad:.2f} gradients (incl. L-BFGS-B on the host)")
+    _timed(noise)
+    t = statistics.median(_timed(noise) for _ in range(args.breakdown_repeats))
+    examples = cfg.noise_num_small * cfg.noise_small_batch
+    print(f"  {'noise scale':16s} {t:7.2f} s  {cfg.noise_num_small} gradients of {cfg.noise_small_batch} examples = "
+          f"{t / t_grad:.2f} subset gradients ({examples} of {hs.num_examples(data)} examples)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--repeats", type=int, default=7, help="paired gradient/HVP rounds")
+    ap.add_argument("--suite-repeats", type=int, default=3, help="steady-state default-suite measurements")
+    ap.add_argument("--breakdown-repeats", type=int, default=1)
+    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false")
+    ap.add_argument("--convs", choices=("auto", "lax", "matmul"), default="auto",
+                    help="curvature convolutions (auto: matmul on CPU, as the probe)")
+    ap.add_argument("--loops", choices=("auto", "rolled", "host"), default="auto",
+                    help="loop style (auto: host-driven on CPU, rolled lax loops elsewhere)")
+    ap.add_argument("--train-steps", type=int, default=0, help="train this many steps before measuring")
+    args = ap.parse_args()
+    args.rolled = None if args.loops == "auto" else args.loops == "rolled"
+    print(f"jax {jax.__version__}, devices {jax.devices()}; {load()}")
+    for name in args.models.split(","):
+        bench_model(name, args)
+        print(f"({load()})")
+
+
+if __name__ == "__main__":
+    main()
