@@ -163,3 +163,104 @@ def load_dataset(cfg: DatasetConfig) -> ArrayDataset:
 
 
 __all__ = ["ArrayDataset", "DATASETS", "DatasetConfig", "load_dataset"]
+
+
+# ----------------------------------------------------------------------------- streamed (grain)
+
+
+@frozen
+class StreamableConfig(DatasetConfig):
+    """A dataset in ArrayRecord files, held in memory or streamed by grain (bench.data.stream):
+    each process then reads only its slice of every global batch."""
+    loader: str = param("memory", choices=("memory", "stream"), results=False,
+                        help="memory: whole dataset on every device; stream: grain over ArrayRecord")
+    augment: str = param("none", choices=("none", "cifar", "imagenet"),
+                         help="cifar: pad-crop-flip; imagenet: random-resized crop + flip (loader=stream)")
+    threads: int = param(8, ge=1, results=False, help="grain reader threads per process")
+    prefetch: int = param(8, ge=1, results=False, help="training steps read ahead per process")
+    workers: int = param(0, ge=0, results=False, help="grain worker processes (0: threads only)")
+
+    def check(self, where: str) -> None:
+        if self.augment != "none" and self.loader != "stream":
+            raise ConfigError(f"{where}augment={self.augment} needs {where}loader=stream "
+                              f"(augmentation runs in the streamed input pipeline)")
+
+    def stream_options(self):
+        from bench.data.stream import StreamOptions
+        return StreamOptions(threads=self.threads, prefetch=self.prefetch, workers=self.workers)
+
+    def open_stream(self):
+        """The dataset as a bench.data.stream.StreamDataset."""
+        raise NotImplementedError
+
+
+@DATASETS.register("arrayrecord")
+@frozen
+class ArrayRecordConfig(StreamableConfig):
+    """ArrayRecord files: a ``python -m bench.data.export`` directory (read bit for bit as
+    exported), or a prepared TFDS dataset directory (images normalized per channel)."""
+    path: str = param("", results=False, help="exported directory, or <data_dir>/<name>/<version> of TFDS")
+    padding: int = param(4, ge=0, help="zero padding of augment=cifar, in pixels")
+    image_size: int | None = param(None, ge=1, help="augment=imagenet crop size (null: stored size)")
+
+    def check(self, where: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{where}path is required for dataset=arrayrecord (a directory "
+                              f"written by python -m bench.data.export, or a prepared TFDS one)")
+        if self.augment == "imagenet" and self.image_size is None:
+            raise ConfigError(f"{where}augment=imagenet needs {where}image_size")
+        super().check(where)
+
+    def _augment(self):
+        from bench.data.augment import Augment
+        return Augment(self.augment, self.image_size, self.padding)
+
+    def _is_tfds(self) -> bool:
+        from pathlib import Path
+        return (Path(self.path).expanduser() / "dataset_info.json").is_file()
+
+    def open_stream(self):
+        from bench.data.stream import exported_stream, tfds_stream
+        if self._is_tfds():
+            return tfds_stream(self.path, None, self._augment())
+        return exported_stream(self.path, self._augment())
+
+    def load(self) -> ArrayDataset:
+        from bench.data.stream import load_in_memory
+        return load_in_memory(self.open_stream())
+
+
+@DATASETS.register("imagenet2012")
+@frozen
+class ImageNetConfig(StreamableConfig):
+    """TFDS imagenet2012 (ILSVRC-2012: 1,281,167 train / 50,000 validation images, 1000
+    classes), prepared ArrayRecord read as it is; streamed only (it does not fit in memory)."""
+    loader: str = param("stream", choices=("memory", "stream"), results=False,
+                        help="stream (imagenet2012 does not fit in memory)")
+    augment: str = param("imagenet", choices=("none", "cifar", "imagenet"),
+                         help="imagenet: random-resized crop + flip; none: center crops")
+    data_dir: str | None = param(None, help="TFDS data_dir holding the prepared data", results=False)
+    image_size: int = param(224, ge=1, help="training crop and evaluation center-crop size")
+
+    def check(self, where: str) -> None:
+        if self.loader != "stream":
+            raise ConfigError(f"{where}loader=memory: dataset=imagenet2012 does not fit in memory "
+                              f"(1.28M images of varying size); use {where}loader=stream")
+        super().check(where)
+
+    def open_stream(self):
+        from bench.data.augment import Augment
+        from bench.data.stream import tfds_stream
+        return tfds_stream("imagenet2012", self.data_dir, Augment(self.augment, self.image_size))
+
+
+def open_dataset(cfg: DatasetConfig):
+    """The dataset of ``cfg`` as the job uses it: an ArrayDataset in memory, or a
+    bench.data.stream.StreamDataset with ``loader=stream``; cut to ``num_train`` when set."""
+    if getattr(cfg, "loader", "memory") != "stream":
+        return load_dataset(cfg)
+    data = cfg.open_stream()
+    return data.subset(cfg.num_train) if cfg.num_train is not None else data
+
+
+__all__ += ["StreamableConfig", "open_dataset"]

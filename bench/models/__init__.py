@@ -31,6 +31,11 @@ class ModelConfig:
         """optax mask of the parameters weight decay applies to (None: all of them)."""
         return None
 
+    # Unroll the scans of fused steps and evaluation chunks on CPU (bench.step.scan_unroll):
+    # convolutions run far slower inside XLA:CPU loops; models without them need not pay the
+    # compile time of an unrolled program.
+    unroll_on_cpu = True
+
     def batch_multiple(self) -> int:
         """Every (micro)batch must be a multiple of this (the ghost batch size, else 1)."""
         return getattr(self, "ghost_batch_size", None) or 1
@@ -111,6 +116,7 @@ class TransformerConfig(ModelConfig):
     rotary_base: float = param(10000.0, gt=0)
     dtype: str = param("float32", choices=("float32", "bfloat16"),
                        help="compute dtype; parameters and logits stay float32")
+    unroll_on_cpu = False
 
     def architecture(self) -> dict[str, Any]:
         from bench.models.transformer import PRESETS
@@ -146,3 +152,26 @@ class TransformerConfig(ModelConfig):
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, rngs: Any) -> Any:
     """The model of ``cfg`` (any registered section)."""
     return cfg.build(input_shape, num_classes, rngs)
+
+
+@MODELS.register("resnet50")
+@frozen
+class ResNet50Config(ModelConfig):
+    """ResNet-50 v1.5 for ImageNet-size images (Goyal et al. 2017's model): zero-initialised
+    last BatchNorm scale per residual block, no weight decay on BatchNorm parameters."""
+    width: int = param(64, ge=1, help="stem channels; bottleneck widths width x 1, 2, 4, 8")
+    stages: tuple[int, ...] = param((3, 4, 6, 3), ge=1, help="bottleneck blocks per stage (101: 3,4,23,3)")
+    ghost_batch_size: int | None = param(None, ge=1, help=_GHOST_HELP)
+    zero_init_residual: bool = param(True, help="zero the last BatchNorm scale of each block")
+    dtype: str = param("float32", choices=("float32", "bfloat16"),
+                       help="compute dtype; parameters (master weights), BatchNorm and logits stay float32")
+
+    def build(self, input_shape, num_classes, rngs):
+        from bench.models.resnet50 import ResNet50
+        return ResNet50(input_shape, num_classes, width=self.width, stages=self.stages,
+                        ghost_batch_size=self.ghost_batch_size,
+                        zero_init_residual=self.zero_init_residual, dtype=self.dtype, rngs=rngs)
+
+    def weight_decay_mask(self) -> Any:
+        from bench.models.resnet50 import weight_decay_mask
+        return weight_decay_mask

@@ -1,0 +1,248 @@
+"""Datasets as ArrayRecord files: the exported format, and random-access readers of it and of
+prepared TFDS data (both without TensorFlow).
+
+An exported directory (``python -m bench.data.export <dataset> <dir>``) holds::
+
+    metadata.json                             format, shapes, dtypes, classes, split sizes,
+                                              the data's SHA-256 (as ArrayDataset.checksum)
+    train-00000-of-00004.array_record ...     one record per example: x bytes then y bytes
+    test-00000-of-00001.array_record ...
+
+Records are the raw bytes of the example's arrays (C order), integers stored in the smallest
+unsigned type that holds them (labels and byte tokens: uint8) and widened back on reading, so
+what is read equals what was exported, bit for bit. Records are written with ArrayRecord's
+``group_size:1`` (one record per chunk), which makes random access one read.
+
+A prepared TFDS dataset (``tfds build`` / ``tfds.data_source(..., download=True)`` once on a
+machine with internet) is itself a directory of ArrayRecord files; :class:`TFDSSplit` reads it
+through ``tfds.data_source`` (by name and ``data_dir``, or by the prepared directory's path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bench.schema import ConfigError
+
+FORMAT = "batch-bench-arrayrecord"
+VERSION = 1
+METADATA = "metadata.json"
+SPLITS = ("train", "test")
+WRITER_OPTIONS = "group_size:1"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One array of an example: its shape, the dtype it is read as, the dtype it is stored as."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    stored: str
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.stored).itemsize
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "stored": self.stored}
+
+    @classmethod
+    def of(cls, arrays: Sequence[np.ndarray]) -> "Feature":
+        """The feature of arrays [N, ...] (one per split): non-negative integers are stored in
+        the smallest unsigned type that holds them all."""
+        first = arrays[0]
+        stored = first.dtype
+        if first.dtype.kind in "iu" and all(a.size == 0 or a.min() >= 0 for a in arrays):
+            top = max((int(a.max()) for a in arrays if a.size), default=0)
+            stored = next(np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, first.dtype)
+                          if top <= np.iinfo(t).max)
+        return cls(tuple(first.shape[1:]), first.dtype.name, np.dtype(stored).name)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Feature":
+        return cls(tuple(d["shape"]), d["dtype"], d["stored"])
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Example <-> record bytes for the fixed-shape features x and y."""
+
+    x: Feature
+    y: Feature
+
+    def encode(self, x: np.ndarray, y: np.ndarray) -> bytes:
+        return (np.ascontiguousarray(x, self.x.stored).tobytes()
+                + np.ascontiguousarray(y, self.y.stored).tobytes())
+
+    def decode(self, record: bytes) -> tuple[np.ndarray, np.ndarray]:
+        nx = self.x.nbytes
+        x = np.frombuffer(record, self.x.stored, count=math.prod(self.x.shape)).reshape(self.x.shape)
+        y = np.frombuffer(record, self.y.stored, offset=nx, count=math.prod(self.y.shape)).reshape(self.y.shape)
+        return x.astype(self.x.dtype), y.astype(self.y.dtype)
+
+
+def shard_names(split: str, shards: int) -> list[str]:
+    return [f"{split}-{i:05d}-of-{shards:05d}.array_record" for i in range(shards)]
+
+
+def write_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray, codec: Codec,
+                shards: int) -> list[str]:
+    """Write one split as ``shards`` files of consecutive examples; returns the file names."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    shards = max(1, min(shards, len(x)))
+    names = shard_names(split, shards)
+    bounds = np.linspace(0, len(x), shards + 1).astype(int)
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+        writer = ArrayRecordWriter(str(directory / name), WRITER_OPTIONS)
+        for i in range(lo, hi):
+            writer.write(codec.encode(x[i], y[i]))
+        writer.close()
+    return names
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """The metadata of an exported directory (ConfigError when it is not one)."""
+    path = Path(directory).expanduser() / METADATA
+    if not path.is_file():
+        raise ConfigError(f"dataset.path={directory}: no {METADATA} there; write one with "
+                          f"python -m bench.data.export <dataset> {directory}")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ConfigError(f"{path}: not a {FORMAT} v{VERSION} metadata file "
+                          f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+    return meta
+
+
+class ExportedSplit:
+    """Random access to one split of an exported directory: ``read(indices) -> (x, y)``.
+
+    Picklable (grain worker processes reopen the files); reads in a batch go through
+    ArrayRecord's parallel ``__getitems__``.
+    """
+
+    def __init__(self, directory: str | Path, split: str, meta: dict[str, Any] | None = None):
+        self.directory = Path(directory).expanduser()
+        self.split = split
+        self.meta = meta if meta is not None else read_metadata(self.directory)
+        info = self.meta["splits"][split]
+        self.num_examples = int(info["num_examples"])
+        self.paths = [str(self.directory / name) for name in info["shards"]]
+        self.codec = Codec(Feature.from_dict(self.meta["features"]["x"]),
+                           Feature.from_dict(self.meta["features"]["y"]))
+        self._source: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_source": None}
+
+    @property
+    def source(self) -> Any:
+        if self._source is None:
+            import grain
+
+            missing = [p for p in self.paths if not Path(p).is_file()]
+            if missing:
+                raise ConfigError(f"dataset.path={self.directory}: shard {missing[0]} is missing")
+            self._source = grain.sources.ArrayRecordDataSource(self.paths)
+        return self._source
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Examples ``indices`` as stacked arrays x [n, ...], y [n, ...]."""
+        records = self.source.__getitems__([int(i) for i in indices])
+        pairs = [self.codec.decode(r) for r in records]
+        if not pairs:
+            return (np.zeros((0, *self.codec.x.shape), self.codec.x.dtype),
+                    np.zeros((0, *self.codec.y.shape), self.codec.y.dtype))
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def update_digest(self, digest: Any, feature: str, chunk: int = 4096) -> None:
+        """Feed ``feature``'s array, as ArrayDataset.checksum hashes it, into ``digest``."""
+        f = getattr(self.codec, feature)
+        digest.update(f"{np.dtype(f.dtype).str}{(self.num_examples, *f.shape)}".encode())
+        for lo in range(0, self.num_examples, chunk):
+            arrays = self.read(range(lo, min(lo + chunk, self.num_examples)))
+            digest.update(np.ascontiguousarray(arrays[0 if feature == "x" else 1]).tobytes())
+
+
+def exported_sha256(directory: str | Path) -> str:
+    """SHA-256 of an exported directory's examples, computed as ArrayDataset.checksum would."""
+    meta = read_metadata(directory)
+    digest = hashlib.sha256()
+    splits = {s: ExportedSplit(directory, s, meta) for s in SPLITS}
+    for split, feature in (("train", "x"), ("train", "y"), ("test", "x"), ("test", "y")):
+        splits[split].update_digest(digest, feature)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- TFDS
+
+TFDS_EVAL_SPLIT = {"imagenet2012": "validation"}
+
+
+class TFDSSplit:
+    """Random access to a prepared TFDS split via ``tfds.data_source`` (no TensorFlow):
+    ``read(indices) -> (list of uint8 images [H, W, C], int32 labels)``; images may differ in
+    size (ImageNet). ``name`` is a TFDS name (found under ``data_dir``) or the path of a
+    prepared dataset directory (the one holding ``dataset_info.json``)."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None = None,
+                 image_key: str = "image", label_key: str = "label"):
+        self.name, self.split, self.data_dir = name, split, data_dir
+        self.image_key, self.label_key = image_key, label_key
+        self._source: Any = None
+        self.num_examples = len(self.source)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_source": None}
+
+    @property
+    def source(self) -> Any:
+        if self._source is None:
+            import tensorflow_datasets as tfds
+
+            try:
+                if Path(self.name).expanduser().is_dir():
+                    builder = tfds.builder_from_directory(str(Path(self.name).expanduser()))
+                    self._source = builder.as_data_source(split=self.split)
+                else:
+                    self._source = tfds.data_source(self.name, split=self.split,
+                                                    data_dir=self.data_dir, download=False)
+            except Exception as err:  # noqa: BLE001 -- TFDS raises many kinds; say what to do
+                raise ConfigError(
+                    f"TFDS {self.name} (split {self.split}) is not prepared under "
+                    f"{self.data_dir or 'TFDS_DATA_DIR / ~/tensorflow_datasets'}: prepare it once "
+                    f"with internet access (tfds build {self.name} --data_dir=<dir>) "
+                    f"[{type(err).__name__}]") from None
+        return self._source
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def read(self, indices: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
+        keys = [int(i) for i in indices]
+        try:
+            items = self.source.__getitems__(keys)   # ArrayRecord's parallel batched read
+        except TypeError:  # tfds.testing.mock_data's source has no batched read
+            items = [self.source[k] for k in keys]
+        images = [np.asarray(item[self.image_key]) for item in items]
+        images = [im[..., None] if im.ndim == 2 else im for im in images]
+        return images, np.asarray([int(item[self.label_key]) for item in items], np.int32)
+
+
+def tfds_num_classes(name: str, data_dir: str | None = None, label_key: str = "label") -> int:
+    import tensorflow_datasets as tfds
+
+    path = Path(name).expanduser()
+    builder = tfds.builder_from_directory(str(path)) if path.is_dir() else tfds.builder(
+        name, data_dir=data_dir)
+    return int(builder.info.features[label_key].num_classes)
