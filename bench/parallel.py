@@ -1,13 +1,16 @@
 """One mesh with a ``data`` axis over every device; batches sharded on it, params replicated.
 
-Multi-process (SLURM + ``jax.distributed.initialize()``) needs no change here: global arrays
-are built with ``jax.make_array_from_callback``, so each process materializes only the shards
-its own devices hold, from host data that every process derives identically from the seed.
+Multi-process (``jax.distributed``: SLURM's srun tasks, or ``distributed.*`` on one machine):
+in memory, global arrays are built with ``jax.make_array_from_callback`` from host data every
+process holds identically, each process materializing only its own devices' shards; streamed,
+each process reads only its rows and ``jax.make_array_from_process_local_data`` assembles
+them (:func:`process_local_array`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -16,9 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed(cfg=None) -> None:
+def maybe_initialize_distributed(cfg=None, environ: Mapping[str, str] | None = None) -> None:
     """Join a multi-process job: the explicit ``distributed.*`` settings (one machine; CPU
-    collectives through gloo), or SLURM's variables when SLURM launched several tasks."""
+    collectives through gloo), or SLURM's variables when srun started several tasks
+    (:func:`slurm_distributed_args`). Must run before anything touches a JAX backend."""
     if jax.distributed.is_initialized():
         return
     if cfg is not None and cfg.coordinator is not None:
@@ -27,8 +31,76 @@ def maybe_initialize_distributed(cfg=None) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=cfg.coordinator,
                                    num_processes=cfg.num_processes, process_id=cfg.process_id)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and jax.process_count() == 1:
-        jax.distributed.initialize()
+    elif (args := slurm_distributed_args(os.environ if environ is None else environ)) is not None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only nodes
+        jax.distributed.initialize(**args)
+
+
+SLURM_STEP_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID",
+                        "SLURM_LOCALID", "SLURM_NODEID")
+
+
+def slurm_distributed_args(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """``jax.distributed.initialize`` arguments for a task of an srun step of several tasks;
+    None when this is not one.
+
+    What ``jax.distributed.initialize()`` would detect by itself, minus SLURM's known pitfalls:
+
+    - only *step* variables count (``SLURM_STEP_NUM_TASKS``, ``SLURM_STEP_NODELIST``): an
+      sbatch script's own shell, or ``python`` run without srun inside ``salloc``, inherits
+      the job's ``SLURM_NTASKS`` > 1 and would wait forever for tasks that never start;
+      partially set variables (a login shell with a stale ``SLURM_JOB_ID``) mean "not a step";
+    - the coordinator port also depends on the step id, so two multi-task steps of one job
+      (a sweep inside one allocation) do not collide (``JAX_COORDINATOR_PORT`` overrides);
+    - local devices: with one task per node the process drives every visible GPU (JAX alone
+      would pick only GPU ``SLURM_LOCALID``); with several tasks per node and every GPU
+      visible, task i takes its own share; with ``--gpus-per-task`` (or ``--gpu-bind``)
+      SLURM already narrows ``CUDA_VISIBLE_DEVICES`` to the task's GPUs, which all belong to
+      it (JAX alone would ask for device ``SLURM_LOCALID``, which does not exist there).
+    """
+    if any(not env.get(k) for k in SLURM_STEP_VARIABLES):
+        return None
+    tasks = int(env["SLURM_STEP_NUM_TASKS"])
+    if tasks < 2:
+        return None
+    port = env.get("JAX_COORDINATOR_PORT") or str(
+        61440 + (int(env["SLURM_JOB_ID"]) * 131 + int(env.get("SLURM_STEP_ID", "0") or 0)) % 4096)
+    node = int(env["SLURM_NODEID"])
+    per_node = tasks_on_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", ""), node)
+    return {"coordinator_address": f"{first_host(env['SLURM_STEP_NODELIST'])}:{port}",
+            "num_processes": tasks, "process_id": int(env["SLURM_PROCID"]),
+            "local_device_ids": local_gpu_ids(env, per_node, int(env["SLURM_LOCALID"]))}
+
+
+def local_gpu_ids(env: Mapping[str, str], tasks_here: int, local_id: int) -> list[int] | None:
+    """The GPUs (indices among the visible ones) of local task ``local_id`` of ``tasks_here``;
+    None: every visible device."""
+    visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if tasks_here <= 1 or not visible:
+        return None
+    per_task = env.get("SLURM_GPUS_PER_TASK", "").split(":")[-1]
+    if (per_task.isdigit() and len(visible) <= int(per_task)) or len(visible) < tasks_here:
+        return None  # narrowed by SLURM to this task's GPUs
+    share = len(visible) // tasks_here
+    return list(range(local_id * share, (local_id + 1) * share))
+
+
+def tasks_on_node(spec: str, node: int) -> int:
+    """Tasks on node ``node`` from SLURM's ``2(x3),1`` notation (0 if unknown)."""
+    counts: list[int] = []
+    for part in filter(None, spec.split(",")):
+        value, _, times = part.partition("(x")
+        counts += [int(value)] * (int(times.rstrip(")")) if times else 1)
+    return counts[node] if node < len(counts) else 0
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``node[003-005,9],gpu1`` -> ``node003``."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist
+    if "[" not in head:
+        return head
+    prefix, rest = head.split("[", 1)
+    return prefix + rest.split("]")[0].split(",")[0].split("-")[0]
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -45,6 +117,13 @@ def batch_sharded(mesh: Mesh, batch_axis: int, ndim: int) -> NamedSharding:
     spec = [None] * ndim
     spec[batch_axis] = DATA_AXIS
     return NamedSharding(mesh, P(*spec))
+
+
+def process_local_array(local: np.ndarray, sharding: NamedSharding,
+                        global_shape: tuple[int, ...]) -> jax.Array:
+    """The global jax.Array of ``global_shape`` from this process's part of it: the rows its
+    own devices hold (bench.data.stream.LocalSlice), read by this process only."""
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local), tuple(global_shape))
 
 
 def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:

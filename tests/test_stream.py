@@ -209,3 +209,25 @@ def test_imagenet2012_streams_from_tfds_under_mock_data():
         raw = np.asarray(data.train.read([0])[0][0], np.float32) / 255
         assert np.isfinite(x).all() and abs(x.mean()) < 3 and raw.max() <= 1
     assert DATASETS.get("imagenet2012")().loader == "stream"
+
+
+def test_iterator_position_is_saved_in_the_orbax_checkpoint(exported, tmp_path):
+    import jax.numpy as jnp
+
+    from bench.checkpoint import Checkpointer
+
+    _, directory = exported
+    plan, data = _plan(), exported_stream(str(directory))
+    stream = TrainStream(data, plan, LocalSlice(0, 1, 1))
+    stream.take(0, 6)
+    with Checkpointer(tmp_path / "ck", every_steps=None) as ckpt:
+        ckpt.save(6, {"w": jnp.ones(3)}, {"step": 6}, force=True, data=stream)
+    saved = tmp_path / "ck" / "6" / "data" / "process_0-of-1.json"
+    assert json.loads(saved.read_text())["step"] == 6
+    # a run saved on 2 processes restores on 1 from process 0's file (the step is the position)
+    saved.rename(saved.with_name("process_0-of-2.json"))
+    fresh = TrainStream(data, plan, LocalSlice(0, 1, 1))
+    with Checkpointer(tmp_path / "ck", every_steps=None) as ckpt:
+        state, extra = ckpt.restore(6, {"w": jnp.zeros(3)}, data=fresh)
+    assert extra["step"] == 6 and fresh.next_step == 6 and float(state["w"].sum()) == 3.0
+    np.testing.assert_array_equal(fresh.take(6, 2)[0], stream.take(6, 2)[0])
