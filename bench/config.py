@@ -19,7 +19,7 @@ from bench.data import DATASETS, DatasetConfig
 from bench.data.batch_schedules import BATCH_SCHEDULES, BatchScheduleConfig, batch_quantum
 from bench.data.plan import parse_budget
 from bench.models import MODELS, ModelConfig
-from bench.optim import OPTIMIZERS, SCALING_RULES, OptimizerConfig, ScalingConfig
+from bench.optim import OPTIMIZERS, SCALING_RULES, AdamFamily, OptimizerConfig, ScalingConfig
 from bench.schedules import SCHEDULES, ScheduleConfig
 from bench.schema import (ConfigError, Registry, build, frozen, group, param, result_view,
                           section, to_dict)
@@ -43,6 +43,9 @@ class EvalConfig:
     batch_size: int = param(1000, ge=1, help="examples per evaluation chunk")
     every_steps_at: dict[int, int] | None = param(
         None, ge=1, help="per-batch-size cadence {B: steps}, overrides every_steps at those B")
+    ewa_decay: float | None = param(
+        None, ge=0, lt=1, help="evaluate an exponentially weighted average of the weights "
+                               "(Zhang et al. 2024), decay per step; null: the weights themselves")
     write_every_seconds: float = param(
         30.0, ge=0, results=False,
         help="mid-run record refresh; always written at the end, on divergence, preemption, checkpoints")
@@ -57,6 +60,7 @@ class TargetConfig:
     """Convergence speed: the first evaluation reaching these (null: not measured)."""
     test_accuracy: float | None = param(0.85, gt=0, le=1, help="the default MNIST-1D goal")
     train_loss: float | None = param(None, ge=0)
+    test_loss: float | None = param(None, ge=0, help="steps / tokens to this test loss (Zhang et al.)")
 
 
 @frozen
@@ -142,7 +146,8 @@ class Config:
     distributed: DistributedConfig = section(DistributedConfig, results=False)
     seed: int = param(0, help="root seed of the replica (init, dropout, data order, probes)")
     batch_size: int = param(128, ge=1, help="examples per step (the peak B with batch_schedule)")
-    budget: str = param("40epochs", help="training length: <n>steps, <n>epochs or <n>examples")
+    budget: str = param("40epochs", help="training length: <n>steps, <n>epochs, <n>examples or "
+                                         "<n>tokens (language data)")
     accumulate: int = param(1, ge=1, help="microbatches per step (gradient accumulation)")
     steps_per_call: int = param(25, ge=1, help="training steps fused into one jitted call")
     save_params: bool = param(False, help="store final params beside the record")
@@ -188,6 +193,14 @@ def validate(cfg: Config, *, num_devices: int = 1) -> Config:
     if micro % ghost:
         raise ConfigError(f"model.ghost_batch_size={ghost} must divide the microbatch size {micro}")
     cfg.batch_schedule.check_with(cfg, batch_quantum(cfg, num_devices))
+    if cfg.scaling.scales_adam:
+        if not isinstance(cfg.optimizer, AdamFamily):
+            raise ConfigError(f"scaling={cfg.scaling.name} scales Adam's b1, b2 and eps; use "
+                              f"optimizer={'|'.join(n for n in OPTIMIZERS.names if isinstance(OPTIMIZERS.create(n), AdamFamily))}")
+        both = [k for k in ("beta1_half_life", "beta2_half_life") if getattr(cfg.optimizer, k) is not None]
+        if both:
+            raise ConfigError(f"scaling={cfg.scaling.name} and optimizer.{both[0]} both set "
+                              f"b{both[0][4]}; choose one rule")
     return cfg
 
 

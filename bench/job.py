@@ -26,7 +26,7 @@ from bench.data import ArrayDataset, load_dataset
 from bench.data.batch_schedules import make_plan
 from bench.metrics.probe import CurvatureProbe
 from bench.models.im2col import im2col_for_replicas, with_im2col_convs
-from bench.optim import make_optimizer
+from bench.optim import adaptive_hyperparams, make_optimizer
 from bench.parallel import (batch_sharded, global_array, make_mesh, maybe_initialize_distributed,
                             put_replicated, replicated)
 from bench.record import Replica as ReplicaDict
@@ -41,17 +41,20 @@ class Replica:
     seed: int
     base_lr: float
     peak_lr: float
+    hyperparams: dict[str, float] = field(default_factory=dict)  # Adam's b1, b2, eps at batch_size
 
     def as_dict(self, count: int) -> ReplicaDict:
         return {"index": self.index, "count": count, "seed": self.seed, "base_lr": self.base_lr,
-                "peak_lr": self.peak_lr}
+                "peak_lr": self.peak_lr, "hyperparams": dict(self.hyperparams)}
 
 
-def replica_grid(cfg: Config) -> list[Replica]:
-    """LR values x seeds, LR-major; LRs are base LRs, scaled by the batch-size rule."""
+def replica_grid(cfg: Config, tokens_per_example: int | None = None) -> list[Replica]:
+    """LR values x seeds, LR-major; LRs are base LRs, scaled by the batch-size rule; the
+    optimizer's other hyperparameters as the rules set them at ``batch_size``."""
     lrs = cfg.replicas.lr if cfg.replicas.lr is not None else (cfg.optimizer.lr,)
     seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
-    return [Replica(i, int(seed), float(lr), cfg.scaling.peak_lr(lr, cfg.batch_size))
+    hyper, _ = adaptive_hyperparams(cfg.optimizer, cfg.scaling, cfg.batch_size, tokens_per_example)
+    return [Replica(i, int(seed), float(lr), cfg.scaling.peak_lr(lr, cfg.batch_size), hyper)
             for i, (lr, seed) in enumerate(itertools.product(lrs, seeds))]
 
 
@@ -111,8 +114,14 @@ class Job:
         self.mesh = make_mesh()
         self.cfg = validate(cfg, num_devices=self.mesh.size)
         self.data = data if data is not None else load_dataset(cfg.dataset)
-        self.replicas = replica_grid(cfg)
-        self.plan = make_plan(cfg, self.data.num_train, self.mesh.size, [r.seed for r in self.replicas])
+        tokens = self.data.tokens_per_example
+        self.replicas = replica_grid(cfg, tokens)
+        self.plan = make_plan(cfg, self.data.num_train, self.mesh.size, [r.seed for r in self.replicas],
+                              tokens_per_example=tokens)
+        # Adam's b1, b2, eps per batch size when a rule sets them (sde, half-lives); checked now,
+        # for every B of the plan, so an impossible value fails before anything compiles
+        rules = {b: adaptive_hyperparams(cfg.optimizer, cfg.scaling, b, tokens) for b in self.plan.sizes()}
+        self.hyperparams_by_batch = {b: v for b, (v, changed) in rules.items() if changed}
         self.timings = Timings()
         self._compiled: dict[Any, Callable] = {}
 
@@ -127,16 +136,21 @@ class Job:
             im2col = im2col_for_replicas(len(self.replicas))
         if im2col and with_im2col_convs(abstract):
             self.train_fns = ModelFns(split_model(abstract)[0])
-        self.tx = make_optimizer(cfg.optimizer)
+        injected = dict(next(iter(self.hyperparams_by_batch.values()))) if self.hyperparams_by_batch else None
+        self.tx = make_optimizer(cfg.optimizer, mask=cfg.model.weight_decay_mask(), injected=injected)
         peak_over_base = cfg.scaling.peak_lr(1.0, cfg.batch_size)
         self.lr_multiplier = lr_multiplier(cfg.schedule, self.plan, peak_over_base)
 
         self.x_train, self.y_train = (put_replicated(a, self.mesh) for a in (self.data.x_train, self.data.y_train))
         self.x_test, self.y_test = (put_replicated(a, self.mesh) for a in (self.data.x_test, self.data.y_test))
+        step_options = {"ewa_decay": cfg.eval.ewa_decay}
+        if self.hyperparams_by_batch:
+            step_options["hyperparams"] = self.hyperparams_by_batch.__getitem__
         self.train_call = jax.jit(
-            make_train_chunk(self.train_fns, self.tx, self.lr_multiplier, cfg.accumulate, self.mesh),
-            donate_argnums=(0,))
-        self.evaluate_call = jax.jit(make_evaluate(self.fns, self.mesh))
+            make_train_chunk(self.train_fns, self.tx, self.lr_multiplier, cfg.accumulate, self.mesh,
+                             unroll_on_cpu=cfg.model.unroll_on_cpu, **step_options), donate_argnums=(0,))
+        self.evaluate_call = jax.jit(make_evaluate(self.fns, self.mesh,
+                                                   unroll_on_cpu=cfg.model.unroll_on_cpu))
         self.probe = CurvatureProbe(
             cfg.metrics, self.fns, self.data.x_train, self.data.y_train,
             [jax.random.fold_in(jax.random.PRNGKey(r.seed), Stream.PROBES) for r in self.replicas],
@@ -162,7 +176,8 @@ class Job:
                     params=params, stats=stats, opt_state=self.tx.init(params), peak_lr=lr,
                     dropout_key=jax.random.fold_in(root, Stream.DROPOUT),
                     alive=jnp.array(True), diverged_step=jnp.array(-1, jnp.int32),
-                    step=jnp.array(0, jnp.int32))
+                    step=jnp.array(0, jnp.int32),
+                    ewa=params if self.cfg.eval.ewa_decay is not None else None)
             return jax.vmap(one)(roots, peak)
 
         return jax.jit(init, out_shardings=replicated(self.mesh))(roots, peak)
@@ -199,13 +214,15 @@ class Job:
         return state, metrics
 
     def evaluate(self, state: TrainState) -> dict[str, np.ndarray]:
-        """Loss and accuracy [K] of every replica on the whole train and test sets."""
+        """Loss and accuracy [K] of every replica on the whole train and test sets (of the
+        weights' exponentially weighted average with ``eval.ewa_decay``)."""
+        params = state.params if state.ewa is None else state.ewa
         out = {}
         for split, (x, y) in (("train", (self.x_train, self.y_train)), ("test", (self.x_test, self.y_test))):
             idx, mask = self.eval_sets[split]
-            fn = self.compile(("eval", split), self.evaluate_call, state.params, state.stats, x, y, idx, mask)
+            fn = self.compile(("eval", split), self.evaluate_call, params, state.stats, x, y, idx, mask)
             t = time.perf_counter()
-            loss, acc = jax.device_get(fn(state.params, state.stats, x, y, idx, mask))
+            loss, acc = jax.device_get(fn(params, state.stats, x, y, idx, mask))
             self.timings.eval_seconds += time.perf_counter() - t
             out[f"{split}_loss"], out[f"{split}_accuracy"] = loss, acc
         return out

@@ -39,6 +39,7 @@ class Replica(TypedDict):
     seed: int
     base_lr: float        # before the batch-size scaling rule
     peak_lr: float        # after it, before the LR schedule
+    hyperparams: dict[str, float]  # Adam's b1, b2, eps at batch_size (after sde / half-life rules)
 
 
 class Experiment(TypedDict):
@@ -49,9 +50,11 @@ class Experiment(TypedDict):
     schedule: str
     batch_size: int       # the peak B (B of every step unless batch_schedule is not constant)
     accumulate: int
-    num_train: int
+    num_train: int        # examples (sequences for language data)
     num_test: int
+    tokens_per_example: int | None  # T for language data, None for classification
     data_sha256: str      # of the arrays trained and evaluated on (bench.data.base.ArrayDataset)
+    data_provenance: dict[str, Any]  # corpus checksums, Python version, entropy rate, ...
     num_params: int
     steps_per_epoch: int  # steps in data epoch 0 (the batch plan's)
     total_steps: int
@@ -77,6 +80,10 @@ class Environment(TypedDict):
     compile_cache: dict[str, Any]  # {dir (None: off), atomic_writes, hits, misses} (bench.compile_cache)
 
 
+# Language data adds to every eval row: tokens seen, and each loss in bits per byte.
+LANGUAGE_ROW_KEYS = ("tokens", "train_bits_per_byte", "test_bits_per_byte")
+
+
 class EvalRow(TypedDict):
     step: int             # steps taken before this evaluation
     epoch: float          # examples / num_train
@@ -84,7 +91,7 @@ class EvalRow(TypedDict):
     train_seconds: float  # training wall time so far (compile and evaluation excluded)
     lr: float             # LR of the last step taken
     batch_size: int       # B of the last step taken
-    train_loss: float     # full training set, eval mode
+    train_loss: float     # full training set, eval mode (nats per token for language data)
     train_accuracy: float
     test_loss: float
     test_accuracy: float
@@ -101,6 +108,11 @@ class Convergence(TypedDict):
     steps_to_train_loss: int | None
     examples_to_train_loss: int | None
     seconds_to_train_loss: float | None
+    target_test_loss: float | None  # Shallue / Zhang et al.: steps (and tokens) to a target loss
+    steps_to_test_loss: int | None
+    examples_to_test_loss: int | None
+    tokens_to_test_loss: int | None
+    seconds_to_test_loss: float | None
 
 
 class Timings(TypedDict):

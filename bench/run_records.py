@@ -18,6 +18,7 @@ from bench import compile_cache
 from bench import record as rec
 from bench.config import as_dict, result_config
 from bench.job import Job
+from bench.data.text import bits_per_byte
 from bench.metrics.convergence import convergence_summary
 from bench.metrics.generalization import generalization_gap
 from bench.record import EvalRow, RunRecord
@@ -49,7 +50,8 @@ class RunRecords:
                 "scaling": cfg.scaling.name, "schedule": cfg.schedule.name,
                 "batch_size": cfg.batch_size, "accumulate": cfg.accumulate,
                 "num_train": job.data.num_train, "num_test": job.data.num_test,
-                "data_sha256": self.data_sha256,
+                "tokens_per_example": job.data.tokens_per_example,
+                "data_sha256": self.data_sha256, "data_provenance": job.data.provenance,
                 "num_params": job.num_params, "steps_per_epoch": plan.steps_per_epoch,
                 "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
                 "batch_schedule": cfg.batch_schedule.name, "batch_stages": plan.describe()},
@@ -93,6 +95,11 @@ class RunRecords:
             row[key] = float(ev[key][k])
         row.update(generalization_gap(row["train_loss"], row["train_accuracy"], row["test_loss"],
                                       row["test_accuracy"]))
+        if plan.tokens_per_example is not None:  # language data
+            per_byte = self.job.data.bytes_per_token
+            row.update(tokens=plan.tokens(step),
+                       train_bits_per_byte=bits_per_byte(row["train_loss"], per_byte),
+                       test_bits_per_byte=bits_per_byte(row["test_loss"], per_byte))
         return row  # type: ignore[return-value]
 
     def add_curvature(self, state: TrainState, step: int, rows: dict[int, EvalRow],
@@ -162,7 +169,7 @@ class RunRecords:
                 record["status"] = "finished"
             record["convergence"] = convergence_summary(  # type: ignore[typeddict-item]
                 record["history"], target_test_accuracy=target.test_accuracy,
-                target_train_loss=target.train_loss)
+                target_train_loss=target.train_loss, target_test_loss=target.test_loss)
 
     def save_params(self, state: TrainState) -> None:
         """Final parameters and BatchNorm statistics of each replica, as .npz keyed by tree path."""

@@ -27,16 +27,17 @@ from bench.parallel import batch_sharded
 Batch = dict[str, jax.Array]
 
 
-def scan_unroll() -> int | bool:
+def scan_unroll(unroll_on_cpu: bool = True) -> int | bool:
     """How far to unroll a ``lax.scan`` of model evaluations (the same rule for every length:
     ``unroll=1`` would still emit a while loop).
 
     XLA:CPU runs convolutions inside a while loop several times slower than outside one
     (measured with jax 0.10.2: a 1-D CNN step at 11.8 ms in a rolled scan vs 0.9 ms unrolled),
     so on CPU scans are unrolled fully; on accelerators they stay rolled (small programs,
-    fast compiles).
+    fast compiles). Models that gain nothing from it (``unroll_on_cpu=False``: the transformer,
+    whose unrolled 25-step program took minutes to compile) stay rolled everywhere.
     """
-    return True if jax.default_backend() == "cpu" else 1
+    return True if unroll_on_cpu and jax.default_backend() == "cpu" else 1
 
 
 def map_replicas_by_loop() -> bool:
@@ -76,6 +77,7 @@ class TrainState:
     alive: jax.Array           # False once the replica diverged
     diverged_step: jax.Array   # step at which it diverged, -1 while alive
     step: jax.Array
+    ewa: Any = None            # exponentially weighted average of params (eval.ewa_decay), or None
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -116,8 +118,15 @@ def _tree_all_finite(tree) -> jax.Array:
 
 
 def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
-                      lr_multiplier: Callable, accumulate: int) -> Callable:
-    """One SGD step of one replica on its batch (x [B, ...], y [B])."""
+                      lr_multiplier: Callable, accumulate: int,
+                      hyperparams: Callable[[int], dict[str, float]] | None = None,
+                      ewa_decay: float | None = None) -> Callable:
+    """One SGD step of one replica on its batch (x [B, ...], y [B] or [B, T]).
+
+    ``hyperparams(B)``: optimizer hyperparameters (Adam's b1, b2, eps) that follow the batch
+    size, set in the optimizer state like the LR (B is static in each compiled program);
+    ``ewa_decay``: also update ``state.ewa``, the weights' exponentially weighted average.
+    """
 
     def grads_and_stats(params, stats, x, y, key):
         def loss_fn(p):
@@ -156,8 +165,9 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
         key = jax.random.fold_in(state.dropout_key, state.step)
         loss, acc, grads, new_stats = compute(state.params, state.stats, x, y, key)
         lr = state.peak_lr * lr_multiplier(state.step)
-        opt_state = state.opt_state._replace(
-            hyperparams={**state.opt_state.hyperparams, "learning_rate": lr.astype(jnp.float32)})
+        per_batch = {k: jnp.float32(v) for k, v in (hyperparams(x.shape[0]) if hyperparams else {}).items()}
+        opt_state = state.opt_state._replace(hyperparams={
+            **state.opt_state.hyperparams, **per_batch, "learning_rate": lr.astype(jnp.float32)})
         updates, new_opt = tx.update(grads, opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
@@ -172,7 +182,9 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
             opt_state=pick(new_opt, state.opt_state), peak_lr=state.peak_lr,
             dropout_key=state.dropout_key, alive=keep,
             diverged_step=jnp.where(state.alive & ~finite, state.step, state.diverged_step),
-            step=state.step + 1)
+            step=state.step + 1,
+            ewa=None if state.ewa is None else pick(jax.tree.map(
+                lambda e, p: ewa_decay * e + (1.0 - ewa_decay) * p, state.ewa, new_params), state.ewa))
         metrics = {"loss": loss, "accuracy": acc, "lr": lr, "grad_norm": grad_norm}
         return new_state, metrics
 
@@ -180,24 +192,27 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
 
 
 def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_multiplier: Callable,
-                     accumulate: int, mesh: Mesh) -> Callable:
-    """``chunk(state, x_all, y_all, idx[n, K, B]) -> (state, metrics[n, K])``, not yet jitted."""
-    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate))
+                     accumulate: int, mesh: Mesh, unroll_on_cpu: bool = True,
+                     **step_options: Any) -> Callable:
+    """``chunk(state, x_all, y_all, idx[n, K, B]) -> (state, metrics[n, K])``, not yet jitted
+    (``step_options``: ``make_replica_step``'s ``hyperparams`` and ``ewa_decay``)."""
+    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, **step_options))
 
     def chunk(state: TrainState, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
         def body(state, idx_t):
             x = jax.lax.with_sharding_constraint(x_all[idx_t], batch_sharded(mesh, 1, x_all.ndim + 1))
-            y = jax.lax.with_sharding_constraint(y_all[idx_t], batch_sharded(mesh, 1, 2))
+            y = jax.lax.with_sharding_constraint(y_all[idx_t], batch_sharded(mesh, 1, y_all.ndim + 1))
             return vstep(state, x, y)
         if idx.shape[0] == 1:  # XLA:CPU runs a length-1 scan ~10x slower than the plain step
             state, metrics = body(state, idx[0])
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(body, state, idx, unroll=scan_unroll())
+        return jax.lax.scan(body, state, idx, unroll=scan_unroll(unroll_on_cpu))
 
     return chunk
 
 
-def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None) -> Callable:
+def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None,
+                  unroll_on_cpu: bool = True) -> Callable:
     """``evaluate(params, stats, x_all, y_all, idx[C, c], mask[C, c]) -> (loss[K], acc[K])``.
 
     Exact mean over the whole set: chunks of ``c`` examples, padding masked out. Replicas are
@@ -211,10 +226,12 @@ def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None) 
             logits, _ = fns.apply(params, stats, x, train=False)
             losses = cross_entropy(logits, y_all[i])
             correct = (jnp.argmax(logits, -1) == y_all[i]).astype(jnp.float32)
+            if losses.ndim > 1:  # sequences [c, T]: every one has T targets, so the mean of
+                losses, correct = losses.mean(-1), correct.mean(-1)  # means is the token mean
             return (carry[0] + jnp.sum(losses * m), carry[1] + jnp.sum(correct * m)), None
 
         (loss_sum, correct_sum), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (idx, mask),
-                                                  unroll=scan_unroll())
+                                                  unroll=scan_unroll(unroll_on_cpu))
         n = jnp.sum(mask)
         return loss_sum / n, correct_sum / n
 

@@ -27,4 +27,42 @@ def test_golden_record_reproduced_bit_for_bit(name, tmp_path):
     if saved["fingerprint"] != fingerprint():
         pytest.skip(f"golden records captured on {saved['fingerprint']}, this machine is "
                     f"{fingerprint()}: float bits differ across instruction sets / jax versions")
-    assert run_golden(name) == saved["records"]
+    assert_reproduces(saved["records"], run_golden(name))
+
+
+# Keys that features added after the capture write (each with a value that leaves the captured
+# results unchanged, checked below): not in the golden records.
+ADDED_KEYS = {"hyperparams": {}, "target_test_loss": None, "steps_to_test_loss": None,
+              "examples_to_test_loss": None, "tokens_to_test_loss": None,
+              "seconds_to_test_loss": None}
+
+
+# Curvature estimators were re-implemented after the capture (issue 11: HVPs at gradient cost,
+# host-driven Krylov loops on CPU): their numbers may differ by float32 round-off only.
+CURVATURE_RTOL, CURVATURE_ATOL = 1e-4, 1e-6
+
+
+def _is_curvature(where: str, curvature_keys: set[str]) -> bool:
+    return ".curvature" in where or where.rsplit(".", 1)[-1].split("[")[0] in curvature_keys
+
+
+def assert_reproduces(golden, new, where="records", curvature_keys=None):
+    """Every captured value equal, bit for bit (curvature: to float round-off); keys added
+    since only with their neutral value."""
+    if curvature_keys is None:  # the keys curvature measurements write into history rows
+        curvature_keys = {k for r in golden for k in (r.get("curvature") or {})}
+    if isinstance(golden, dict):
+        assert isinstance(new, dict), where
+        for key in new.keys() - golden.keys():
+            assert key in ADDED_KEYS and new[key] == ADDED_KEYS[key], f"{where}.{key}"
+        for key in golden:
+            assert key in new, f"{where}.{key} missing"
+            assert_reproduces(golden[key], new[key], f"{where}.{key}", curvature_keys)
+    elif isinstance(golden, list):
+        assert isinstance(new, list) and len(new) == len(golden), where
+        for i, (g, n) in enumerate(zip(golden, new)):
+            assert_reproduces(g, n, f"{where}[{i}]", curvature_keys)
+    elif isinstance(golden, float) and _is_curvature(where, curvature_keys):
+        assert new == pytest.approx(golden, rel=CURVATURE_RTOL, abs=CURVATURE_ATOL), where
+    else:
+        assert new == golden, f"{where}: {new!r} != {golden!r}"

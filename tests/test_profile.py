@@ -60,7 +60,7 @@ def test_rolled_accumulation_needs_only_microbatch_memory(cnn, monkeypatch):
     harness unrolls scans for speed, and then XLA may keep several microbatches live at once.)"""
     import bench.step
 
-    monkeypatch.setattr(bench.step, "scan_unroll", lambda: 1)
+    monkeypatch.setattr(bench.step, "scan_unroll", lambda unroll_on_cpu=True: 1)
     cfg, data = cnn
     full = _memory(cfg, 512, data)["temp_bytes"]
     micro = _memory(cfg, 64, data)["temp_bytes"]

@@ -50,7 +50,7 @@ def test_plan_is_read_from_the_preset_and_every_job_composes(finding):
         assert cfg.batch_size == job.batch_size
         assert cfg.budget == job.budget
         assert tuple(cfg.replicas.seeds) == plan.seeds
-        assert tuple(cfg.replicas.lr) == plan.lrs
+        assert tuple(cfg.replicas.lr or (cfg.optimizer.lr,)) == plan.lrs
         assert cfg.dataset.name == "mnist1d" and cfg.logger.mode == "disabled"
 
 

@@ -153,7 +153,7 @@ def warmup_stages(start: int, batch_size: int, warmup_epochs: float, *, growth: 
 
 
 def make_plan(cfg: "Config", num_train: int, num_devices: int = 1,
-              seeds: Sequence[int] | None = None) -> BatchPlan:
+              seeds: Sequence[int] | None = None, tokens_per_example: int | None = None) -> BatchPlan:
     """The plan of one job: stages from ``cfg.batch_schedule``, the budget, the LR warmup.
 
     Raises ConfigError when the config does not fit the data (B > N, warmup > training).
@@ -172,7 +172,7 @@ def make_plan(cfg: "Config", num_train: int, num_devices: int = 1,
     plan = BatchPlan(seeds, num_train, stages, budget=parse_budget(cfg.budget),
                      warmup_epochs=cfg.schedule.warmup_epochs,
                      warmup_steps=cfg.schedule.warmup_steps, lr_factors=lr_factors,
-                     name=cfg.batch_schedule.name)
+                     name=cfg.batch_schedule.name, tokens_per_example=tokens_per_example)
     if plan.warmup_steps > plan.total_steps:
         raise ConfigError(f"warmup ({plan.warmup_steps} steps) is longer than training "
                           f"({plan.total_steps} steps)")

@@ -39,7 +39,7 @@ import numpy as np
 from bench.schema import ConfigError
 from bench.streams import Stream
 
-BUDGET_UNITS = ("steps", "epochs", "examples")
+BUDGET_UNITS = ("steps", "epochs", "examples", "tokens")
 
 
 def parse_budget(budget: str) -> tuple[float, str]:
@@ -55,7 +55,7 @@ def parse_budget(budget: str) -> tuple[float, str]:
                 return value, unit
             break
     raise ConfigError(f"budget={budget!r} must be a positive number followed by a unit, like "
-                      f"'3000steps', '40epochs' or '1000000examples'")
+                      f"'3000steps', '40epochs', '1000000examples' or '20000000tokens'")
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -92,7 +92,7 @@ class BatchPlan:
                  stages: int | Sequence[tuple[float, int]], *,
                  budget: tuple[float, str] = (1.0, "epochs"), warmup_epochs: float = 0.0,
                  warmup_steps: int = 0, lr_factors: Sequence[tuple[float, float]] = (),
-                 name: str = "constant"):
+                 name: str = "constant", tokens_per_example: int | None = None):
         if isinstance(stages, (int, np.integer)):
             stages = [(0, int(stages))]
         stages = [(_fraction(e), int(b)) for e, b in stages]
@@ -108,6 +108,7 @@ class BatchPlan:
         self.stages = stages
         self.name = name
         self.lr_factors = [(float(e), float(f)) for e, f in lr_factors]
+        self.tokens_per_example = tokens_per_example  # T of language data (None: classifiers)
         self._layout_explicit_epochs()
         self._perm_cache: dict[int, np.ndarray] = {}
         self.total_steps = self.steps_for_budget(*budget)
@@ -182,6 +183,11 @@ class BatchPlan:
             return int(value)
         if unit == "epochs":
             return max(self.step_at_epoch(value), 1)
+        if unit == "tokens":
+            if self.tokens_per_example is None:
+                raise ConfigError(f"a budget in tokens needs a language dataset (sequences of "
+                                  f"tokens); use steps, epochs or examples")
+            value, unit = value / self.tokens_per_example, "examples"
         if unit != "examples":
             raise ValueError(f"budget unit {unit!r} not in {BUDGET_UNITS}")
         lo, hi = 0, 1  # the steps that fit entirely within the budget: examples(lo) <= value
@@ -243,6 +249,10 @@ class BatchPlan:
     def examples(self, t: int) -> int:
         """Examples seen before step t (sum of B over steps 0..t-1); t may be total_steps."""
         return self._locate(t)[3]
+
+    def tokens(self, t: int) -> int | None:
+        """Tokens seen before step t (language data; None for classifiers)."""
+        return None if self.tokens_per_example is None else self.examples(t) * self.tokens_per_example
 
     def epoch(self, t: int) -> float:
         """Epochs completed before step t, as examples(t) / N."""

@@ -20,10 +20,14 @@ def first_reached(history: Sequence[dict[str, Any]], key: str, target: float | N
 
 
 def convergence_summary(history: Sequence[dict[str, Any]], *, target_test_accuracy: float | None,
-                        target_train_loss: float | None) -> dict[str, Any]:
-    """Steps, examples and seconds to the test-accuracy and train-loss targets (null if unreached)."""
+                        target_train_loss: float | None,
+                        target_test_loss: float | None = None) -> dict[str, Any]:
+    """Steps, examples and seconds to the test-accuracy, train-loss and test-loss targets (null
+    if unreached); for the test loss also tokens (language data), the Shallue et al. / Zhang et
+    al. steps-to-result definition: the first evaluation at or below the target."""
     acc = first_reached(history, "test_accuracy", target_test_accuracy, higher_is_better=True)
     loss = first_reached(history, "train_loss", target_train_loss, higher_is_better=False)
+    test = first_reached(history, "test_loss", target_test_loss, higher_is_better=False)
     return {
         "target_test_accuracy": target_test_accuracy,
         "steps_to_target": acc["step"] if acc else None,
@@ -33,4 +37,9 @@ def convergence_summary(history: Sequence[dict[str, Any]], *, target_test_accura
         "steps_to_train_loss": loss["step"] if loss else None,
         "examples_to_train_loss": loss["examples"] if loss else None,
         "seconds_to_train_loss": loss["train_seconds"] if loss else None,
+        "target_test_loss": target_test_loss,
+        "steps_to_test_loss": test["step"] if test else None,
+        "examples_to_test_loss": test["examples"] if test else None,
+        "tokens_to_test_loss": test.get("tokens") if test else None,
+        "seconds_to_test_loss": test["train_seconds"] if test else None,
     }
