@@ -1,10 +1,12 @@
-"""Everything one job needs, built once: data on device, the batch plan, model functions,
-the optimizer, and its compiled programs (:class:`Job`).
+"""Everything one job needs, built once: data on device (or its streamed input pipeline), the
+batch plan, model functions, the optimizer, and its compiled programs (:class:`Job`).
 
 Timing follows AlgoPerf: programs are compiled ahead of time (:meth:`Job.compile`) and that
 time is counted apart; training time is the wall time of the jitted training calls only
 (synchronized with the host before the clock stops); evaluation and curvature time are counted
-apart as well. bench.loop drives a Job; bench.profile and bench.perf use the same public API.
+apart as well. Streamed (``dataset.loader=stream``), the wait for the next batches counts as
+training time: the device would be idle then. bench.loop drives a Job; bench.profile and
+bench.perf use the same public API.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from flax import nnx
 
 from bench import compile_cache
 from bench.config import Config, validate
-from bench.data import ArrayDataset, load_dataset
+from bench.data import ArrayDataset, open_dataset
 from bench.data.batch_schedules import make_plan
+from bench.data.stream import LocalSlice, StreamDataset, TrainStream, eval_chunks
 from bench.metrics.probe import CurvatureProbe
 from bench.models.im2col import im2col_for_replicas, with_im2col_convs
 from bench.optim import adaptive_hyperparams, make_optimizer
 from bench.parallel import (batch_sharded, global_array, make_mesh, maybe_initialize_distributed,
-                            put_replicated, replicated)
+                            process_local_array, put_replicated, replicated)
 from bench.record import Replica as ReplicaDict
 from bench.schedules import lr_multiplier
-from bench.step import ModelFns, TrainState, make_evaluate, make_train_chunk, split_model
+from bench.schema import ConfigError
+from bench.step import (ModelFns, TrainState, make_evaluate, make_evaluate_chunk,
+                         make_streamed_train_chunk, make_train_chunk, split_model)
 from bench.streams import Stream
 
 
@@ -100,20 +105,23 @@ class Job:
 
     Public API: ``cfg``, ``data``, ``mesh``, ``plan``, ``replicas``, ``fns`` (the model as pure
     functions), ``tx``, ``lr_multiplier``, ``probe`` (curvature, or None), ``timings``,
-    ``x_train``/``y_train``/``x_test``/``y_test`` (on device), ``eval_sets``;
+    ``x_train``/``y_train``/``x_test``/``y_test`` (on device; None when streamed), ``eval_sets``,
+    ``stream`` (the training input pipeline when streamed, else None);
     :meth:`build_model`, :meth:`init_state`, :meth:`train_inputs`, :meth:`compile` (+
     ``compiled_keys``), :meth:`train`, :meth:`evaluate`; ``train_call`` and ``evaluate_call``
     are the jitted (not yet compiled) programs.
     """
 
-    def __init__(self, cfg: Config, data: ArrayDataset | None = None, *, im2col: bool | None = None):
+    def __init__(self, cfg: Config, data: ArrayDataset | StreamDataset | None = None, *,
+                 im2col: bool | None = None):
         """``im2col``: train with 1-D convolutions as im2col + matmul (default
         ``im2col_for_replicas(K)``: K > 1 replicas on CPU; see bench.models.im2col)."""
         maybe_initialize_distributed(cfg.distributed)
         compile_cache.enable(cfg.compile_cache_dir)  # before anything compiles
         self.mesh = make_mesh()
         self.cfg = validate(cfg, num_devices=self.mesh.size)
-        self.data = data if data is not None else load_dataset(cfg.dataset)
+        self.data = data if data is not None else open_dataset(cfg.dataset)
+        self.streamed = isinstance(self.data, StreamDataset)
         tokens = self.data.tokens_per_example
         self.replicas = replica_grid(cfg, tokens)
         self.plan = make_plan(cfg, self.data.num_train, self.mesh.size, [r.seed for r in self.replicas],
@@ -141,24 +149,62 @@ class Job:
         peak_over_base = cfg.scaling.peak_lr(1.0, cfg.batch_size)
         self.lr_multiplier = lr_multiplier(cfg.schedule, self.plan, peak_over_base)
 
-        self.x_train, self.y_train = (put_replicated(a, self.mesh) for a in (self.data.x_train, self.data.y_train))
-        self.x_test, self.y_test = (put_replicated(a, self.mesh) for a in (self.data.x_test, self.data.y_test))
         step_options = {"ewa_decay": cfg.eval.ewa_decay}
         if self.hyperparams_by_batch:
             step_options["hyperparams"] = self.hyperparams_by_batch.__getitem__
+        eval_idx = {split: eval_indices(n, cfg.eval.batch_size, self.mesh.size)
+                    for split, n in (("train", min(self.data.num_train, cfg.eval.train_examples or self.data.num_train)),
+                             ("test", self.data.num_test))}
+        if self.streamed:
+            self._init_streamed(eval_idx, step_options)
+        else:
+            self._init_in_memory(eval_idx, step_options)
+        self.probe = CurvatureProbe(
+            cfg.metrics, self.fns, *self._probe_data(),
+            [jax.random.fold_in(jax.random.PRNGKey(r.seed), Stream.PROBES) for r in self.replicas],
+            self.mesh) if cfg.metrics.hessian else None
+
+    def _init_in_memory(self, eval_idx: dict[str, tuple[np.ndarray, np.ndarray]],
+                        step_options: dict[str, Any]) -> None:
+        """The dataset on every device; steps gather their batches there from indices."""
+        cfg = self.cfg
+        self.stream = None
+        self.x_train, self.y_train = (put_replicated(a, self.mesh) for a in (self.data.x_train, self.data.y_train))
+        self.x_test, self.y_test = (put_replicated(a, self.mesh) for a in (self.data.x_test, self.data.y_test))
         self.train_call = jax.jit(
             make_train_chunk(self.train_fns, self.tx, self.lr_multiplier, cfg.accumulate, self.mesh,
                              unroll_on_cpu=cfg.model.unroll_on_cpu, **step_options), donate_argnums=(0,))
         self.evaluate_call = jax.jit(make_evaluate(self.fns, self.mesh,
                                                    unroll_on_cpu=cfg.model.unroll_on_cpu))
-        self.probe = CurvatureProbe(
-            cfg.metrics, self.fns, self.data.x_train, self.data.y_train,
-            [jax.random.fold_in(jax.random.PRNGKey(r.seed), Stream.PROBES) for r in self.replicas],
-            self.mesh) if cfg.metrics.hessian else None
-        self.eval_sets = {
-            split: tuple(global_array(a, batch_sharded(self.mesh, 1, 2))
-                         for a in eval_indices(n, cfg.eval.batch_size, self.mesh.size))
-            for split, n in (("train", self.data.num_train), ("test", self.data.num_test))}
+        self.eval_sets = {split: tuple(global_array(a, batch_sharded(self.mesh, 1, 2)) for a in arrays)
+                          for split, arrays in eval_idx.items()}
+
+    def _init_streamed(self, eval_idx: dict[str, tuple[np.ndarray, np.ndarray]],
+                       step_options: dict[str, Any]) -> None:
+        """grain reads this process's rows of every batch (bench.data.stream)."""
+        cfg = self.cfg
+        self.x_train = self.y_train = self.x_test = self.y_test = None
+        self.local = LocalSlice.of_mesh(self.mesh)
+        self.stream_options = cfg.dataset.stream_options()
+        self.stream = TrainStream(self.data, self.plan, self.local, self.stream_options)
+        self.train_call = jax.jit(
+            make_streamed_train_chunk(self.train_fns, self.tx, self.lr_multiplier, cfg.accumulate,
+                                      unroll_on_cpu=cfg.model.unroll_on_cpu, **step_options),
+            donate_argnums=(0,))
+        self.evaluate_call = jax.jit(make_evaluate_chunk(self.fns), donate_argnums=(5,))
+        self.eval_sets = eval_idx  # host indices and masks: each process reads its rows
+
+    def _probe_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training data curvature is measured on: all of it in memory; streamed, a fixed
+        random subset of ``metrics.subset_size`` examples (replica 0's probe seed)."""
+        if not self.streamed:
+            return self.data.x_train, self.data.y_train
+        n, size = self.data.num_train, self.cfg.metrics.subset_size
+        if not 0 < size < n:
+            raise ConfigError(f"metrics.subset_size={size} with dataset.loader=stream: curvature "
+                              f"reads its subset into memory; use a size below {n}")
+        rng = np.random.default_rng([self.replicas[0].seed, int(Stream.PROBES)])
+        return self.data.examples("train", np.sort(rng.choice(n, size, replace=False)))
 
     def build_model(self, key: jax.Array) -> nnx.Module:
         return self.cfg.model.build(self.data.input_shape, self.data.num_classes, nnx.Rngs(key))
@@ -202,21 +248,38 @@ class Job:
         """Example indices [count, K, B] of steps [start, start + count), sharded over B."""
         return global_array(self.plan.indices(start, count), batch_sharded(self.mesh, 2, 3))
 
+    def streamed_batches(self, start: int, count: int) -> tuple[jax.Array, jax.Array]:
+        """Streamed: the global batches x, y [count, K, B, ...] of steps [start, start + count),
+        assembled from every process's rows."""
+        x, y = self.stream.take(start, count)
+        b = self.plan.batch_size(start)
+        return tuple(process_local_array(a, batch_sharded(self.mesh, 2, a.ndim), (*a.shape[:2], b, *a.shape[3:]))
+                     for a in (x, y))
+
     def train(self, state: TrainState, start: int, count: int) -> tuple[TrainState, dict[str, np.ndarray]]:
         """Run steps [start, start + count) (one batch size); returns host metrics [count, K]."""
-        idx = self.train_inputs(start, count)
-        key = ("train", count, idx.shape[2])  # each (steps per call, batch size) compiles once
-        fn = self.compile(key, self.train_call, state, self.x_train, self.y_train, idx)
         t = time.perf_counter()
-        state, metrics = fn(state, self.x_train, self.y_train, idx)
+        if self.streamed:
+            inputs = self.streamed_batches(start, count)
+            wait = time.perf_counter() - t
+            b = inputs[0].shape[2]
+        else:
+            inputs, wait = (self.x_train, self.y_train, self.train_inputs(start, count)), 0.0
+            b = inputs[2].shape[2]
+        key = ("train", count, b)  # each (steps per call, batch size) compiles once
+        fn = self.compile(key, self.train_call, state, *inputs)
+        t = time.perf_counter()
+        state, metrics = fn(state, *inputs)
         metrics = jax.device_get(metrics)  # waits for the computation: honest wall time
-        self.timings.train_seconds += time.perf_counter() - t
+        self.timings.train_seconds += time.perf_counter() - t + wait
         return state, metrics
 
     def evaluate(self, state: TrainState) -> dict[str, np.ndarray]:
         """Loss and accuracy [K] of every replica on the whole train and test sets (of the
         weights' exponentially weighted average with ``eval.ewa_decay``)."""
         params = state.params if state.ewa is None else state.ewa
+        if self.streamed:
+            return self._evaluate_streamed(params, state.stats)
         out = {}
         for split, (x, y) in (("train", (self.x_train, self.y_train)), ("test", (self.x_test, self.y_test))):
             idx, mask = self.eval_sets[split]
@@ -226,6 +289,29 @@ class Job:
             self.timings.eval_seconds += time.perf_counter() - t
             out[f"{split}_loss"], out[f"{split}_accuracy"] = loss, acc
         return out
+
+    def _evaluate_streamed(self, params: Any, stats: Any) -> dict[str, np.ndarray]:
+        """Chunk by chunk, each process reading its rows; sums accumulate on device."""
+        out = {}
+        for split, (idx, mask) in self.eval_sets.items():
+            t = time.perf_counter()
+            sums = global_array(np.zeros((len(self.replicas), 2), np.float32), replicated(self.mesh))
+            c = idx.shape[1]
+            for x, y, m in eval_chunks(self.data, split, idx, mask, self.local, self.stream_options):
+                x, y, m = (process_local_array(a, batch_sharded(self.mesh, 0, a.ndim), (c, *a.shape[1:]))
+                           for a in (x, y, m))
+                fn = self.compile(("eval", split), self.evaluate_call, params, stats, x, y, m, sums)
+                sums = fn(params, stats, x, y, m, sums)
+            total = np.float32(mask.sum())
+            sums = np.asarray(jax.device_get(sums))
+            self.timings.eval_seconds += time.perf_counter() - t
+            out[f"{split}_loss"], out[f"{split}_accuracy"] = sums[:, 0] / total, sums[:, 1] / total
+        return out
+
+    def close(self) -> None:
+        """Stop the input pipeline's readers (streamed)."""
+        if self.stream is not None:
+            self.stream.close()
 
     def measure(self, state: TrainState, k: int, lr: float) -> dict[str, Any]:
         """Curvature statistics of replica k (time counted as metrics time)."""

@@ -8,6 +8,7 @@ records (status ``running``) and returns early (requeueing itself under SLURM).
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bench.checkpoint import Checkpointer
 from bench.config import Config
 from bench.data import ArrayDataset
 from bench.data.plan import BatchPlan
+from bench.data.stream import StreamDataset
 from bench.job import Job
 from bench.preemption import PreemptionFlag, requeue_if_slurm
 from bench.progress import Progress
@@ -56,7 +58,8 @@ class Cadence:
         return min(stops) - step
 
 
-def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None) -> list[RunRecord]:
+def run(cfg: Config, output_dir: Path | str, *,
+        data: ArrayDataset | StreamDataset | None = None) -> list[RunRecord]:
     """Train one job and write one record per replica into ``output_dir``; returns the records."""
     # Build: data, plan, model, optimizer, compiled programs; the K records; checkpoints.
     output_dir = Path(output_dir)
@@ -69,13 +72,13 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
 
     # Resume: a requeued or restarted job continues from its latest checkpoint.
     if (latest := ckpt.latest_step()) is not None:
-        state, extra = ckpt.restore(latest, state)
+        state, extra = ckpt.restore(latest, state, data=job.stream)  # + input position
         step, lrs = latest, records.restore(extra, latest)
 
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
     tracker = _tracker(job, records, output_dir) if records.primary else None
     progress = Progress(job.plan.total_steps, enabled=cfg.progress and records.primary, start=step)
-    with PreemptionFlag() as flag, ckpt, progress:
+    with PreemptionFlag() as flag, ckpt, progress, closing(job):
         while True:
             if cadence.evaluates_at(step):
                 statuses = records.statuses()
@@ -93,7 +96,7 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
             step, lrs = step + count, metrics["lr"][-1]
             progress.advance(count, metrics)
             if flag.any_process_requested():  # preemption or time limit: save, then requeue
-                ckpt.save(step, state, records.checkpoint_extra(lrs), force=True)
+                ckpt.save(step, state, records.checkpoint_extra(lrs), force=True, data=job.stream)
                 ckpt.wait_until_finished()
                 records.write()
                 progress.note(f"{flag.signal_name}: checkpoint saved at step {step}; "
@@ -101,7 +104,7 @@ def run(cfg: Config, output_dir: Path | str, *, data: ArrayDataset | None = None
                 requeue_if_slurm(flag)  # under SLURM: requeues this job and exits
                 return records.records
             if ckpt.should_save(step):
-                ckpt.save(step, state, records.checkpoint_extra(lrs))
+                ckpt.save(step, state, records.checkpoint_extra(lrs), data=job.stream)
                 records.write()
 
     # Finish: statuses and convergence, final parameters, the records, the tracker's summary.

@@ -2,9 +2,11 @@
 
 A job trains K replicas (LR values x seeds) at once: every leaf of :class:`TrainState` has a
 leading replica axis and the per-replica step is ``jax.vmap``-ed. Several steps are fused into
-one jitted call with ``lax.scan`` (fewer dispatches, identical numbers). The dataset lives on
-device; a step receives integer indices and gathers its batch there, sharded over the mesh's
-``data`` axis, so 1 and N devices compute the same global-batch quantities.
+one jitted call with ``lax.scan`` (fewer dispatches, identical numbers). In memory, the dataset
+lives on device and a step receives integer indices and gathers its batch there; streamed
+(bench.data.stream), a call receives the batches themselves. Either way a batch is sharded over
+the mesh's ``data`` axis, so 1 and N devices (and processes) compute the same global-batch
+quantities.
 
 A replica whose loss or gradient becomes non-finite is frozen (its state stops changing) and
 ``diverged_step`` records when; the other replicas go on.
@@ -191,6 +193,17 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
     return step
 
 
+def _run_steps(vstep: Callable, state: TrainState, inputs: Any, batch: Callable,
+               unroll_on_cpu: bool) -> tuple[TrainState, Any]:
+    """Steps over the leading axis of ``inputs``; ``batch(inputs_t) -> (x, y)``."""
+    def body(state, inputs_t):
+        return vstep(state, *batch(inputs_t))
+    if jax.tree.leaves(inputs)[0].shape[0] == 1:  # XLA:CPU runs a length-1 scan ~10x slower
+        state, metrics = body(state, jax.tree.map(lambda a: a[0], inputs))
+        return state, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(body, state, inputs, unroll=scan_unroll(unroll_on_cpu))
+
+
 def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_multiplier: Callable,
                      accumulate: int, mesh: Mesh, unroll_on_cpu: bool = True,
                      **step_options: Any) -> Callable:
@@ -199,16 +212,36 @@ def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_multipl
     vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, **step_options))
 
     def chunk(state: TrainState, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
-        def body(state, idx_t):
+        def gather(idx_t):
             x = jax.lax.with_sharding_constraint(x_all[idx_t], batch_sharded(mesh, 1, x_all.ndim + 1))
             y = jax.lax.with_sharding_constraint(y_all[idx_t], batch_sharded(mesh, 1, y_all.ndim + 1))
-            return vstep(state, x, y)
-        if idx.shape[0] == 1:  # XLA:CPU runs a length-1 scan ~10x slower than the plain step
-            state, metrics = body(state, idx[0])
-            return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(body, state, idx, unroll=scan_unroll(unroll_on_cpu))
+            return x, y
+        return _run_steps(vstep, state, idx, gather, unroll_on_cpu)
 
     return chunk
+
+
+def make_streamed_train_chunk(fns: ModelFns, tx: optax.GradientTransformation,
+                              lr_multiplier: Callable, accumulate: int, unroll_on_cpu: bool = True,
+                              **step_options: Any) -> Callable:
+    """``chunk(state, x[n, K, B, ...], y[n, K, B, ...]) -> (state, metrics[n, K])`` on batches
+    already sharded over B (streamed input), not yet jitted."""
+    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, **step_options))
+
+    def chunk(state: TrainState, x: jax.Array, y: jax.Array):
+        return _run_steps(vstep, state, (x, y), lambda xy: xy, unroll_on_cpu)
+
+    return chunk
+
+
+def _chunk_sums(fns: ModelFns, params, stats, x, y, m) -> tuple[jax.Array, jax.Array]:
+    """Masked sums of the loss and of correct predictions over one evaluation chunk."""
+    logits, _ = fns.apply(params, stats, x, train=False)
+    losses = cross_entropy(logits, y)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    if losses.ndim > 1:  # sequences [c, T]: every one has T targets, so the mean of
+        losses, correct = losses.mean(-1), correct.mean(-1)  # means is the token mean
+    return jnp.sum(losses * m), jnp.sum(correct * m)
 
 
 def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None,
@@ -223,12 +256,8 @@ def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None,
         def body(carry, inp):
             i, m = inp
             x = jax.lax.with_sharding_constraint(x_all[i], batch_sharded(mesh, 0, x_all.ndim))
-            logits, _ = fns.apply(params, stats, x, train=False)
-            losses = cross_entropy(logits, y_all[i])
-            correct = (jnp.argmax(logits, -1) == y_all[i]).astype(jnp.float32)
-            if losses.ndim > 1:  # sequences [c, T]: every one has T targets, so the mean of
-                losses, correct = losses.mean(-1), correct.mean(-1)  # means is the token mean
-            return (carry[0] + jnp.sum(losses * m), carry[1] + jnp.sum(correct * m)), None
+            loss, correct = _chunk_sums(fns, params, stats, x, y_all[i], m)
+            return (carry[0] + loss, carry[1] + correct), None
 
         (loss_sum, correct_sum), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (idx, mask),
                                                   unroll=scan_unroll(unroll_on_cpu))
@@ -236,3 +265,15 @@ def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None,
         return loss_sum / n, correct_sum / n
 
     return over_replicas(one_replica, in_axes=(0, 0, None, None, None, None), loop=loop_replicas)
+
+
+def make_evaluate_chunk(fns: ModelFns, loop_replicas: bool | None = None) -> Callable:
+    """``add(params, stats, x[c, ...], y[c, ...], mask[c], sums[K, 2]) -> sums[K, 2]``: one
+    streamed evaluation chunk's masked loss and correct-prediction sums added to the running
+    ``sums`` (in the order the in-memory scan adds them); the mean is ``sums / mask total``."""
+
+    def one_replica(params, stats, x, y, mask, sums):
+        loss, correct = _chunk_sums(fns, params, stats, x, y, mask)
+        return jnp.stack([sums[0] + loss, sums[1] + correct])
+
+    return over_replicas(one_replica, in_axes=(0, 0, None, None, None, 0), loop=loop_replicas)
