@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bench.parallel import first_host, local_gpu_ids, slurm_distributed_args, tasks_on_node
+from test_slurm import conf_dir  # noqa: F401 -- fixture
 
 # srun -N 2 --ntasks-per-node=4 --gpus-per-node=4 (every GPU visible to every task)
 STEP = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "gpu[017-018]",
@@ -67,3 +70,18 @@ def test_node_lists_and_task_counts():
     assert first_host("node[003-005,9],gpu1") == "node003"
     assert first_host("a1,b2") == "a1" and first_host("solo") == "solo"
     assert tasks_on_node("2(x3),1", 3) == 1 and tasks_on_node("4", 0) == 4
+
+
+def test_multinode_launcher_preset_sbatch_lines(conf_dir, tmp_path, monkeypatch):
+    """The preset through hydra-submitit-launcher up to `sbatch`: nodes, one task per GPU, srun."""
+    from test_slurm import LAUNCHERS, _sbatch_lines, _sbatch_text
+
+    monkeypatch.setenv("SBATCH_PARTITION", "h100")
+    text = _sbatch_text(conf_dir, tmp_path, "slurm_multinode", 2, monkeypatch,
+                        extra=["hydra.launcher.nodes=4", "hydra.launcher.tasks_per_node=8"])
+    sb = _sbatch_lines(text)
+    assert (sb["partition"], sb["nodes"], sb["ntasks-per-node"], sb["gpus-per-task"]) == ("h100", "4", "8", "1")
+    assert "gpus-per-node" not in sb and "requeue" in sb and sb["signal"].endswith("@300")
+    assert re.search(r"^srun .* -m submitit\.core\._submit ", text, flags=re.M)
+    head = (LAUNCHERS / "slurm_multinode.yaml").read_text().split("defaults:")[0]
+    assert "hydra/launcher=slurm_multinode" in head and "python -m bench.train -m" in head

@@ -166,3 +166,24 @@ def test_offline_keskar_mirrors_the_paper_setup(preset):
     assert cfg.batch_size == bs[0] and bs[-1] == 400               # LB = 10% of 4,000
     assert cfg.optimizer.name == "adam" and cfg.model.batch_norm and cfg.save_params
     assert len(cfg.replicas.seeds) == 5 and cfg.metrics.hessian and cfg.metrics.sharpness
+
+
+def test_goyal_imagenet_is_the_papers_recipe(preset):
+    cfg, params = preset("goyal_imagenet")
+    assert (cfg.dataset.name, cfg.dataset.loader, cfg.dataset.augment, cfg.dataset.image_size) == (
+        "imagenet2012", "stream", "imagenet", 224)
+    assert cfg.model.name == "resnet50" and cfg.model.zero_init_residual
+    assert cfg.model.ghost_batch_size == 32 and cfg.model.stages == (3, 4, 6, 3)
+    assert cfg.optimizer.name == "momentum" and cfg.optimizer.momentum == 0.9
+    assert cfg.optimizer.weight_decay == 1e-4 and cfg.optimizer.lr == 0.1
+    assert cfg.scaling.name == "linear" and cfg.scaling.base_batch_size == 256
+    assert cfg.scaling.peak_lr(cfg.optimizer.lr, 8192) == pytest.approx(3.2)
+    s = cfg.schedule
+    assert (s.warmup_epochs, s.warmup_from, s.decay_epochs, s.decay_factor) == (5, "base", (30, 60, 80), 0.1)
+    assert cfg.budget == "90epochs"
+    assert sweep_values(params, "batch_size") == [256, 512, 1024, 2048, 4096, 8192]
+    n = 1_281_167  # ImageNet train images: evaluation every 10 epochs at every B of the sweep
+    for b in sweep_values(params, "batch_size"):
+        assert cfg.eval.cadence(int(b)) == 10 * (n // int(b))
+    text = (EXPERIMENTS / "goyal_imagenet.yaml").read_text()
+    assert "23.60 +- 0.12 %" in text and "23.74 +- 0.09 %" in text and "hydra/launcher=slurm_multinode" in text

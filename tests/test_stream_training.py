@@ -104,3 +104,29 @@ def test_sigterm_then_restart_streamed_equals_uninterrupted(tmp_path, exported):
         pa, pb = np.load(reference / f"params_r{k}.npz"), np.load(resumed / f"params_r{k}.npz")
         for name in pa.files:
             np.testing.assert_array_equal(pa[name], pb[name])
+
+
+@pytest.mark.parametrize("model", [["model.width=8", "model.stages=[1,1,1,1]"],
+                                   pytest.param([], marks=pytest.mark.slow)], ids=["slim", "resnet50"])
+def test_goyal_imagenet_preset_on_tfds_mock_data(tmp_path, model):
+    """+experiment=goyal_imagenet at 32 x 32 pixels on 64 mock images: streamed from TFDS as it
+    is, random-resized crops, warmup 0.1 -> 0.1 x 64 / 256 over 5 epochs (1 step each)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from bench.hydra_conf import compose_config
+
+    cfg = compose_config(["+experiment=goyal_imagenet", "dataset.image_size=32", "batch_size=64",
+                          "budget=6epochs", "steps_per_call=1", "eval.batch_size=64",
+                          "eval.every_steps=3", "eval.every_steps_at=null", "logger=none",
+                          "progress=false", "dataset.workers=0", "dataset.threads=2", *model])
+    assert (cfg.dataset.loader, cfg.dataset.augment, cfg.model.ghost_batch_size) == ("stream", "imagenet", 32)
+    with tfds.testing.mock_data(num_examples=64):
+        (record,) = run(cfg, tmp_path)
+    assert record["status"] == "finished" and record["experiment"]["dataset"] == "imagenet2012"
+    exp = record["experiment"]
+    assert (exp["num_train"], exp["num_test"], exp["total_steps"], exp["warmup_steps"]) == (64, 64, 6, 5)
+    if not model:
+        assert exp["num_params"] == 25_557_032
+    # the LR of the last step before each evaluation: gradual warmup from 0.1 to 0.025
+    assert [r["step"] for r in record["history"]] == [0, 3, 6]
+    np.testing.assert_allclose([r["lr"] for r in record["history"]], [0.1, 0.07, 0.025], rtol=1e-6)
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["test_accuracy"] <= 1 for r in record["history"])
