@@ -41,6 +41,9 @@ NOT_SETTINGS = ("sweep", "hydra", "reproduce")
 class EvalConfig:
     every_steps: int = param(100, ge=1, help="full train-set and test-set evaluation cadence")
     batch_size: int = param(1000, ge=1, help="examples per evaluation chunk")
+    train_examples: int | None = param(
+        None, ge=1, help="train loss/accuracy on the first n training examples (null: all of "
+                         "them); the test set is always evaluated whole")
     every_steps_at: dict[int, int] | None = param(
         None, ge=1, help="per-batch-size cadence {B: steps}, overrides every_steps at those B")
     ewa_decay: float | None = param(

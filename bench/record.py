@@ -77,6 +77,7 @@ class Environment(TypedDict):
     slurm_job_id: str | None
     slurm_array_job_id: str | None
     slurm_array_task_id: str | None
+    slurm_restart_count: int      # SLURM_RESTART_COUNT: times this job was requeued (0 otherwise)
     compile_cache: dict[str, Any]  # {dir (None: off), atomic_writes, hits, misses} (bench.compile_cache)
 
 
@@ -265,4 +266,5 @@ def environment() -> Environment:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
     }

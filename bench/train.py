@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import record as rec
 from bench.config import ConfigError, from_hydra
 from bench.hydra_conf import CONF_DIR, preflight, register_schema
+from bench.preemption import arm
 from bench.reuse import StaleResults, check_reuse
 
 register_schema()
@@ -41,6 +42,7 @@ def _write_failed(directory: Path, cfg: DictConfig, message: str) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    arm()  # a preemption signal from here on only sets a flag (loading, compile, restore)
     hydra_cfg = HydraConfig.get()
     output_dir = Path(cfg.get("output_dir") or hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
