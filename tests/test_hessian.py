@@ -4,6 +4,10 @@ Float64 throughout (scoped with ``jax.enable_x64`` for this module only): the
 assertions compare iterative estimates with ``eigvalsh`` of the dense Hessian at
 1e-4 relative and chunk/device invariance at ~1e-10, so float32 round-off in the
 dense reference and the HVPs (~1e-6 of ||H||) must not blur what is tested.
+
+Both loop styles are tested (bench.metrics.operator): ``rolled=True`` (one jitted program with
+``lax`` loops, the accelerator path and the implementation before host-driven loops) and
+``rolled=False`` (host-driven, the CPU default); they must agree to round-off.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
 from bench.metrics import hessian as hs
+from bench.metrics import operator
 from bench.metrics.curvature import measure
+from bench.metrics.operator import HessianOperator
+from bench.metrics.sharpness import loss_and_grad_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,11 +79,15 @@ def problem():
     return SimpleNamespace(params=params, data=data, flat=flat, unravel=unravel, dense=np.asarray(dense), eigs=eigs)
 
 
+@pytest.mark.parametrize("rolled", [True, False])
 @pytest.mark.parametrize("chunk_size", [96, 32, 40, 7, 1000])
-def test_hvp_equals_dense_hessian_times_v_for_any_chunk_size(problem, chunk_size):
+def test_hvp_equals_dense_hessian_times_v_for_any_chunk_size(problem, chunk_size, rolled):
     v = jax.random.normal(jax.random.PRNGKey(7), problem.flat.shape, jnp.float64)
-    hv = hs.hvp(loss_fn, problem.params, problem.data, problem.unravel(v), chunk_size=chunk_size)  # noqa: F821
+    hv = hs.hvp(loss_fn, problem.params, problem.data, problem.unravel(v), chunk_size=chunk_size, rolled=rolled)  # noqa: F821
     np.testing.assert_allclose(ravel_pytree(hv)[0], problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
+    op = HessianOperator.of(loss_fn, problem.params, problem.data, chunk_size, rolled)  # noqa: F821
+    matvec = jax.jit(lambda o, v: o.matvec(v)) if rolled else (lambda o, v: o.matvec(v))
+    np.testing.assert_allclose(matvec(op, v), problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
 
 
 def test_lanczos_top_k_matches_dense_eigvalsh(problem):
@@ -159,7 +170,8 @@ def test_lanczos_and_slq_survive_an_exhausted_krylov_space():
         np.testing.assert_allclose(np.where(np.isclose(nodes, lam), weights, 0).sum(axis=1), count / 50, atol=1e-12)
 
 
-def test_closed_over_arrays_are_traced_so_new_closures_reuse_the_compiled_program(problem):
+@pytest.mark.parametrize("rolled", [True, False])
+def test_closed_over_arrays_are_traced_so_new_closures_reuse_the_compiled_program(problem, rolled):
     # The loop builds a fresh closure over this step's BatchNorm statistics at every
     # measurement; a fresh closure over new arrays must give new, correct results
     # (no stale baked-in constants) without compiling again. Same for a Partial.
@@ -170,12 +182,118 @@ def test_closed_over_arrays_are_traced_so_new_closures_reuse_the_compiled_progra
         return scale * loss_fn(params, batch)  # noqa: F821
 
     v = jax.random.normal(jax.random.PRNGKey(7), problem.flat.shape, jnp.float64)
+    program = hs.hvp.jitted if rolled else operator._add_chunk  # the one program an HVP runs
     for make in (make_loss, lambda s: Partial(scaled_loss, s)):
-        before = hs.hvp.jitted._cache_size()
+        before = program._cache_size()
         for s in (1.0, 2.5):
-            hv = hs.hvp(make(jnp.float64(s)), problem.params, problem.data, problem.unravel(v), chunk_size=40)
+            hv = hs.hvp(make(jnp.float64(s)), problem.params, problem.data, problem.unravel(v), chunk_size=40,
+                        rolled=rolled)
             np.testing.assert_allclose(ravel_pytree(hv)[0], s * problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
-        assert hs.hvp.jitted._cache_size() == before + 1
+        assert program._cache_size() == before + 1
+
+
+def test_hoisted_hvp_equals_dense_hessian_and_respects_the_memory_budget(problem):
+    # Hoisting (host-driven): the primal pass of each chunk once, the tangent pass per HVP.
+    v = jax.random.normal(jax.random.PRNGKey(8), problem.flat.shape, jnp.float64)
+    op = HessianOperator.of(loss_fn, problem.params, problem.data, 40, rolled=False)  # noqa: F821
+    hoisted = op.hoisted()
+    assert hoisted.linear is not None and hoisted.linear.nbytes > 0
+    assert len(hoisted.linear.main) == 2 and hoisted.linear.tail is not None  # 96 = 2 x 40 + 16
+    np.testing.assert_allclose(hoisted.matvec(v), problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
+    assert op.hoisted(max_bytes=hoisted.linear.nbytes - 1).linear is None  # over budget: not hoisted
+    assert op.hoisted(max_bytes=hoisted.linear.nbytes).linear is not None
+    assert HessianOperator.of(loss_fn, problem.params, problem.data, 40, rolled=True).hoisted().linear is None  # noqa: F821
+
+
+SUITE = SimpleNamespace(
+    hessian=True, every=10, subset_size=0, chunk_size=40, top_k=3, lanczos_iters=30, power_iters=1000,
+    hutchinson_probes=200, density=True, slq_probes=2, density_grid=64, sharpness=True,
+    sharpness_eps=[1e-3, 5e-4], sharpness_subspace_dim=10, sharpness_iters=10, noise_scale=True,
+    noise_small_batch=8, noise_num_small=4, noise_ema=0.9,
+)  # fmt: skip
+
+
+def _flat_values(out: dict) -> np.ndarray:
+    """Every number of a measure() record (density dict included), in key order."""
+    keys = sorted(k for k in out if k != "curvature_seconds")
+    return np.concatenate([np.ravel(np.asarray(jax.tree.leaves(out[k]), np.float64)) for k in keys])
+
+
+def test_host_driven_loops_agree_with_rolled_lax_loops(problem):
+    # The host-driven loops (CPU default) reorganise only where loops run; every estimator
+    # must give the rolled implementation's numbers to round-off (chunk 40 leaves a tail of 16).
+    args = (loss_fn, problem.params, problem.data)  # noqa: F821
+    key, results = jax.random.PRNGKey(3), {}
+    for rolled in (True, False):
+        kw = {"chunk_size": 40, "rolled": rolled}
+        top = hs.lanczos_top_eigenvalues(*args, key, k=3, num_iters=12, **kw)
+        power = hs.power_iteration_top_eigenvalue(*args, key, num_iters=20, tol=0.0, **kw)
+        power_tol = hs.power_iteration_top_eigenvalue(*args, key, num_iters=1000, tol=1e-8, **kw)
+        trace = hs.hutchinson_trace(*args, key, num_probes=5, **kw)
+        slq = hs.slq_ritz(*args, key, num_probes=2, num_iters=10, **kw)
+        a = random_subspace_like(problem.flat.size)
+        sharp = loss_and_grad_at(*args, a, jnp.arange(4.0) / 100, **kw)
+        suite, _ = measure(SUITE, *args, key, lr=0.5, rolled=rolled)
+        results[rolled] = [top.eigenvalues, top.residuals, top.ritz_values, top.eigenvectors, *power, *power_tol,
+                           *trace, *slq, *sharp, _flat_values(suite)]
+    for rolled, host in zip(results[True], results[False]):
+        np.testing.assert_allclose(host, rolled, rtol=1e-9, atol=1e-12)
+    # Not vacuous: Lanczos was not converged at 12 steps (its residuals are large).
+    assert results[True][1][2] > 1e-6
+
+
+def random_subspace_like(size: int) -> jax.Array:
+    return jax.random.normal(jax.random.PRNGKey(9), (size, 4), jnp.float64)
+
+
+def _compiles(fn) -> list[str]:
+    """The 'Compiling ...' log lines of programs compiled while running ``fn`` (jit, eager ops, AOT)."""
+    import logging
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, logger = Collect(), logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            fn()
+    finally:
+        logger.removeHandler(handler)
+    return [m for m in messages if m.startswith("Compiling")]
+
+
+def test_second_measurement_compiles_nothing_and_estimators_share_the_hvp_program(problem):
+    # Host-driven: each HVP chunk is one program for every estimator; a new measurement
+    # (new parameters, a fresh loss closure over new arrays) compiles nothing at all.
+    def make_loss(scale):
+        return lambda params, batch: scale * loss_fn(params, batch)  # noqa: F821
+
+    key, params2 = jax.random.PRNGKey(4), jax.tree.map(lambda a: a * 1.01, problem.params)
+    first = _compiles(lambda: measure(SUITE, make_loss(jnp.float64(1.0)), problem.params, problem.data, key,
+                                      rolled=False))
+    assert len(first) > 0
+    second = _compiles(lambda: measure(SUITE, make_loss(jnp.float64(2.0)), params2, problem.data, key,
+                                       rolled=False))
+    assert second == []
+
+
+def test_estimators_share_one_hvp_program(problem):
+    # Host-driven, the HVP programs (hoisted: the per-chunk linearization and its application;
+    # not hoisted: the per-chunk HVP) are compiled once whoever asks: after Lanczos compiled
+    # them for this chunking (24 divides N = 96: no tail), the other estimators compile none.
+    args, kw = (loss_fn, problem.params, problem.data), {"chunk_size": 24, "rolled": False}  # noqa: F821
+    key = jax.random.PRNGKey(5)
+    hvp_programs = ("jit(residuals)", "jit(_add)", "jit(_finish)", "jit(_add_chunk)", "jit(_finish_chunks)")
+    first = _compiles(lambda: hs.lanczos_top_eigenvalues(*args, key, k=1, num_iters=5, **kw))
+    assert sum(m.startswith(tuple("Compiling " + p for p in hvp_programs)) for m in first) >= 2
+    later = _compiles(lambda: (hs.power_iteration_top_eigenvalue(*args, key, num_iters=3, **kw),
+                               hs.hutchinson_trace(*args, key, num_probes=2, **kw),
+                               hs.slq_ritz(*args, key, num_probes=1, num_iters=5, **kw)))
+    assert not [m for m in later if m.startswith(tuple("Compiling " + p for p in hvp_programs))]
 
 
 DEVICE_SCRIPT = (
@@ -194,8 +312,10 @@ v = unravel(jax.random.normal(jax.random.PRNGKey(7), flat.shape, jnp.float64))
 out = {"devices": len(jax.devices()), "shards": len(data["x"].sharding.device_set)}
 for chunk in (96, 7):  # 7 divides neither N=96 nor the 24-example shards
     out[str(chunk)] = ravel_pytree(hs.hvp(loss_fn, params, data, v, chunk_size=chunk))[0].tolist()
-top = hs.lanczos_top_eigenvalues(loss_fn, params, data, jax.random.PRNGKey(3), k=2, num_iters=30, chunk_size=7)
-out["top"] = np.asarray(top.eigenvalues).tolist()
+for rolled in (False, True):  # host-driven (the CPU default) and rolled lax loops
+    top = hs.lanczos_top_eigenvalues(loss_fn, params, data, jax.random.PRNGKey(3), k=2, num_iters=30, chunk_size=7,
+                                     rolled=rolled)
+    out["top_rolled" if rolled else "top"] = np.asarray(top.eigenvalues).tolist()
 print(json.dumps(out))
 """
 )
@@ -229,6 +349,7 @@ def test_hvp_and_top_eigenvalue_independent_of_chunks_and_device_count(problem):
             np.testing.assert_allclose(run[chunk], one["96"], rtol=0, atol=1e-12)
         # Converged top-2 (residual ~1e-10, so eigenvalue error ~1e-20) equal the dense ones.
         np.testing.assert_allclose(run["top"], problem.eigs[::-1][:2], rtol=1e-10)
+        np.testing.assert_allclose(run["top_rolled"], run["top"], rtol=1e-12)
     np.testing.assert_allclose(four["top"], one["top"], rtol=1e-12)
 
 

@@ -171,7 +171,7 @@ def _residual_norms(hv: jax.Array, values: jax.Array, vecs: jax.Array) -> jax.Ar
     return jnp.linalg.norm(hv - values[..., None] * vecs, axis=-1)
 
 
-@estimator("k", "num_iters")
+@estimator("k", "num_iters", hoist=True)
 def lanczos_top_eigenvalues(op: HessianOperator, key: jax.Array, *, k: int = 1, num_iters: int = 30) -> LanczosResult:
     """Top-k Hessian eigenvalues by Lanczos (full reorthogonalisation, Gaussian start).
 
@@ -222,7 +222,7 @@ def _power_result(state: tuple) -> tuple[jax.Array, jax.Array]:
     return eig, _normalize(z)
 
 
-@estimator("num_iters")
+@estimator("num_iters", hoist=True)
 def power_iteration_top_eigenvalue(op: HessianOperator, key: jax.Array, *, num_iters: int = 100,
                                    tol: float = 1e-6) -> tuple[jax.Array, jax.Array]:
     """(eigenvalue, residual ||H v - lambda v||), ``optax.power_iteration``'s algorithm.
@@ -253,7 +253,7 @@ def _mean_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(samples), jnp.asarray(stderr, samples.dtype)
 
 
-@estimator("num_probes")
+@estimator("num_probes", hoist=True)
 def hutchinson_trace(op: HessianOperator, key: jax.Array, *, num_probes: int = 100) -> tuple[jax.Array, jax.Array]:
     """Hutchinson estimate of tr(H) with Rademacher probes: (mean, standard error).
 
@@ -274,7 +274,7 @@ def _nodes_weights(alpha: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Ar
     return theta, y[0, :] ** 2
 
 
-@estimator("num_probes", "num_iters")
+@estimator("num_probes", "num_iters", hoist=True)
 def slq_ritz(op: HessianOperator, key: jax.Array, *, num_probes: int = 1, num_iters: int = 30) -> tuple[jax.Array, jax.Array]:
     """Stochastic Lanczos quadrature nodes and weights, each [num_probes, m].
 

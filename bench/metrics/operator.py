@@ -39,6 +39,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
+from bench.metrics.linearize import Linearized, linearize
+
 PyTree = Any
 Batch = dict[str, jax.Array]
 LossFn = Callable[[PyTree, Batch], jax.Array]
@@ -155,6 +157,15 @@ def _take(data: Batch, chunk: int, q: int, i: jax.Array) -> Batch:
     return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False), main)
 
 
+def _chunk_at(data: Batch, i: jax.Array, chunk: int, q: int) -> Batch:
+    return _take(data, chunk, q, i)
+
+
+def _tail_from(data: Batch, i: jax.Array, start: int) -> Batch:
+    del i  # one tail chunk
+    return jax.tree.map(lambda a: a[start:], data)
+
+
 def chunked_mean(fn: Callable[[Batch], PyTree], data: Batch, chunk_size: int | None) -> PyTree:
     """Example-weighted mean of ``fn`` over chunks: sum_c (n_c / N) * fn(chunk_c), as a ``lax``
     loop (call inside jit). Chunk c holds examples {c, c + q, ...} of the first q * chunk; the
@@ -201,11 +212,24 @@ class HessianOperator:
     data: Batch
     chunk_size: int | None = dataclasses.field(default=None, metadata={"static": True})
     rolled: bool = dataclasses.field(default=True, metadata={"static": True})
+    linear: Linearized | None = dataclasses.field(default=None, metadata={"static": True})  # see hoisted()
 
     @classmethod
     def of(cls, loss_fn: LossFn, params: PyTree, data: Batch, chunk_size: int | None = None,
            rolled: bool | None = None) -> HessianOperator:
         return cls(lift_closure(loss_fn), params, data, chunk_size, rolled_loops() if rolled is None else rolled)
+
+    def hoisted(self, max_bytes: int | None = None) -> HessianOperator:
+        """This operator with its HVPs hoisted (bench.metrics.linearize: the primal pass of each
+        chunk runs once, each ``matvec`` only the tangent pass), when host-driven and the
+        residuals of all chunks fit in ``max_bytes``; otherwise itself."""
+        if self.rolled or self.linear is not None:
+            return self
+        n = num_examples(self.data)
+        loss, params, data = self.place((self.loss, self.params, self.data))
+        linear = linearize(loss, params, data, _chunk_at, _tail_from, _chunking(n, self.chunk_size), n,
+                           max_bytes=max_bytes)
+        return self if linear is None else dataclasses.replace(self, linear=linear)
 
     def place(self, tree: PyTree) -> PyTree:
         """``tree`` replicated over the devices that hold ``data``, when host-driven: jit keys its
@@ -234,6 +258,8 @@ class HessianOperator:
 
     def matvec(self, v: jax.Array) -> jax.Array:
         """H v for a flat vector ``v`` (``ravel_pytree`` order of ``params``)."""
+        if self.linear is not None:
+            return self.linear.matvec(self.place(v))
         return self.mean(_hvp_flat_on_batch, self.params, v)
 
     def fori(self, n: int, update: Callable, v: jax.Array, state: PyTree, *consts: Any) -> tuple[jax.Array, PyTree]:
@@ -333,12 +359,13 @@ def _positional(fn: Callable) -> list[str]:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def estimator(*static_argnames: str) -> Callable[[Callable], Callable]:
+def estimator(*static_argnames: str, hoist: bool = False) -> Callable[[Callable], Callable]:
     """Turn ``impl(op: HessianOperator, *args, **static)`` into
     ``f(loss_fn, params, data, *args, chunk_size=None, rolled=None, **static)``.
 
     Rolled, ``impl`` runs as one jitted program; otherwise it runs eagerly on the host, its
-    HVPs and Krylov updates each a cached jitted program.
+    HVPs and Krylov updates each a cached jitted program, and (``hoist``, for estimators that
+    run many HVPs) with the HVPs hoisted (``HessianOperator.hoisted``).
     """
 
     def decorate(impl: Callable) -> Callable:
@@ -348,7 +375,9 @@ def estimator(*static_argnames: str) -> Callable[[Callable], Callable]:
         def wrapper(loss_fn: LossFn, params: PyTree, data: Batch, *args: Any, chunk_size: int | None = None,
                     rolled: bool | None = None, **kwargs: Any) -> Any:
             op = HessianOperator.of(loss_fn, params, data, chunk_size, rolled)
-            return (jitted if op.rolled else impl)(op, *args, **kwargs)
+            if op.rolled:
+                return jitted(op, *args, **kwargs)
+            return impl(op.hoisted() if hoist else op, *args, **kwargs)
 
         wrapper.jitted = jitted  # type: ignore[attr-defined]
         return wrapper

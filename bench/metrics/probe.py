@@ -6,10 +6,12 @@ statistics, no dropout); bench.metrics lifts the statistics closed over by the l
 arguments, so a new closure per measurement reuses the compiled programs. The noise-scale EMA
 of each replica lives here and is saved in checkpoints with the loop's other metadata.
 
-On CPU the curvature loss computes convolutions as im2col + matmul
-(bench.models.matmul_conv): XLA:CPU runs the convolutions of a forward-over-reverse HVP far
-slower than the equivalent matmuls (see ``python -m bench.perf.curvature``). Same parameters
-and math, so the numbers agree to float round-off; training keeps its own formulation.
+Curvature uses the model's own convolutions (``convs="lax"``, the default): measured with
+``python -m bench.perf.curvature --convs matmul``, computing them as im2col + matmul
+(bench.models.matmul_conv) makes a 2-D CNN's gradient ~3.5x faster on XLA:CPU but its HVP only
+~1.6x faster (the HVP then costs ~5 of those gradients: the im2col transposes are memory-bound
+pads), a ResNet's no faster, and a 1-D CNN's HVP 2.3x slower. ``convs="matmul"`` selects it;
+the numbers agree to float round-off.
 """
 
 from __future__ import annotations
@@ -29,17 +31,12 @@ from bench.models.matmul_conv import with_matmul_convs
 from bench.parallel import batch_sharded, global_array, replicated
 from bench.step import ModelFns, TrainState, split_model
 
-Convs = Literal["auto", "lax", "matmul"]
-
-
-def matmul_convs_by_default() -> bool:
-    """Curvature convolutions as matmuls on CPU (see the module docstring); lax convs elsewhere."""
-    return False  # TODO(issue 11): decided by bench.perf.curvature measurements
+Convs = Literal["lax", "matmul"]
 
 
 class CurvatureProbe:
     def __init__(self, cfg: MetricsConfig, fns: ModelFns, x_train: np.ndarray, y_train: np.ndarray,
-                 probe_keys: list[jax.Array], mesh, *, convs: Convs = "auto"):
+                 probe_keys: list[jax.Array], mesh, *, convs: Convs = "lax"):
         self.cfg, self.fns, self.keys = cfg, fns, probe_keys
         self.convs = convs
         self._curvature_fns: ModelFns | None = None
@@ -60,10 +57,9 @@ class CurvatureProbe:
         """The model functions curvature is measured with (built once: the same object keeps the
         compiled programs' cache keys stable across measurements)."""
         if self._curvature_fns is None:
-            matmul = self.convs == "matmul" or (self.convs == "auto" and matmul_convs_by_default())
             model = nnx.merge(self.fns.graphdef, params, stats)
-            self._curvature_fns = (ModelFns(split_model(model)[0]) if matmul and with_matmul_convs(model)
-                                   else self.fns)
+            matmul = self.convs == "matmul" and with_matmul_convs(model) > 0
+            self._curvature_fns = ModelFns(split_model(model)[0]) if matmul else self.fns
         return self._curvature_fns
 
     def replica(self, state: TrainState, k: int) -> tuple[Any, Any]:

@@ -1,12 +1,11 @@
-"""Convolutions of any spatial rank as im2col + one matmul, for curvature on CPU.
+"""Convolutions of any spatial rank as im2col + one matmul (an alternative formulation).
 
-XLA:CPU runs the convolutions that forward-over-reverse differentiation produces (the kernel
-gradient's convolution and its tangent) far slower than the equivalent matmuls: one HVP of a
-2-D CNN costs about 4.5 gradients with ``lax.conv_general_dilated``, and any convolution
-inside a ``while`` loop runs several times slower again (measured with
-``python -m bench.perf.curvature``, jax 0.10.2). Written as strided slices (im2col) and a
-matmul, every derivative of the convolution is a slice, a pad or a matmul, which XLA:CPU runs
-at full speed in any context. Same parameters and math; results agree to float rounding.
+XLA:CPU runs small 2-D convolutions slowly: for the 2-D CNN on 8x8 digits, a gradient with
+``lax.conv_general_dilated`` takes ~3.5x longer than the same gradient written as slices and a
+matmul (``python -m bench.perf.curvature --convs matmul``, jax 0.10.2). The HVP gains less
+(~1.6x): its im2col transposes are memory-bound pads; for a 1-D CNN the HVP is 2.3x slower, so
+curvature keeps the model's own convolutions by default (bench.metrics.probe, ``convs=``).
+Same parameters and math; results agree to float rounding.
 
 Memory: the im2col patches are ``prod(kernel_size)`` times the input activation.
 """
@@ -50,14 +49,20 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     window, strides = rhs.shape[:nsp], tuple(window_strides)
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, strides, padding)
-    x = jnp.pad(lhs, ((0, 0), *map(tuple, padding), (0, 0)))
-    out = [(x.shape[1 + d] - window[d]) // strides[d] + 1 for d in range(nsp)]
-    # Patches in the kernel's (spatial..., in) order, so the kernel reshapes to [prod(window) * in, out].
+    out = [(lhs.shape[1 + d] + lo + hi - window[d]) // strides[d] + 1 for d, (lo, hi) in enumerate(padding)]
+    # Pad to a multiple of the stride and split each spatial axis into (position, phase): every
+    # patch offset is then a unit-stride slice of one phase plane, so the derivatives are plain
+    # pads and slices (a strided slice's transpose, an interior pad, is slow on XLA:CPU).
+    size = [max(lhs.shape[1 + d] + lo + hi, (out[d] - 1) * strides[d] + window[d]) for d, (lo, hi) in enumerate(padding)]
+    size = [-(-n // s) * s for n, s in zip(size, strides)]
+    x = jnp.pad(lhs, ((0, 0), *((lo, n - lhs.shape[1 + d] - lo) for d, ((lo, _), n) in enumerate(zip(padding, size))), (0, 0)))
+    x = x.reshape(x.shape[0], *(v for n, s in zip(size, strides) for v in (n // s, s)), x.shape[-1])
     cols = []
     for off in itertools.product(*map(range, window)):
-        start = (0, *off, 0)
-        limit = (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip(off, strides, out)), x.shape[-1])
-        cols.append(lax.slice(x, start, limit, (1, *strides, 1)))
+        index: list[Any] = [slice(None)]
+        for d, (o, s) in enumerate(zip(off, strides)):
+            index += [slice(o // s, o // s + out[d]), o % s]
+        cols.append(x[tuple(index)])
     cols = jnp.concatenate(cols, -1)
     return jnp.einsum("...p,po->...o", cols, rhs.reshape(-1, rhs.shape[-1]), precision=precision,
                       preferred_element_type=preferred_element_type)

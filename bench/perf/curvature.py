@@ -59,7 +59,7 @@ class Problem:
     description: str
 
 
-def build_problem(model: str, *, convs: str = "auto", train_steps: int = 0) -> Problem:
+def build_problem(model: str, *, convs: str = "lax", train_steps: int = 0) -> Problem:
     """The one use of the core: the default job for ``model`` with ``metrics.hessian=true``,
     its curvature probe and its initial (optionally trained) state."""
     from bench.hydra_conf import compose_config
@@ -118,12 +118,23 @@ def bench_model(name: str, args: argparse.Namespace) -> None:
           f"{'rolled lax loops' if op.rolled else 'host-driven loops'}, convs={probe.convs} ({load()})", flush=True)
     flat = jax.flatten_util.ravel_pytree(op.params)[0]
     v = jax.random.normal(jax.random.PRNGKey(1), flat.shape, flat.dtype)
-    gradient = lambda: op.mean(_grad_on_batch, op.params)  # noqa: E731
-    hvp = lambda: op.matvec(v)  # noqa: E731
+    t0 = time.perf_counter()
+    hoisted = op.hoisted()  # what the many-HVP estimators use (itself when rolled or over budget)
+    t_hoist = time.perf_counter() - t0
+    calls: dict[str, Callable[[], Any]] = {
+        "gradient": lambda: op.mean(_grad_on_batch, op.params),
+        "hvp": lambda: hoisted.matvec(v),
+    }
+    if hoisted.linear is not None:
+        calls["hvp from scratch"] = lambda: op.matvec(v)
+        print(f"{name}: HVPs hoisted, residuals {hoisted.linear.nbytes / 1e6:.0f} MB "
+              f"(linearize: {t_hoist:.2f} s incl. compile)")
+    else:
+        print(f"{name}: HVPs not hoisted ({'rolled loops' if op.rolled else 'residuals over the memory budget'})")
     if op.rolled:  # one program per call, as the rolled estimators run them
-        gradient = _jit_call(lambda o: o.mean(_grad_on_batch, o.params), op)
-        hvp = _jit_call(lambda o, v: o.matvec(v), op, v)
-    first, med, times = paired({"gradient": gradient, "hvp": hvp}, args.repeats)
+        calls = {"gradient": _jit_call(lambda o: o.mean(_grad_on_batch, o.params), op),
+                 "hvp": _jit_call(lambda o, v: o.matvec(v), op, v)}
+    first, med, times = paired(calls, args.repeats)
     ratios = [h / g for g, h in zip(times["gradient"], times["hvp"])]
     ratio = statistics.median(ratios)
 
@@ -143,10 +154,13 @@ def bench_model(name: str, args: argparse.Namespace) -> None:
     print(f"{name} spread of repeats: gradient {spread(times['gradient']):.0%}, HVP {spread(times['hvp']):.0%}, "
           f"ratio {spread(ratios):.0%}, suite {spread(suite_times) if len(suite_times) > 1 else float('nan'):.0%} "
           f"({args.repeats} and {args.suite_repeats} repeats; {load()})")
+    if "hvp from scratch" in med:
+        scratch = statistics.median(h / g for g, h in zip(times["gradient"], times["hvp from scratch"]))
+        print(f"{name} HVP from scratch (not hoisted): {med['hvp from scratch'] * 1e3:.1f} ms = {scratch:.2f} gradients")
     if ratio < 1.0:
         print(f"{name}: IMPLAUSIBLE: an HVP measured below one gradient ({ratio:.2f}) is a measurement bug")
     if args.breakdown:
-        breakdown(name, op, probe, prob, med["gradient"], med["hvp"], args)
+        breakdown(name, op, probe, args)
 
 
 def _jit_call(fn: Callable, *args: Any) -> Callable[[], Any]:
@@ -154,8 +168,7 @@ def _jit_call(fn: Callable, *args: Any) -> Callable[[], Any]:
     return lambda: jitted(*args)
 
 
-def breakdown(name: str, op: HessianOperator, probe: CurvatureProbe, prob: Problem, t_grad: float, t_hvp: float,
-              args: argparse.Namespace) -> None:
+def breakdown(name: str, op: HessianOperator, probe: CurvatureProbe, args: argparse.Namespace) -> None:
     """Each estimator of the default suite alone (compiled first): seconds, HVPs, cost per HVP."""
     cfg, key, r = probe.cfg, jax.random.PRNGKey(2), args.rolled
     loss, params, data, chunk = op.loss, op.params, op.data, op.chunk_size
@@ -184,21 +197,33 @@ def breakdown(name: str, op: HessianOperator, probe: CurvatureProbe, prob: Probl
         return ns.gradient_noise_scale(loss, params, probe.data, jax.random.fold_in(key, KEY_NOISE),
                                        small_batch=cfg.noise_small_batch, num_small=cfg.noise_num_small)
 
-    print(f"{name} breakdown (compile excluded; median of {args.breakdown_repeats}; 1 gradient = {t_grad * 1e3:.1f} ms):")
-    for label, (fn, count, unit) in runs.items():
+    grad = lambda: op.mean(_grad_on_batch, op.params)  # noqa: E731
+
+    def cost(fn: Callable[[], Any]) -> tuple[float, float]:
+        """(median seconds of ``fn``, median of its time over the mean of the gradients timed
+        just before and after it): paired, so load that comes and goes affects both alike."""
         _timed(fn)
-        t = statistics.median(_timed(fn) for _ in range(args.breakdown_repeats))
+        secs, rel = [], []
+        for _ in range(args.breakdown_repeats):
+            before, t, after = _timed(grad), _timed(fn), _timed(grad)
+            secs.append(t)
+            rel.append(t / ((before + after) / 2))
+        return statistics.median(secs), statistics.median(rel)
+
+    print(f"{name} breakdown (compile excluded; each estimator alone, median of {args.breakdown_repeats}, "
+          f"in gradients timed beside it):")
+    for label, (fn, count, unit) in runs.items():
+        t, grads = cost(fn)
+        flag = "  IMPLAUSIBLE (below one gradient per HVP)" if grads / count < 1 else ""
         print(f"  {label:16s} {t:7.2f} s  {count:4d} {unit}s  {t / count * 1e3:7.1f} ms per {unit} = "
-              f"{t / count / t_grad:.2f} gradients")
-    _timed(sharp)
-    t = statistics.median(_timed(sharp) for _ in range(args.breakdown_repeats))
+              f"{grads / count:.2f} gradients{flag}")
+    t, grads = cost(sharp)
     print(f"  {'sharpness (full)':16s} {t:7.2f} s  {evals[-1]:4d} gradients {t / evals[-1] * 1e3:7.1f} ms per gradient = "
-          f"{t / evals[-1] / t_grad:.2f} gradients (incl. L-BFGS-B on the host)")
-    _timed(noise)
-    t = statistics.median(_timed(noise) for _ in range(args.breakdown_repeats))
+          f"{grads / evals[-1]:.2f} gradients (incl. L-BFGS-B on the host)")
+    t, grads = cost(noise)
     examples = cfg.noise_num_small * cfg.noise_small_batch
     print(f"  {'noise scale':16s} {t:7.2f} s  {cfg.noise_num_small} gradients of {cfg.noise_small_batch} examples = "
-          f"{t / t_grad:.2f} subset gradients ({examples} of {hs.num_examples(data)} examples)")
+          f"{grads:.2f} subset gradients ({examples} of {hs.num_examples(data)} examples)")
 
 
 def main() -> None:
@@ -206,10 +231,10 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--repeats", type=int, default=7, help="paired gradient/HVP rounds")
     ap.add_argument("--suite-repeats", type=int, default=3, help="steady-state default-suite measurements")
-    ap.add_argument("--breakdown-repeats", type=int, default=1)
+    ap.add_argument("--breakdown-repeats", type=int, default=1, help="runs of each estimator alone")
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false")
-    ap.add_argument("--convs", choices=("auto", "lax", "matmul"), default="auto",
-                    help="curvature convolutions (auto: matmul on CPU, as the probe)")
+    ap.add_argument("--convs", choices=("lax", "matmul"), default="lax",
+                    help="curvature convolutions: the model's own (lax, the probe's default) or im2col + matmul")
     ap.add_argument("--loops", choices=("auto", "rolled", "host"), default="auto",
                     help="loop style (auto: host-driven on CPU, rolled lax loops elsewhere)")
     ap.add_argument("--train-steps", type=int, default=0, help="train this many steps before measuring")
