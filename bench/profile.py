@@ -136,7 +136,8 @@ def measure(cfg: Config, batch_size: int, data=None, *, steps: int = 5, warmup: 
     row = {"batch_size": int(batch_size), **memory_stats(compiled), "step_seconds": step_seconds,
            "examples_per_second": batch_size / step_seconds, "accumulate": cfg.accumulate,
            "step_seconds_min": min(times) / steps, "step_seconds_max": max(times) / steps,
-           "steps_per_call": steps, "repeats": repeats, "compile_seconds": job.timings.compile_seconds}
+           "steps_per_call": steps, "repeats": repeats, "compile_seconds": job.timings.compile_seconds,
+           "num_params": job.num_params}
     return {k: row[k] for k in COLUMNS} | {k: v for k, v in row.items() if k not in COLUMNS}
 
 
@@ -279,6 +280,7 @@ def profile(cfg: Config, batch_sizes: Iterable[int], *, data=None, steps: int = 
         raise ConfigError("no batch size could be profiled")
     table = pd.DataFrame(rows)
     summary = summarize(table, memory_budget_bytes, saturation)
+    summary["memory_model"] = memory_model(summary, cfg, data, rows[0]["num_params"])
     summary["setup"] = {"dataset": cfg.dataset.name, "model": cfg.model.name,
                         "optimizer": cfg.optimizer.name, "accumulate": cfg.accumulate,
                         "num_train": data.num_train, "steps_per_call": steps, "warmup_calls": warmup,
@@ -287,8 +289,28 @@ def profile(cfg: Config, batch_sizes: Iterable[int], *, data=None, steps: int = 
     return table, summary
 
 
+def memory_model(summary: dict[str, Any], cfg: Config, data, num_params: int) -> dict[str, Any]:
+    """The memory fit read as O(P + B x I): bytes per parameter (a / P, parameters plus optimizer
+    state plus the device-resident data) and, for the transformer, bytes per unit of
+    B x T x d x L (the activations kept for the backward pass grow with sequence length T,
+    width d and depth L)."""
+    m = summary["memory_fit"]
+    out: dict[str, Any] = {"num_params": num_params}
+    if cfg.model.name == "transformer":
+        arch = cfg.model.architecture()
+        t, d, layers = data.tokens_per_example, arch["d_model"], arch["num_layers"]
+        out.update(formula="peak = alpha P + beta B T d L", tokens_per_example=t, d_model=d,
+                   num_layers=layers, alpha_bytes_per_param=m["a_bytes"] / num_params,
+                   beta_bytes_per_token_width_layer=m["b_bytes_per_example"] / (t * d * layers))
+    else:
+        out.update(formula="peak = alpha P + beta B", alpha_bytes_per_param=m["a_bytes"] / num_params,
+                   beta_bytes_per_example=m["b_bytes_per_example"])
+    return out
+
+
 def format_summary(s: dict[str, Any]) -> str:
     m, t, sat = s["memory_fit"], s["time_fit"], s["saturation"]
+    mm = s.get("memory_model", {})
     lines = [
         f"memory fit: peak = {m['a_bytes'] / 2**20:.3f} MiB + {m['b_bytes_per_example'] / 2**10:.3f} KiB x B"
         f"   (R^2 = {m['r2']:.4f})",
@@ -298,6 +320,13 @@ def format_summary(s: dict[str, Any]) -> str:
         f" {sat['max_examples_per_second']:.0f} examples/s, reached at B = {sat['batch_size_at_max']})"
         + (f"; time fit: 9c/d = {sat['batch_size_fit']:.0f}" if sat.get("batch_size_fit") else ""),
     ]
+    if "beta_bytes_per_token_width_layer" in mm:
+        lines.append(f"memory model: peak = {mm['alpha_bytes_per_param']:.1f} bytes x P (P = {mm['num_params']:,})"
+                     f" + {mm['beta_bytes_per_token_width_layer']:.2f} bytes x B T d L"
+                     f" (T = {mm['tokens_per_example']}, d = {mm['d_model']}, L = {mm['num_layers']})")
+    elif mm:
+        lines.append(f"memory model: peak = {mm['alpha_bytes_per_param']:.1f} bytes x P (P = {mm['num_params']:,})"
+                     f" + {mm['beta_bytes_per_example'] / 2**10:.3f} KiB x B")
     if s.get("memory_budget_bytes") is not None:
         lines.append(f"memory budget {s['memory_budget_bytes'] / GIB:.3f} GiB: largest profiled B that fits ="
                      f" {s['max_batch_size_under_budget']}; fit predicts B <= {s['max_batch_size_under_budget_fit']}")

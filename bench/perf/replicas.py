@@ -55,11 +55,13 @@ def _train_args(model: str, batch_size: int, budget: str) -> list[str]:
             "progress=false"]
 
 
-def _run_process(args: list[str], out: Path) -> dict[str, Any]:
-    """One ``python -m bench.train`` process; wall time from before its start to its exit."""
+def _run_process(args: list[str], out: Path, cache: Path | None = None) -> dict[str, Any]:
+    """One ``python -m bench.train`` process; wall time from before its start to its exit.
+    ``cache``: the persistent compilation cache directory (None: no cache)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    cache_arg = ["compile_cache_dir=null"] if cache is None else [f"compile_cache_dir={cache}"]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.train", *args, f"output_dir={out}"],
+    proc = subprocess.run([sys.executable, "-m", "bench.train", *args, *cache_arg, f"output_dir={out}"],
                           capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -134,6 +136,29 @@ def end_to_end(model: str, k: int, batch_size: int, budget: str, eval_every: int
           f"{max_diff(0, 'train_loss'):.1e} (same init, same data), after {steps} steps "
           f"{max_diff(-1, 'train_loss'):.1e}, test accuracy {max_diff(-1, 'test_accuracy'):.3f}")
     print("   (vmapped and plain ops reduce in different orders; SGD amplifies the rounding over the steps)")
+    warm_cache(common, lrs, workdir, pv["wall"], ps["wall"])
+
+
+def warm_cache(common: list[str], lrs: list[float], workdir: Path, vec_cold: float,
+               sep_cold: float) -> None:
+    """Part 1 again with JAX's persistent compilation cache warm for both sides (one untimed run
+    of each fills it): what vectorizing saves beyond compile time."""
+    cache = workdir / "compile-cache"
+    vec_args = common + [f"replicas.lr=[{','.join(map(str, lrs))}]"]
+    _run_process(vec_args, workdir / "warmup_vectorized", cache)
+    _run_process(common + [f"optimizer.lr={lrs[0]}"], workdir / "warmup_separate", cache)
+    vec = _run_process(vec_args, workdir / "vectorized_warm", cache)
+    sep = [_run_process(common + [f"optimizer.lr={lr}"], workdir / f"separate_warm_{i}", cache)
+           for i, lr in enumerate(lrs)]
+    hits = [r["records"][0]["environment"]["compile_cache"] for r in (vec, *sep)]
+    sep_wall = sum(r["wall"] for r in sep)
+    print(f"\n   with a warm compilation cache (both sides): 1 process {vec['wall']:.1f} s "
+          f"(compile {vec['timings']['compile_seconds']:.1f} s, was {vec_cold:.1f} s in all cold), "
+          f"{len(lrs)} processes {sep_wall:.1f} s (compile "
+          f"{sum(r['timings']['compile_seconds'] for r in sep):.1f} s, was {sep_cold:.1f} s in all cold)")
+    print(f"   cache hits / misses per process: {[(h['hits'], h['misses']) for h in hits]}")
+    print(f"   ratio beyond compile ({len(lrs)} warm processes / 1 warm vectorized process): "
+          f"{sep_wall / vec['wall']:.2f}x (cold: {sep_cold / vec_cold:.2f}x)")
 
 
 # ------------------------------------------------------------------------------ part 2
