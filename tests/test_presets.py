@@ -16,7 +16,7 @@ EXPERIMENTS = REPO / "conf" / "experiment"
 PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
 PAPER = ["keskar_f1", "keskar_c1", "keskar_c2", "keskar_c3", "keskar_c4", "goyal_linear",
          "hoffer_regime", "shallue_steps_to_result", "cohen_eos"]
-OFFLINE = ["keskar_offline", "goyal_offline", "shallue_offline", "eos_offline"]
+OFFLINE = ["keskar_offline", "goyal_offline", "shallue_offline", "eos_offline", "lm_offline"]
 TRAIN_SIZE = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 
 
@@ -62,7 +62,7 @@ def test_paper_presets_use_tfds_data(preset, name):
 @pytest.mark.parametrize("name", OFFLINE)
 def test_offline_presets_need_no_download(preset, name):
     cfg, _ = preset(name)
-    assert cfg.dataset.name in ("mnist1d", "digits", "synthetic")
+    assert cfg.dataset.name in ("mnist1d", "digits", "synthetic", "pydoc", "markov")
     assert cfg.logger.name == "none" and cfg.logger.mode == "disabled"
 
 
