@@ -231,3 +231,16 @@ def test_iterator_position_is_saved_in_the_orbax_checkpoint(exported, tmp_path):
         state, extra = ckpt.restore(6, {"w": jnp.zeros(3)}, data=fresh)
     assert extra["step"] == 6 and fresh.next_step == 6 and float(state["w"].sum()) == 3.0
     np.testing.assert_array_equal(fresh.take(6, 2)[0], stream.take(6, 2)[0])
+
+
+def test_grain_worker_processes_give_the_same_batches(exported):
+    """mp_prefetch: the dataset pickled to a spawned worker reads the same rows in order."""
+    data, directory = exported
+    plan = _plan()
+    stream = TrainStream(exported_stream(str(directory)), plan, LocalSlice(1, 2, 2),
+                         StreamOptions(threads=1, prefetch=2, workers=2))
+    x, y = stream.take(3, 5)
+    idx = plan.indices(3, 5)[:, :, 20:40]
+    np.testing.assert_array_equal(x, data.x_train[idx])
+    np.testing.assert_array_equal(y, data.y_train[idx])
+    stream.close()

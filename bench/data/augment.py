@@ -49,11 +49,14 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def pad_crop_flip(image: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:
-    """Zero-pad, crop a random window of the original size, flip left-right half the time."""
+    """Zero-pad, crop a random window of the original size, flip left-right half the time
+    (the window is copied straight into a zero image: no padded copy)."""
     h, w = image.shape[:2]
-    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
     top, left = rng.integers(0, 2 * padding + 1, size=2)
-    out = padded[top:top + h, left:left + w]
+    dy, dx = int(top) - padding, int(left) - padding
+    out = np.zeros_like(image)
+    out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+        image[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
     return out[:, ::-1] if rng.random() < 0.5 else out
 
 

@@ -185,6 +185,10 @@ def _iterate(dataset: Any, options: StreamOptions) -> Any:
     ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=options.threads,
                                                    prefetch_buffer_size=options.prefetch))
     if options.workers:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's worker pool reads absl flags (defaults here)
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.workers))
     return iter(ds)
 
