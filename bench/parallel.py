@@ -104,7 +104,10 @@ def first_host(nodelist: str) -> str:
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-    devices = devices if devices is not None else jax.devices()
+    """The ``data`` mesh over ``devices`` (default: every device, process by process, so each
+    process's devices hold one contiguous block of every batch: the rows it reads)."""
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 

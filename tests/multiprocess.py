@@ -25,11 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(processes: int, devices: int, args: Sequence[str], out: Path) -> list[subprocess.Popen]:
+def start(processes: int, devices: int, args: Sequence[str], out: Path,
+          env: dict[str, str] | None = None) -> list[subprocess.Popen]:
     """``processes`` processes with ``devices // processes`` CPU devices each, one job."""
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices // processes}"}
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices // processes}", **(env or {})}
     procs = []
     for i in range(processes):
         dist = ([f"distributed.coordinator=127.0.0.1:{port}", f"distributed.num_processes={processes}",
@@ -60,8 +61,9 @@ def finish(procs: list[subprocess.Popen], timeout: float = 900) -> list[str]:
     return errs
 
 
-def run(processes: int, devices: int, args: Sequence[str], out: Path) -> list[str]:
-    return finish(start(processes, devices, args, out))
+def run(processes: int, devices: int, args: Sequence[str], out: Path,
+        env: dict[str, str] | None = None) -> list[str]:
+    return finish(start(processes, devices, args, out, env))
 
 
 def records(out: Path) -> list[dict]:

@@ -61,10 +61,12 @@ def test_two_processes_equal_one_in_memory_and_streamed(tmp_path, exported):
     run(1, 4, [*ARGS, *memory()], tmp_path / "one")
     run(2, 4, [*ARGS, *memory()], tmp_path / "two")
     _same(tmp_path / "one", tmp_path / "two")
-    run(2, 4, [*ARGS, *streamed(exported)], tmp_path / "two-streamed")
-    _same(tmp_path / "one", tmp_path / "two-streamed")
-    # only process 0 writes: one record per replica, no second copy
-    assert sorted(p.name for p in (tmp_path / "two").glob("record_*")) == ["record_r0.json", "record_r1.json"]
+    two = tmp_path / "two-streamed"   # with W&B (offline files) on
+    run(2, 4, [*ARGS, *streamed(exported), "logger=wandb"], two, env={"WANDB_MODE": "offline"})
+    _same(tmp_path / "one", two)
+    # only process 0 writes records and W&B: one record per replica, one W&B run
+    assert sorted(p.name for p in two.glob("record_*")) == ["record_r0.json", "record_r1.json"]
+    assert len(list((two / "wandb").glob("offline-run-*"))) == 1
 
 
 @pytest.mark.parametrize("loader", ["stream", pytest.param("memory", marks=pytest.mark.slow)])
