@@ -67,6 +67,8 @@ def test_two_processes_equal_one_in_memory_and_streamed(tmp_path, exported):
     # only process 0 writes records and W&B: one record per replica, one W&B run
     assert sorted(p.name for p in two.glob("record_*")) == ["record_r0.json", "record_r1.json"]
     assert len(list((two / "wandb").glob("offline-run-*"))) == 1
+    env = records(two)[0]["environment"]
+    assert (env["process_count"], env["device_count"], env["local_device_count"]) == (2, 4, 2)
 
 
 @pytest.mark.parametrize("loader", ["stream", pytest.param("memory", marks=pytest.mark.slow)])
