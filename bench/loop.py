@@ -18,6 +18,7 @@ from bench.data import ArrayDataset
 from bench.data.plan import BatchPlan
 from bench.data.stream import StreamDataset
 from bench.job import Job
+from bench.parallel import same_on_all_processes
 from bench.preemption import PreemptionFlag, requeue_if_slurm
 from bench.progress import Progress
 from bench.record import RunRecord
@@ -62,8 +63,10 @@ def run(cfg: Config, output_dir: Path | str, *,
         data: ArrayDataset | StreamDataset | None = None) -> list[RunRecord]:
     """Train one job and write one record per replica into ``output_dir``; returns the records."""
     # Build: data, plan, model, optimizer, compiled programs; the K records; checkpoints.
-    output_dir = Path(output_dir)
     job = Job(cfg, data)
+    # several processes write one job: all use process 0's directory (Hydra's default run dir
+    # is a timestamp, which processes started a second apart would not share)
+    output_dir = Path(same_on_all_processes(str(output_dir)))
     records = RunRecords(job, output_dir)
     cadence = Cadence.of(job)
     ckpt = Checkpointer(output_dir / "checkpoints", every_steps=cfg.checkpoint.every_steps,

@@ -139,3 +139,17 @@ def put_replicated(tree, mesh: Mesh):
     """Place a pytree of host arrays on every device."""
     sharding = replicated(mesh)
     return jax.tree.map(lambda x: global_array(np.asarray(x), sharding), tree)
+
+
+def same_on_all_processes(text: str) -> str:
+    """Process 0's ``text``, on every process (a collective: all must call it)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(text.encode(), np.uint8)
+    longest = int(np.max(multihost_utils.process_allgather(np.int32(len(data)))))
+    padded = np.zeros(longest + 1, np.uint8)  # + 1: a zero ends the text
+    padded[:len(data)] = data
+    chosen = np.asarray(multihost_utils.broadcast_one_to_all(padded))
+    return bytes(chosen[:int(np.argmin(chosen))]).decode() if 0 in chosen else bytes(chosen).decode()

@@ -26,8 +26,10 @@ def free_port() -> int:
 
 
 def start(processes: int, devices: int, args: Sequence[str], out: Path,
-          env: dict[str, str] | None = None) -> list[subprocess.Popen]:
-    """``processes`` processes with ``devices // processes`` CPU devices each, one job."""
+          env: dict[str, str] | None = None, own_dirs: bool = False) -> list[subprocess.Popen]:
+    """``processes`` processes with ``devices // processes`` CPU devices each, one job
+    (``own_dirs``: process i > 0 is given ``<out>-p<i>`` as its output_dir, as unsynchronized
+    Hydra timestamps would)."""
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices // processes}", **(env or {})}
@@ -35,7 +37,8 @@ def start(processes: int, devices: int, args: Sequence[str], out: Path,
     for i in range(processes):
         dist = ([f"distributed.coordinator=127.0.0.1:{port}", f"distributed.num_processes={processes}",
                  f"distributed.process_id={i}"] if processes > 1 else [])
-        cmd = [sys.executable, "-m", "bench.train", *args, *dist, f"output_dir={out}",
+        mine = out if i == 0 or not own_dirs else out.with_name(f"{out.name}-p{i}")
+        cmd = [sys.executable, "-m", "bench.train", *args, *dist, f"output_dir={mine}",
                f"hydra.run.dir={out}/.hydra-run/p{i}"]
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
@@ -62,8 +65,8 @@ def finish(procs: list[subprocess.Popen], timeout: float = 900) -> list[str]:
 
 
 def run(processes: int, devices: int, args: Sequence[str], out: Path,
-        env: dict[str, str] | None = None) -> list[str]:
-    return finish(start(processes, devices, args, out, env))
+        env: dict[str, str] | None = None, own_dirs: bool = False) -> list[str]:
+    return finish(start(processes, devices, args, out, env, own_dirs))
 
 
 def records(out: Path) -> list[dict]:

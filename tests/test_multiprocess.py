@@ -59,8 +59,9 @@ def _same(a_dir, b_dir, tol=TOL) -> None:
 
 def test_two_processes_equal_one_in_memory_and_streamed(tmp_path, exported):
     run(1, 4, [*ARGS, *memory()], tmp_path / "one")
-    run(2, 4, [*ARGS, *memory()], tmp_path / "two")
-    _same(tmp_path / "one", tmp_path / "two")
+    run(2, 4, [*ARGS, *memory()], tmp_path / "two", own_dirs=True)   # output dirs differ:
+    _same(tmp_path / "one", tmp_path / "two")                       # process 0's is used
+    assert not list((tmp_path / "two-p1").glob("**/*.json"))
     two = tmp_path / "two-streamed"   # with W&B (offline files) on
     run(2, 4, [*ARGS, *streamed(exported), "logger=wandb"], two, env={"WANDB_MODE": "offline"})
     _same(tmp_path / "one", two)
