@@ -148,6 +148,8 @@ class Config:
     checkpoint: CheckpointConfig = section(CheckpointConfig, results=False)
     distributed: DistributedConfig = section(DistributedConfig, results=False)
     seed: int = param(0, help="root seed of the replica (init, dropout, data order, probes)")
+    loss: str = param("cross_entropy", choices=("cross_entropy", "mse"),
+                      help="mse: Cohen et al.'s 0.5 ||f(x) - onehot(y)||^2 per example")
     batch_size: int = param(128, ge=1, help="examples per step (the peak B with batch_schedule)")
     budget: str = param("40epochs", help="training length: <n>steps, <n>epochs, <n>examples or "
                                          "<n>tokens (language data)")

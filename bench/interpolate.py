@@ -166,7 +166,7 @@ def interpolation_curve(record_sb_path: Path | str, record_lb_path: Path | str,
 
     graphdef, template = template_tree(cfg, data.input_shape, data.num_classes)
     sb, lb = load_params(npz_sb, template), load_params(npz_lb, template)
-    fns = ModelFns(graphdef)
+    fns = ModelFns(graphdef, cfg.loss)
     mesh = make_mesh()
     evaluate = jax.jit(make_evaluate(fns, mesh))
     sets = {}

@@ -136,14 +136,14 @@ class Job:
         abstract = nnx.eval_shape(lambda: self.build_model(jax.random.key(0)))
         graphdef, params, _ = split_model(abstract)
         self.num_params = int(sum(math.prod(p.shape) for p in jax.tree.leaves(params)))
-        self.fns = ModelFns(graphdef)
+        self.fns = ModelFns(graphdef, cfg.loss)
         # Training K > 1 replicas on CPU: 1-D convs as im2col + matmul (see bench.models.im2col);
         # evaluation and curvature keep the plain convolution.
         self.train_fns = self.fns
         if im2col is None:
             im2col = im2col_for_replicas(len(self.replicas))
         if im2col and with_im2col_convs(abstract):
-            self.train_fns = ModelFns(split_model(abstract)[0])
+            self.train_fns = ModelFns(split_model(abstract)[0], cfg.loss)
         injected = dict(next(iter(self.hyperparams_by_batch.values()))) if self.hyperparams_by_batch else None
         self.tx = make_optimizer(cfg.optimizer, mask=cfg.model.weight_decay_mask(), injected=injected)
         peak_over_base = cfg.scaling.peak_lr(1.0, cfg.batch_size)

@@ -35,6 +35,13 @@ class OptimizerConfig:
         """The optax optimizer; ``mask``: the parameters weight decay applies to (None: all)."""
         raise NotImplementedError
 
+    def stability_thresholds(self, lr: float) -> dict[str, float]:
+        """Where full-batch training with this optimizer at LR ``lr`` turns unstable along the
+        top curvature direction (Cohen et al. 2021, 2022): ``stability_threshold`` compares with
+        the Hessian's top eigenvalue, ``preconditioned_stability_threshold`` with Adam's
+        preconditioned sharpness. Empty where no such threshold is known (LARS, LAMB)."""
+        return {}
+
 
 @OPTIMIZERS.register("sgd")
 @frozen
@@ -44,6 +51,9 @@ class SGDConfig(OptimizerConfig):
 
     def transform(self, learning_rate, mask=None):
         return optax.chain(optax.add_decayed_weights(self.weight_decay, mask), optax.sgd(learning_rate))
+
+    def stability_thresholds(self, lr):
+        return {"stability_threshold": 2.0 / lr}
 
 
 @OPTIMIZERS.register("momentum")
@@ -56,6 +66,10 @@ class MomentumConfig(OptimizerConfig):
     def transform(self, learning_rate, mask=None):
         return optax.chain(optax.add_decayed_weights(self.weight_decay, mask),
                            optax.sgd(learning_rate, momentum=self.momentum, nesterov=self.nesterov))
+
+    def stability_thresholds(self, lr):
+        # heavy ball: (2 + 2 beta) / lr (Cohen et al. 2021, appendix); Nesterov's differs: not stated
+        return {} if self.nesterov else {"stability_threshold": (2.0 + 2.0 * self.momentum) / lr}
 
 
 @frozen
@@ -70,6 +84,12 @@ class AdamFamily(OptimizerConfig):
         None, gt=0, help="b1 = 0.5 ** (tokens per step / this), in tokens (examples for classifiers)")
     beta2_half_life: float | None = param(
         None, gt=0, help="b2 = 0.5 ** (tokens per step / this) (Marek et al. 2025)")
+
+    def stability_thresholds(self, lr, b1=None):
+        # Adam: the preconditioned sharpness equilibrates at (2 + 2 b1) / ((1 - b1) lr), 38 / lr
+        # for b1 = 0.9 (Cohen et al. 2022, arXiv:2207.14484)
+        b1 = self.b1 if b1 is None else b1
+        return {"preconditioned_stability_threshold": (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)}
 
 
 @OPTIMIZERS.register("adam")

@@ -86,11 +86,26 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def squared_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Cohen et al. 2021's square loss: 0.5 ||f(x) - onehot(y)||^2 (summed over classes)."""
+    return 0.5 * jnp.sum((logits - jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)) ** 2, -1)
+
+
+# Per-example (per-token) losses by the config's ``loss`` name.
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "cross_entropy": cross_entropy, "mse": squared_error}
+
+
 @dataclass(frozen=True)
 class ModelFns:
-    """The Flax model turned into pure functions of (params, stats)."""
+    """The Flax model turned into pure functions of (params, stats); ``loss`` names the
+    per-example loss (``LOSSES``) that training, evaluation and curvature all use."""
 
     graphdef: Any
+    loss: str = "cross_entropy"
+
+    def losses(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+        return LOSSES[self.loss](logits, labels)
 
     def apply(self, params, stats, x, *, train: bool, dropout_key=None):
         model = nnx.merge(self.graphdef, params, stats, copy=True)
@@ -99,10 +114,10 @@ class ModelFns:
         return logits, nnx.state(model, nnx.BatchStat)
 
     def eval_loss_fn(self, stats) -> Callable[[Any, Batch], jax.Array]:
-        """``loss(params, batch)``: mean cross-entropy in eval mode (for curvature metrics)."""
+        """``loss(params, batch)``: the mean loss in eval mode (for curvature metrics)."""
         def loss(params, batch: Batch) -> jax.Array:
             logits, _ = self.apply(params, stats, batch["x"], train=False)
-            return cross_entropy(logits, batch["y"]).mean()
+            return self.losses(logits, batch["y"]).mean()
         return loss
 
 
@@ -133,7 +148,7 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
     def grads_and_stats(params, stats, x, y, key):
         def loss_fn(p):
             logits, new_stats = fns.apply(p, stats, x, train=True, dropout_key=key)
-            losses = cross_entropy(logits, y)
+            losses = fns.losses(logits, y)
             return losses.mean(), (new_stats, (jnp.argmax(logits, -1) == y).mean())
         (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, acc, grads, new_stats
@@ -237,7 +252,7 @@ def make_streamed_train_chunk(fns: ModelFns, tx: optax.GradientTransformation,
 def _chunk_sums(fns: ModelFns, params, stats, x, y, m) -> tuple[jax.Array, jax.Array]:
     """Masked sums of the loss and of correct predictions over one evaluation chunk."""
     logits, _ = fns.apply(params, stats, x, train=False)
-    losses = cross_entropy(logits, y)
+    losses = fns.losses(logits, y)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     if losses.ndim > 1:  # sequences [c, T]: every one has T targets, so the mean of
         losses, correct = losses.mean(-1), correct.mean(-1)  # means is the token mean

@@ -46,6 +46,7 @@ class ModelConfig:
 class MLPConfig(ModelConfig):
     """Fully connected: [Linear (BatchNorm) ReLU (Dropout)] x len(hidden), Linear."""
     hidden: tuple[int, ...] = param((256, 256), ge=1, help="hidden layer widths")
+    activation: str = param("relu", choices=("relu", "tanh", "elu"))
     batch_norm: bool = param(False)
     dropout: float = param(0.0, ge=0, lt=1)
     ghost_batch_size: int | None = param(None, ge=1, help=_GHOST_HELP)
@@ -53,7 +54,8 @@ class MLPConfig(ModelConfig):
     def build(self, input_shape, num_classes, rngs):
         from bench.models.mlp import MLP
         return MLP(input_shape, num_classes, hidden=self.hidden, batch_norm=self.batch_norm,
-                   dropout=self.dropout, ghost_batch_size=self.ghost_batch_size, rngs=rngs)
+                   dropout=self.dropout, ghost_batch_size=self.ghost_batch_size, rngs=rngs,
+                   activation=self.activation)
 
 
 @MODELS.register("cnn")

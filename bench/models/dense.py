@@ -9,10 +9,14 @@ from flax import nnx
 
 from bench.models.norm import BatchNorm
 
+# Hidden-layer nonlinearities by name (Cohen et al. 2021 use tanh and ELU networks besides ReLU).
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "elu": jax.nn.elu}
+
 
 class DenseClassifier(nnx.Module):
     def __init__(self, in_width: int, num_classes: int, *, hidden: tuple[int, ...], batch_norm: bool,
-                 dropout: float, ghost_batch_size: int | None, rngs: nnx.Rngs):
+                 dropout: float, ghost_batch_size: int | None, rngs: nnx.Rngs,
+                 activation: str = "relu"):
         layers, norms, width = [], [], in_width
         for h in hidden:
             layers.append(nnx.Linear(width, h, rngs=rngs))
@@ -22,6 +26,7 @@ class DenseClassifier(nnx.Module):
         self.norms = nnx.List(norms)
         self.dropout = nnx.Dropout(dropout) if dropout else None
         self.head = nnx.Linear(width, num_classes, rngs=rngs)
+        self.activation = activation
 
     def __call__(self, x: jnp.ndarray, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
         """``x`` of shape [N, ...] is flattened to [N, features] first."""
@@ -30,7 +35,7 @@ class DenseClassifier(nnx.Module):
             x = layer(x)
             if norm is not None:
                 x = norm(x, train=train)
-            x = jax.nn.relu(x)
+            x = ACTIVATIONS[self.activation](x)
             if self.dropout is not None:
                 x = self.dropout(x, deterministic=not train, rngs=rngs)
         return self.head(x)
