@@ -244,3 +244,25 @@ def test_grain_worker_processes_give_the_same_batches(exported):
     np.testing.assert_array_equal(x, data.x_train[idx])
     np.testing.assert_array_equal(y, data.y_train[idx])
     stream.close()
+
+
+def test_language_model_tokens_export_compactly_and_stream(tmp_path):
+    cfg = from_dict({"dataset": {"name": "markov", "context": 32, "markov_train": 40, "markov_test": 8}})
+    data = load_dataset(cfg.dataset)
+    meta = export(data, tmp_path)
+    assert meta["features"]["x"] == {"shape": [32], "dtype": "int32", "stored": "uint8"}
+    assert meta["provenance"] == json.loads(json.dumps(data.provenance))
+    stream = exported_stream(str(tmp_path))
+    assert stream.tokens_per_example == 32 and stream.checksum() == data.checksum()
+    x, y = stream.examples("train", [3, 17])
+    assert x.dtype == np.int32
+    np.testing.assert_array_equal(x, data.x_train[[3, 17]])
+    np.testing.assert_array_equal(y, data.y_train[[3, 17]])
+
+
+def test_export_refuses_a_streamed_only_dataset(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.data.export", "imagenet2012", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: dataset=imagenet2012 is streamed from its prepared TFDS "
+                                   "files as they are; it is not loaded into memory (nor exported)")

@@ -253,6 +253,10 @@ class ImageNetConfig(StreamableConfig):
         from bench.data.stream import tfds_stream
         return tfds_stream("imagenet2012", self.data_dir, Augment(self.augment, self.image_size))
 
+    def load(self) -> ArrayDataset:
+        raise ConfigError("dataset=imagenet2012 is streamed from its prepared TFDS files as they "
+                          "are; it is not loaded into memory (nor exported)")
+
 
 def open_dataset(cfg: DatasetConfig):
     """The dataset of ``cfg`` as the job uses it: an ArrayDataset in memory, or a
