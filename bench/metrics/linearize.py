@@ -26,11 +26,16 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["Linearized", "MAX_BYTES", "linearize"]
+__all__ = ["Linearized", "MAX_BYTES", "clear_programs", "linearize"]
 
 MAX_BYTES = 1 << 30  # residual memory (all chunks) above which HVPs are not hoisted
 
 _PROGRAMS: dict[Any, tuple[Any, Any]] = {}  # signature -> (compiled linearize program, treedef of its map)
+
+
+def clear_programs() -> None:
+    """Forget the compiled linearization programs (with ``jax.clear_caches()``: a cold start)."""
+    _PROGRAMS.clear()
 
 
 def _signature(*args: Any) -> Any:

@@ -226,8 +226,8 @@ class HessianOperator:
         if self.rolled or self.linear is not None:
             return self
         n = num_examples(self.data)
-        loss, params, data = self.place((self.loss, self.params, self.data))
-        linear = linearize(loss, params, data, _chunk_at, _tail_from, _chunking(n, self.chunk_size), n,
+        loss, params = self.place((self.loss, self.params))
+        linear = linearize(loss, params, self.data, _chunk_at, _tail_from, _chunking(n, self.chunk_size), n,
                            max_bytes=max_bytes)
         return self if linear is None else dataclasses.replace(self, linear=linear)
 
