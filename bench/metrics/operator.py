@@ -20,6 +20,7 @@ Two ways to run the loops (chunks, Krylov iterations, probes), same numbers up t
   times slower than outside one (the finding behind ``bench.step.scan_unroll``): measured with
   ``python -m bench.perf.curvature``, a default-CNN HVP costs ~14 gradients inside
   ``lax.fori_loop`` and ~1.5 host-driven. Per-iteration dispatch costs microseconds.
+  Estimators that run many HVPs also hoist them (``hoisted``, bench.metrics.linearize).
 
 Integer sizes are static; ``loss`` travels as a pytree (``lift_closure``): jax arrays it closes
 over are traced arguments, so a fresh closure over this step's BatchNorm statistics reuses the
@@ -151,14 +152,10 @@ def _chunking(n: int, chunk_size: int | None) -> tuple[int, int, int]:
     return chunk, q, rem
 
 
-def _take(data: Batch, chunk: int, q: int, i: jax.Array) -> Batch:
+def _take(data: Batch, i: jax.Array, chunk: int, q: int) -> Batch:
     """Chunk i of q: examples {i, i + q, i + 2q, ...} (strided, so a sharded axis 0 stays balanced)."""
     main = jax.tree.map(lambda a: a[: q * chunk].reshape(chunk, q, *a.shape[1:]), data)
     return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False), main)
-
-
-def _chunk_at(data: Batch, i: jax.Array, chunk: int, q: int) -> Batch:
-    return _take(data, chunk, q, i)
 
 
 def _tail_from(data: Batch, i: jax.Array, start: int) -> Batch:
@@ -172,11 +169,11 @@ def chunked_mean(fn: Callable[[Batch], PyTree], data: Batch, chunk_size: int | N
     N mod chunk leftover examples form one extra, smaller chunk."""
     n = num_examples(data)
     chunk, q, rem = _chunking(n, chunk_size)
-    out_shape = jax.eval_shape(fn, _take(data, chunk, q, jnp.int32(0)))
+    out_shape = jax.eval_shape(fn, _take(data, jnp.int32(0), chunk, q))
     init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
 
     def body(i: jax.Array, acc: PyTree) -> PyTree:
-        return jax.tree.map(jnp.add, acc, fn(_take(data, chunk, q, i)))
+        return jax.tree.map(jnp.add, acc, fn(_take(data, i, chunk, q)))
 
     total = jax.lax.fori_loop(0, q, body, init)
     return _finish(total, fn, data, chunk, q, rem, n)
@@ -194,7 +191,7 @@ def _finish(total: PyTree, fn: Callable[[Batch], PyTree], data: Batch, chunk: in
 @functools.partial(jax.jit, static_argnames=("fn", "chunk", "q"), donate_argnames=("acc",))
 def _add_chunk(fn: Callable, loss: Partial, params: PyTree, data: Batch, args: tuple, acc: PyTree,
                i: jax.Array, *, chunk: int, q: int) -> PyTree:
-    return jax.tree.map(jnp.add, acc, fn(loss, params, _take(data, chunk, q, i), *args))
+    return jax.tree.map(jnp.add, acc, fn(loss, params, _take(data, i, chunk, q), *args))
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "chunk", "q", "rem"), donate_argnames=("acc",))
@@ -227,7 +224,7 @@ class HessianOperator:
             return self
         n = num_examples(self.data)
         loss, params = self.place((self.loss, self.params))
-        linear = linearize(loss, params, self.data, _chunk_at, _tail_from, _chunking(n, self.chunk_size), n,
+        linear = linearize(loss, params, self.data, _take, _tail_from, _chunking(n, self.chunk_size), n,
                            max_bytes=max_bytes)
         return self if linear is None else dataclasses.replace(self, linear=linear)
 
@@ -245,7 +242,7 @@ class HessianOperator:
         if self.rolled:
             return chunked_mean(lambda b: fn(self.loss, params, b, *args), self.data, self.chunk_size)
         chunk, q, rem = _chunking(num_examples(self.data), self.chunk_size)
-        shape = jax.eval_shape(fn, self.loss, params, _take(self.data, chunk, q, jnp.int32(0)), *args)
+        shape = jax.eval_shape(fn, self.loss, params, _take(self.data, jnp.int32(0), chunk, q), *args)
         acc = self.place(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
         params, args = self.place((params, args))
         for i in range(q):
@@ -286,7 +283,7 @@ class HessianOperator:
 
             _, v, state = jax.lax.while_loop(lambda c: cond(c[2]), body, (jnp.int32(0), v, state))
             return v, state
-        step, check = _jit_update(update), _jit_update(cond)
+        step, check = _jit_update(update), _jit_static(cond, ())
         v, state = self.place((v, state))
         j = 0
         while bool(check(state)):
@@ -342,21 +339,13 @@ def _module_level(fn: Callable) -> None:
 def _jit_update(update: Callable) -> Callable:
     """The jitted Krylov step; the state (argument 3) is donated, so O(m P) bases update in place."""
     _module_level(update)
-    argnums = (3,) if len(_positional(update)) > 3 else ()
-    return jax.jit(update, donate_argnums=argnums)
+    return jax.jit(update, donate_argnums=(3,))
 
 
 @functools.cache
 def _jit_static(fn: Callable, static_argnames: tuple[str, ...]) -> Callable:
     _module_level(fn)
     return jax.jit(fn, static_argnames=static_argnames)
-
-
-def _positional(fn: Callable) -> list[str]:
-    import inspect
-
-    return [p.name for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def estimator(*static_argnames: str, hoist: bool = False) -> Callable[[Callable], Callable]:

@@ -50,6 +50,17 @@ def _value_and_grad_on_batch(loss: LossFn, params: PyTree, batch: Batch) -> tupl
     return jax.value_and_grad(loss)(params, batch)
 
 
+def _shifted(params: PyTree, a: jax.Array | None, y: jax.Array) -> PyTree:
+    flat, unravel = ravel_pytree(params)
+    delta = y if a is None else a @ y
+    return unravel(flat + delta.astype(flat.dtype))
+
+
+def _projected(grad: PyTree, a: jax.Array | None) -> jax.Array:
+    g = ravel_pytree(grad)[0]
+    return g if a is None else a.T @ g
+
+
 @estimator()
 def loss_and_grad_at(op: HessianOperator, a: jax.Array | None, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(f(x + A y), A^T grad f(x + A y)) for the full-data mean loss; A = None means I.
@@ -57,12 +68,8 @@ def loss_and_grad_at(op: HessianOperator, a: jax.Array | None, y: jax.Array) -> 
     Called as ``loss_and_grad_at(loss_fn, params, data, a, y, chunk_size=..., rolled=...)``;
     one full-data gradient (chunked as the HVPs, see bench.metrics.operator).
     """
-    flat, unravel = ravel_pytree(op.params)
-    delta = y if a is None else a @ y
-    point = unravel(flat + delta.astype(flat.dtype))
-    value, grad = op.mean(_value_and_grad_on_batch, point)
-    g = ravel_pytree(grad)[0]
-    return value, (g if a is None else a.T @ g)
+    value, grad = op.mean(_value_and_grad_on_batch, op.call(_shifted, op.params, a, y))
+    return value, op.call(_projected, grad, a)
 
 
 def random_subspace(key: jax.Array, num_params: int, dim: int, dtype: Any = jnp.float32) -> jax.Array:
