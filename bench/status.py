@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -43,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.record import find_records, read_record
+from bench.overrides import _config_hash, config_mismatches
+from bench.slurm_queue import squeue, sweep_slurm_ids
 
 JOB_STATUSES = ("finished", "diverged", "failed", "running", "missing")
 DONE = frozenset({"finished", "diverged"})
@@ -171,122 +171,12 @@ def expected_jobs(sweep_dir: Path | str) -> list[tuple[str | None, list[str]]]:
     return [(str(i) if default_subdir else None, list(ovr)) for i, ovr in enumerate(batches)]
 
 
-def _config_hash(records: list[dict[str, Any]]) -> str | None:
-    hashes = []
-    for r in records:
-        h = r.get("config_hash") or re.sub(r"-r\d+$", "", str(r.get("run_id") or "")) or None
-        if h and h not in hashes:
-            hashes.append(h)
-    return ",".join(hashes) or None
-
-
-_NO_VALUE = object()
-
-
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _NO_VALUE
-        node = node[part]
-    return node
-
-
-def config_mismatches(overrides: list[str], config: dict[str, Any]) -> list[str]:
-    """Overrides that the stored ``config`` contradicts, as ``"key=value (record: x)"``.
-
-    Checked: ``key=value`` for a key present in the config, and a group choice
-    (``dataset=digits``) against the group's ``name``. Not checked: hydra keys, additions
-    (``+sweep=...``), deletions, interpolations, keys the config does not have.
-    """
-    if not config:
-        return []
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    out = []
-    for line in overrides:
-        try:
-            (ovr,) = OverridesParser.create().parse_overrides([line])
-            value = ovr.value()
-        except Exception:
-            continue
-        key = ovr.key_or_group
-        if (ovr.is_add() or ovr.is_delete() or ovr.package or key.startswith("hydra")
-                or key == "output_dir" or (isinstance(value, str) and "${" in value)):
-            continue
-        stored = _lookup(config, key.replace("/", "."))
-        if isinstance(stored, dict):                       # a config group choice
-            stored = stored.get("name", _NO_VALUE)
-        if stored is _NO_VALUE or stored == value:
-            continue
-        out.append(f"{line} (record: {json.dumps(stored)})")
-    return out
-
-
-@dataclass
-class QueueEntry:
-    job_id: str          # as squeue prints it: "<array>_<task>" or "<id>"
-    raw_id: str          # the job's own id (SLURM_JOB_ID inside the job)
-    array_id: str
-    task: str | None
-    state: str
-    reason: str
-    restarts: int | None = None     # SLURM's restart count (>0: requeued at least once)
-
-
-def _sweep_slurm_ids(sweep_dir: Path, records: list[dict[str, Any]]
-                     ) -> tuple[set[str], set[str], set[str]]:
-    """(array job ids of this sweep, ids of single (non-array) jobs, job ids in its records).
-    submitit names its folders ``<array>_<task>``, or ``<job>`` when a launch had one job."""
-    folders = [d.name for d in (sweep_dir / ".submitit").glob("*") if d.is_dir()]
-    arrays = {m.group(1) for name in folders if (m := re.fullmatch(r"(\d+)_\d+", name))}
-    singles = {name for name in folders if name.isdigit()}
-    ids_file = sweep_dir / ".slurm_array_ids"
-    if ids_file.is_file():
-        arrays |= {t for t in ids_file.read_text().split() if t.isdigit()}
-    raw = {str(r.get("environment", {}).get("slurm_job_id")) for r in records
-           if str(r.get("environment", {}).get("slurm_job_id") or "").isdigit()}
-    arrays |= {str(r.get("environment", {}).get("slurm_array_job_id")) for r in records
-               if str(r.get("environment", {}).get("slurm_array_job_id") or "").isdigit()}
-    return arrays, singles, raw
-
-
-def squeue(job_ids: set[str]) -> list[QueueEntry]:
-    """The queue entries of ``job_ids`` (one per array task). Raises ``OSError`` when
-    squeue is missing or fails; an empty list when SLURM no longer knows any of them."""
-    if not job_ids:
-        return []
-    exe = shutil.which("squeue")
-    if exe is None:
-        raise OSError("squeue not found")
-    ids = ",".join(sorted(job_ids, key=int))
-    fields = ["JobArrayID", "JobID", "ArrayJobID", "ArrayTaskID", "State", "Reason", "RestartCnt"]
-    formats = [["-O", ",".join(f"{f}:0|" for f in fields)],   # width 0: unpadded, "|"-separated
-               ["-o", "%i|%A|%F|%K|%T|%r|"]]                  # older squeue: no restart count
-    for fmt in formats:
-        proc = subprocess.run([exe, "-h", "-r", *fmt, "-j", ids], capture_output=True, text=True,
-                              timeout=30)
-        if proc.returncode == 0 or "Invalid job id" in proc.stderr:
-            break
-    if proc.returncode != 0:
-        if "Invalid job id" in proc.stderr:     # all of them have left the queue
-            return []
-        raise OSError(f"squeue failed: {proc.stderr.strip() or proc.returncode}")
-    out = []
-    for line in proc.stdout.splitlines():
-        job, raw, array, task, state, reason, restarts, *_ = line.strip().split("|") + [""] * 7
-        if state:
-            out.append(QueueEntry(job, raw, array, task if task.isdigit() else None, state,
-                                  reason, int(restarts) if restarts.isdigit() else None))
-    return out
-
-
 def _attach_queue(sweep_dir: Path, jobs: list[JobStatus],
                   records: dict[str, list[dict[str, Any]]]) -> str | None:
     """Fill ``slurm_job`` / ``queue`` / ``queue_reason`` from squeue; returns a note when
     the queue could not be checked (None when it was, or when nothing here ran on SLURM)."""
     all_records = [r for rs in records.values() for r in rs]
-    arrays, singles, raw = _sweep_slurm_ids(sweep_dir, all_records)
+    arrays, singles, raw = sweep_slurm_ids(sweep_dir, all_records)
     if not (arrays or singles or raw):
         return None
     try:
