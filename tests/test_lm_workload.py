@@ -174,3 +174,17 @@ def test_short_pydoc_run_goes_clearly_below_the_unigram_entropy(tmp_path):
     (record,) = run(cfg, tmp_path)
     unigram = record["experiment"]["data_provenance"]["train_unigram_entropy_nats"]
     assert record["final"]["test_loss"] < unigram - 0.3, (record["final"]["test_loss"], unigram)
+
+
+def test_curvature_on_the_transformer_is_independent_of_the_sequence_chunking(tmp_path):
+    """HVPs are chunked over sequences; the chunk size must not change the measured curvature."""
+    metrics = {"hessian": True, "subset_size": 16, "lanczos_iters": 8, "power_iters": 0,
+               "hutchinson_probes": 2, "density": False, "sharpness": False, "noise_scale": False}
+    top = {}
+    for chunk in (4, 16):
+        (record,) = run(lm_config(budget="2steps", eval={"every_steps": 2},
+                                  metrics={**metrics, "chunk_size": chunk}), tmp_path / str(chunk))
+        top[chunk] = record["curvature"]
+    assert top[4]["hessian_top_eigenvalue"] > 0
+    assert top[4]["hessian_top_eigenvalue"] == pytest.approx(top[16]["hessian_top_eigenvalue"], rel=1e-4)
+    assert top[4]["hessian_trace"] == pytest.approx(top[16]["hessian_trace"], rel=1e-4)
