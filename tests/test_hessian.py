@@ -258,11 +258,13 @@ def _compiles(fn) -> list[str]:
 
     handler, logger = Collect(), logging.getLogger("jax")
     logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # collected here, not printed
     try:
         with jax.log_compiles():
             fn()
     finally:
         logger.removeHandler(handler)
+        logger.propagate = propagate
     return [m for m in messages if m.startswith("Compiling")]
 
 

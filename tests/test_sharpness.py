@@ -98,9 +98,11 @@ def test_larger_curvature_gives_larger_sharpness():
     np.testing.assert_allclose(np.array(phis) / phis[0], [1.0, 2.0, 10.0], rtol=1e-6)  # phi is linear in h at x = 0
 
 
+@pytest.mark.parametrize("rolled", [True, False])
 @pytest.mark.parametrize("chunk_size", [7, 32, None])
-def test_chunked_loss_and_gradient_equal_full_batch(chunk_size):
-    # The objective L-BFGS-B sees is the full-data mean loss whatever the chunking.
+def test_chunked_loss_and_gradient_equal_full_batch(chunk_size, rolled):
+    # The objective L-BFGS-B sees is the full-data mean loss whatever the chunking and the loop
+    # style (rolled lax loops, or host-driven as on CPU; bench.metrics.operator).
     key = jax.random.PRNGKey(3)
     params = {"w": jax.random.normal(key, (5, 3), jnp.float64), "b": jnp.zeros(3, jnp.float64)}
     data = {"x": jax.random.normal(jax.random.PRNGKey(4), (50, 5), jnp.float64), "y": jnp.arange(50) % 3}
@@ -114,7 +116,7 @@ def test_chunked_loss_and_gradient_equal_full_batch(chunk_size):
     a = random_subspace(jax.random.PRNGKey(6), flat.size, 4, jnp.float64)
     z = jnp.arange(4.0) / 10
     for mat, vec, delta in ((None, y, y), (a, z, a @ z)):
-        value, grad = loss_and_grad_at(loss_fn, params, data, mat, vec, chunk_size=chunk_size)
+        value, grad = loss_and_grad_at(loss_fn, params, data, mat, vec, chunk_size=chunk_size, rolled=rolled)
         ref_v, ref_g = jax.value_and_grad(lambda f: loss_fn(unravel(f), data))(flat + delta)
         np.testing.assert_allclose(value, ref_v, rtol=1e-12)
         np.testing.assert_allclose(grad, ref_g if mat is None else a.T @ ref_g, rtol=1e-10, atol=1e-14)

@@ -48,7 +48,11 @@ MODELS: dict[str, tuple[str, ...]] = {
     "cnn": ("model=cnn",),  # the default experiment: MNIST-1D, Greydanus' 1-D CNN
     "cnn2d": ("model=cnn", "dataset=digits"),
     "resnet": ("model=resnet", "dataset=digits"),
+    # ~1M parameters; the default 10,000-sequence subset (1.3M tokens) would take minutes per
+    # gradient on CPU, so 16 sequences (2,048 tokens), in chunks of 8.
+    "transformer": ("model=transformer", "dataset=markov", "metrics.subset_size=16", "metrics.chunk_size=8"),
 }
+DEFAULT_MODELS = ("mlp", "cnn", "cnn2d", "resnet")
 
 
 @dataclasses.dataclass
@@ -65,7 +69,9 @@ def build_problem(model: str, *, convs: str = "lax", train_steps: int = 0) -> Pr
     from bench.hydra_conf import compose_config
     from bench.job import Job
 
-    cfg = compose_config([*MODELS[model], "metrics.hessian=true", "logger=none", "progress=false"])
+    # No persistent compile cache: compile times are measured, not read from disk.
+    cfg = compose_config([*MODELS[model], "metrics.hessian=true", "logger=none", "progress=false",
+                          "compile_cache_dir=null"])
     job = Job(cfg)
     probe = CurvatureProbe(cfg.metrics, job.fns, job.data.x_train, job.data.y_train,
                            [jax.random.PRNGKey(0)], job.mesh, convs=convs)  # type: ignore[arg-type]
@@ -144,8 +150,8 @@ def bench_model(name: str, args: argparse.Namespace) -> None:
         return measure(cfg, probe.loss_fn(params, stats), params, probe.data, probe.keys[0], lr=prob.lr,
                        rolled=args.rolled)[0]
 
-    suite_first = _timed(suite)
-    suite_times = [_timed(suite) for _ in range(args.suite_repeats)]
+    suite_first = _timed(suite) if args.suite else float("nan")
+    suite_times = [_timed(suite) for _ in range(args.suite_repeats if args.suite else 0)]
     suite_med = statistics.median(suite_times) if suite_times else suite_first
     print(f"{name}: gradient {med['gradient'] * 1e3:.1f} ms, HVP {med['hvp'] * 1e3:.1f} ms, "
           f"HVP = {ratio:.2f} gradients, default suite {suite_med:.1f} s", flush=True)
@@ -200,14 +206,16 @@ def breakdown(name: str, op: HessianOperator, probe: CurvatureProbe, args: argpa
     grad = lambda: op.mean(_grad_on_batch, op.params)  # noqa: E731
 
     def cost(fn: Callable[[], Any]) -> tuple[float, float]:
-        """(median seconds of ``fn``, median of its time over the mean of the gradients timed
-        just before and after it): paired, so load that comes and goes affects both alike."""
+        """(median seconds of ``fn``, median of its time over the median of 3 gradients timed
+        just before and 3 just after it): paired, so load that comes and goes hits both alike."""
         _timed(fn)
         secs, rel = [], []
         for _ in range(args.breakdown_repeats):
-            before, t, after = _timed(grad), _timed(fn), _timed(grad)
+            before = [_timed(grad) for _ in range(3)]
+            t = _timed(fn)
+            beside = statistics.median(before + [_timed(grad) for _ in range(3)])
             secs.append(t)
-            rel.append(t / ((before + after) / 2))
+            rel.append(t / beside)
         return statistics.median(secs), statistics.median(rel)
 
     print(f"{name} breakdown (compile excluded; each estimator alone, median of {args.breakdown_repeats}, "
@@ -228,11 +236,12 @@ def breakdown(name: str, op: HessianOperator, probe: CurvatureProbe, args: argpa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--repeats", type=int, default=7, help="paired gradient/HVP rounds")
     ap.add_argument("--suite-repeats", type=int, default=3, help="steady-state default-suite measurements")
     ap.add_argument("--breakdown-repeats", type=int, default=1, help="runs of each estimator alone")
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false")
+    ap.add_argument("--no-suite", dest="suite", action="store_false", help="skip the default-suite timing")
     ap.add_argument("--convs", choices=("lax", "matmul"), default="lax",
                     help="curvature convolutions: the model's own (lax, the probe's default) or im2col + matmul")
     ap.add_argument("--loops", choices=("auto", "rolled", "host"), default="auto",

@@ -37,6 +37,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -123,11 +124,13 @@ def _seconds_logging_compiles(fn: Callable[[], Any], compiled: list[str]) -> flo
 
     handler, logger = Collect(), logging.getLogger("jax")
     logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # collected here, not printed
     try:
         with jax.log_compiles():
             return _seconds(fn)
     finally:
         logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _spread(times: list[float]) -> float:
@@ -191,6 +194,7 @@ def main() -> None:
     import torch
     from pyhessian import hessian as PyHessian
 
+    warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")  # PyHessian's own
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # same cores as XLA's CPU client
 
     np_data = load_mnist1d()
