@@ -2,7 +2,9 @@
 
 Every entry must name a known source (paper with authors, year, title, venue or arXiv id)
 and where in the paper it comes from; ``result`` and ``goal`` entries carry a number with
-units and confidence. Anything missing raises :class:`BaselineError` naming the entry.
+units and confidence. Confidence ``recalled`` marks what could not be confirmed in the paper or
+the authors' code (a secondary summary, a transcription from memory): such an entry must say
+where it comes from in a ``note``. Anything missing raises :class:`BaselineError` naming the entry.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import yaml
 DEFAULT_PATH = Path(__file__).resolve().parent / "baselines" / "published.yaml"
 SCHEMA = "batch-bench/published-baselines/v1"
 KINDS = ("result", "claim", "recipe", "definition", "goal")
-CONFIDENCES = ("high", "medium")
+CONFIDENCES = ("high", "medium", "recalled")
 SOURCE_FIELDS = ("authors", "year", "title", "venue")
 # Fields each kind needs, beyond the common ones (id, source, kind, where, setting, confidence).
 KIND_FIELDS = {
@@ -69,6 +71,8 @@ def validate(doc: dict[str, Any], origin: str = "published.yaml") -> dict[str, A
             raise BaselineError(f"{origin}: {name} has no setting")
         if e.get("confidence") not in CONFIDENCES:
             raise BaselineError(f"{origin}: {name} confidence {e.get('confidence')!r} not in {CONFIDENCES}")
+        if e["confidence"] == "recalled" and not e.get("note"):
+            raise BaselineError(f"{origin}: {name} is 'recalled' but has no note saying where it comes from")
         missing = [f for f in KIND_FIELDS[e["kind"]] if f not in e]
         if missing:
             raise BaselineError(f"{origin}: {name} ({e['kind']}) is missing {missing}")
@@ -110,7 +114,7 @@ def baselines_table(path: Path | str | None = None) -> pd.DataFrame:
             "id": e["id"], "source": e["source"], "citation": citation(doc["sources"][e["source"]]),
             "kind": e["kind"], "where": e["where"], "metric": e.get("metric"),
             "value": e.get("value"), "std": e.get("std"), "units": e.get("units"),
-            "confidence": e["confidence"],
+            "confidence": e["confidence"], "note": e.get("note"),
             "text": e.get("claim") or e.get("recipe") or e.get("definition"),
         }
         row.update({f"setting_{k}": v for k, v in e["setting"].items()})

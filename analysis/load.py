@@ -13,6 +13,8 @@ Tables
 * the ``convergence`` fields (``target_test_accuracy, steps_to_target, ...``) and the
   ``timings`` fields (``compile_seconds, train_seconds, ...``) under their own names
 * ``curvature_<key>`` for every scalar of the record's ``curvature`` (nested keys joined by ``_``)
+* ``adam_b1, adam_b2, adam_eps`` (the values used at the run's batch size, when the record has
+  them), ``tokens_per_example`` and ``batch_schedule`` (language data, batch-size schedules)
 
 ``load_history(root)``: one row per eval row, the keys as written, plus the run's identity
 columns. The row's own ``batch_size`` (it can change under a batch-size schedule) is renamed
@@ -126,6 +128,10 @@ def run_row(record: dict[str, Any], path: str) -> dict[str, Any]:
     row.update(_flatten(record.get("convergence")))
     row.update(_flatten(record.get("timings")))
     row.update(_flatten(record.get("curvature"), "curvature_"))
+    hyper = (record.get("replica") or {}).get("hyperparams") or {}
+    row.update({f"adam_{k}": _value(v) for k, v in hyper.items()})
+    exp = record.get("experiment") or {}
+    row.update({k: exp[k] for k in ("tokens_per_example", "batch_schedule") if k in exp})
     return row
 
 

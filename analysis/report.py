@@ -25,21 +25,25 @@ import pandas as pd
 
 from analysis.aggregate import select_runs
 from analysis.baselines import baselines_table
+from analysis.lm_report import FIGURES as LM_FIGURES
+from analysis.lm_report import LM_FINDINGS, SOURCES as LM_SOURCES, TITLES as LM_TITLES
+from analysis.lm_report import comparison_rows, compute_lm_verdicts, published_extra
 from analysis.load import load_tables
 from analysis.steps_to_result import Goal
 from analysis.verdicts import (Verdict, eos_verdict, goyal_verdict, keskar_verdicts,
                                shallue_verdicts)
 
-FINDINGS = ("keskar", "goyal", "shallue", "edge_of_stability")
-TITLES = {
+FINDINGS = ("keskar", "goyal", "shallue", "edge_of_stability", *LM_FINDINGS)
+TITLES = {**LM_TITLES,
     "keskar": "Keskar et al. 2017: large batches generalize worse and reach sharper minima",
     "goyal": "Goyal et al. 2017: the linear LR scaling rule keeps accuracy up to large batches",
     "shallue": "Shallue et al. 2019: steps-to-result regimes (with McCandlish et al. 2018)",
     "edge_of_stability": "Cohen et al. 2021: sharpness hovers at 2/lr (edge of stability)",
 }
-SOURCES = {"keskar": ("keskar2017",), "goyal": ("goyal2017",),
+SOURCES = {**LM_SOURCES, "keskar": ("keskar2017",), "goyal": ("goyal2017",),
            "shallue": ("shallue2019", "mccandlish2018"), "edge_of_stability": ("cohen2021",)}
-FIGURES = {"keskar": ("accuracy_gap_vs_batch", "sharpness_vs_batch", "keskar_interpolation"),
+FIGURES = {**LM_FIGURES,
+           "keskar": ("accuracy_gap_vs_batch", "sharpness_vs_batch", "keskar_interpolation"),
            "goyal": ("accuracy_gap_vs_batch",), "shallue": ("steps_to_result",),
            "edge_of_stability": ("edge_of_stability",)}
 
@@ -123,11 +127,13 @@ def published_section(finding: str, bl: pd.DataFrame) -> str:
                             "top-1 error (%)": [_pm(v, s) for v, s in zip(r["value"], r["std"])],
                             "confidence": r["confidence"]})
         lines += ["ResNet-50 / ImageNet, 5 runs (" + r["where"].iloc[0] + "):", "", md_table(tab)]
+    lines += published_extra(finding, bl)
     for kind in ("claim", "recipe", "definition", "goal"):
         sel = bl[bl["source"].isin(SOURCES[finding]) & (bl["kind"] == kind)]
         for _, e in sel.iterrows():
             text = e["text"] if kind != "goal" else f"{e['metric']} = {e['value']:g} ({e['units']})"
-            lines.append(f"- {kind} ({e['source']}, {e['where']}, confidence {e['confidence']}): {text}")
+            note = f" [{e['note']}]" if isinstance(e.get("note"), str) else ""
+            lines.append(f"- {kind} ({e['source']}, {e['where']}, confidence {e['confidence']}): {text}{note}")
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +207,8 @@ def comparison(finding: str, verdicts: list[Verdict], bl: pd.DataFrame) -> pd.Da
                                  "those hover)",
                          "published": "≈ 1: rises to about 2/η, then hovers",
                          "source": "cohen2021 (claim)"})
+    elif finding in LM_FINDINGS:
+        rows += comparison_rows(finding, verdicts)
     return pd.DataFrame(rows, columns=["quantity", "ours", "published", "source"])
 
 
@@ -242,7 +250,9 @@ def figure_links(finding: str, figures_dir: Path | None, out: Path | None) -> st
 def compute_verdicts(finding: str, runs: pd.DataFrame, history: pd.DataFrame, *,
                      sb: float | None = None, lb: float | None = None, k: float = 1.0,
                      tolerance: float = 0.01, goal: Goal | None = None,
-                     tol: float = 0.2) -> list[Verdict]:
+                     tol: float = 0.2, **lm_opts: Any) -> list[Verdict]:
+    if finding in LM_FINDINGS:  # arms and targets come from the presets (lm_opts)
+        return compute_lm_verdicts(finding, runs, history, k=k, tol=tol, **lm_opts)
     if finding == "keskar":
         return keskar_verdicts(runs, sb=sb, lb=lb, k=k)
     if finding == "goyal":
@@ -296,6 +306,14 @@ def build_report(results: Path | str, findings: Sequence[str], *, conditions: di
     return "\n\n".join(parts)
 
 
+def _options(pairs: Sequence[str], ap: argparse.ArgumentParser) -> dict[str, Any]:
+    import yaml
+
+    if any("=" not in p for p in pairs):
+        ap.error("--option takes KEY=VALUE")
+    return {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
     ap.add_argument("results", type=Path)
@@ -313,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--target-accuracy", type=float, default=None)
     ap.add_argument("--goal-error", type=float, default=None)
     ap.add_argument("--figures", type=Path, default=None, help="figures dir to link (default <results>/figures)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="language-model findings: arms and targets (YAML values), e.g. halflife=<preset "
+                         "name>, data_sizes=[16384,65536], target_loss=2.5, ramps=[a,b]")
     args = ap.parse_args(argv)
     if not args.results.is_dir():
         ap.error(f"{args.results} is not a directory")
@@ -324,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = build_report(args.results, findings, conditions=conditions, out=args.out,
                         figures_dir=args.figures, target_accuracy=args.target_accuracy,
                         goal_error=args.goal_error, sb=args.sb, lb=args.lb, k=args.k,
-                        tolerance=args.tolerance, tol=args.tol)
+                        tolerance=args.tolerance, tol=args.tol, **_options(args.option, ap))
     if args.out is None:
         print(text)
     else:

@@ -49,9 +49,42 @@ def test_spot_numbers(by_id):
     assert by_id["greydanus2020/test_accuracy/cnn"]["value"] == 94
 
 
-def test_confidence_medium_only_for_goyal(doc):
+LM_SOURCES = ("marek2025", "zhang2024", "merrill2025", "malladi2022", "kaplan2020")
+
+
+def test_confidence_medium_only_for_goyal_recalled_only_for_lm_papers_with_a_note(doc):
     for e in doc["entries"]:
-        assert e["confidence"] == ("medium" if e["source"] == "goyal2017" else "high"), e["id"]
+        if e["confidence"] == "recalled":
+            assert e["source"] in LM_SOURCES and e["note"], e["id"]
+        else:
+            assert e["confidence"] == ("medium" if e["source"] == "goyal2017" else "high"), e["id"]
+
+
+def test_lm_sources_and_entries(by_id, doc):
+    for key in LM_SOURCES:
+        assert doc["sources"][key]["arxiv"], key
+    for src in ("marek2025", "zhang2024", "merrill2025"):
+        assert any(e["source"] == src and e["kind"] == "claim" for e in doc["entries"]), src
+    # numbers exactly as published-results.md / the authors' code gives them
+    gpt2 = by_id["marek2025/recipe/gpt2"]["numbers"]
+    assert gpt2 == {"b512_lr": 4.8e-3, "b1_fixed_beta2_lr": 1.5e-4, "b1_halflife_lr": 2.4e-3, "b1_sgd_lr": 0.2}
+    assert by_id["zhang2024/recipe/ewa"]["numbers"]["lr"] == 3.16e-3
+    assert by_id["merrill2025/table1/steps_saved/warmup"]["value"] == 43
+    assert (by_id["merrill2025/table1/mt_loss/warmup"]["value"], by_id["merrill2025/table1/mt_loss/small"]["value"]) == (
+        2.5433, 2.5486)
+    # what is not confirmed says so
+    assert by_id["zhang2024/definition/cbs"]["confidence"] == "recalled"
+    assert by_id["malladi2022/definition/sqrt_rule"]["confidence"] == "recalled"
+
+
+def test_recalled_entry_without_a_note_is_refused(tmp_path):
+    bad = yaml.safe_load(DEFAULT_PATH.read_text())
+    entry = next(e for e in bad["entries"] if e["confidence"] == "recalled")
+    del entry["note"]
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(BaselineError, match="recalled' but has no note"):
+        load_baselines(path)
 
 
 def test_hoffer_table1_not_encoded_and_noted(doc):

@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.reprodu
             plan = offline_plan(args.finding, seeds=args.seeds, budget_scale=args.budget_scale,
                                 batch_sizes=args.batch_sizes)
             for job in plan.jobs:
-                print(job.name, shlex.join([f"+experiment={plan.preset}", *job.overrides, *args.override]))
+                print(job.name, shlex.join([f"+experiment={job.preset or plan.preset}", *job.overrides,
+                                             *args.override]))
             return 0
         out = args.out or Path("results") / args.finding
         command = f"{prog} " + shlex.join(list(argv) if argv is not None else sys.argv[1:])

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.hydra_conf import CONF_DIR, compose_config
-from bench.reproduce.plan import Plan, finding as finding_spec, offline_plan, paper_commands, report_options
+from bench.reproduce.plan import (LM_FINDINGS, Plan, finding as finding_spec, offline_plan, paper_commands,
+                                  report_options)
 
 REPO = CONF_DIR.parent
 ALPHAS = tuple(round(-1.0 + 0.1 * i, 10) for i in range(31))  # Keskar Fig. 3: [-1, 2]
@@ -41,7 +42,7 @@ def run_jobs(plan: Plan, records_dir: Path, extra: Sequence[str] = ()) -> list[d
     data_cache: dict[str, Any] = {}
     done = []
     for i, job in enumerate(plan.jobs, 1):
-        cfg = compose_config([f"+experiment={plan.preset}", *job.overrides, *extra])
+        cfg = compose_config([f"+experiment={job.preset or plan.preset}", *job.overrides, *extra])
         job_dir = records_dir / job.name
         if check_reuse(job_dir, cfg) == "finished":
             _log(f"[{i}/{len(plan.jobs)}] {job.name}: finished records exist, skipped")
@@ -92,13 +93,14 @@ def interpolation(records_dir: Path, sb_dir: Path, lb_dir: Path, out_csv: Path,
 
 
 SUMMARY_COLUMNS = (
-    "name", "batch_size", "scaling", "base_lr", "peak_lr", "seed", "status", "total_steps",
+    "name", "batch_size", "scaling", "base_lr", "peak_lr", "adam_b2", "seed", "status", "total_steps",
     "final_step", "final_train_loss", "final_train_accuracy", "final_test_loss",
     "final_test_accuracy", "final_gap_accuracy", "steps_to_target",
     "curvature_hessian_top_eigenvalue", "curvature_hessian_trace",
     "curvature_sharpness_full_eps1e-03", "curvature_sharpness_full_eps5e-04",
     "curvature_sharpness_subspace_eps1e-03", "curvature_sharpness_subspace_eps5e-04",
-    "train_seconds")
+    "final_tokens", "final_test_bits_per_byte", "target_test_loss", "steps_to_test_loss",
+    "tokens_to_test_loss", "train_seconds")
 
 
 def summary_table(records_dir: Path):
@@ -107,7 +109,7 @@ def summary_table(records_dir: Path):
 
     runs = load_records(records_dir)
     cols = [c for c in SUMMARY_COLUMNS if c in runs.columns]
-    keys = [c for c in ("batch_size", "scaling", "base_lr", "seed") if c in runs.columns]
+    keys = [c for c in ("name", "batch_size", "scaling", "base_lr", "seed") if c in runs.columns]
     return runs[cols].sort_values(keys, kind="stable", ignore_index=True)
 
 
@@ -116,11 +118,15 @@ def analyze(finding: str, records_dir: Path, out: Path, *, report_opts: dict[str
             header: str = "", footer: str = "") -> dict[str, Any]:
     """Figures (PNG), summary.csv and report.md for the records under ``records_dir``."""
     from analysis.figures import make_figures
+    from analysis.lm_figures import make_lm_figures
     from analysis.report import build_report
 
     out.mkdir(parents=True, exist_ok=True)
-    figs = make_figures(records_dir, out / "figures", formats=("png",),
-                        interpolation=interpolation_csv, **figure_opts)
+    if finding in LM_FINDINGS:
+        figs = make_lm_figures(records_dir, out / "figures", finding, **figure_opts)
+    else:
+        figs = make_figures(records_dir, out / "figures", formats=("png",),
+                            interpolation=interpolation_csv, **figure_opts)
     for name, result in figs.items():
         _log(f"figure {name}: {result if isinstance(result, str) else ', '.join(map(str, result))}")
     summary_table(records_dir).to_csv(out / "summary.csv", index=False)
@@ -218,6 +224,11 @@ def reproduce_offline(finding: str, out: Path, *, seeds: int | None = None, budg
     timings = [previous.get(t["job"], t) if t.get("skipped") else t
                for t in run_jobs(plan, records_dir, overrides)]
     train_wall = time.perf_counter() - t0
+    meta = {"finding": finding, "scale": "offline", "command": command, "plan": asdict(plan),
+            "jobs": timings, "train_wall_seconds": train_wall, "cpu_count": os.cpu_count()}
+    # the timings first: a failing analysis can be re-run without losing them
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reproduce.json").write_text(json.dumps(meta, indent=1, default=str))
     interp_csv, footer = None, ""
     if plan.interpolation is not None:
         sb, lb = plan.interpolation
@@ -234,10 +245,8 @@ def reproduce_offline(finding: str, out: Path, *, seeds: int | None = None, budg
     header = offline_header(plan, command, timings, wall, source)
     figs = analyze(finding, records_dir, out, report_opts=plan.report, figure_opts=plan.figures,
                    interpolation_csv=interp_csv, header=header, footer=footer)
-    meta = {"finding": finding, "scale": "offline", "command": command, "plan": asdict(plan),
-            "jobs": timings, "train_wall_seconds": train_wall, "wall_seconds": wall,
-            "cpu_count": os.cpu_count(), "figures": figs,
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    meta.update(wall_seconds=wall, figures=figs,
+                finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     (out / "reproduce.json").write_text(json.dumps(meta, indent=1, default=str))
     _log(f"wrote {out / 'report.md'} ({wall / 60:.1f} min)")
     return meta
@@ -257,6 +266,8 @@ def reproduce_paper(finding: str, out: Path, *, launcher: str, seeds: int | None
         if proc.returncode != 0:
             _log(f"{preset}: exit code {proc.returncode}; stopping (re-run the same command to resume)")
             return proc.returncode
+        if finding in LM_FINDINGS:  # arms: one report over every preset's sweep, below
+            continue
         sweep = out / preset
         interp = None
         opts, fig_opts = report_options(preset, finding)
@@ -268,6 +279,12 @@ def reproduce_paper(finding: str, out: Path, *, launcher: str, seeds: int | None
                 _log(f"{preset}: no interpolation curve ({err})")
         analyze(finding, sweep, sweep, report_opts=opts, figure_opts=fig_opts, interpolation_csv=interp,
                 header=f"# Reproduction: {finding} / {preset} (paper scale)\n\n- command: `{shlex.join(cmd)}`\n\n---\n\n")
+    if finding in LM_FINDINGS:
+        paper = finding_spec(finding).paper
+        opts, fig_opts = report_options(paper[0], finding, paper)
+        analyze(finding, out, out, report_opts=opts, figure_opts=fig_opts, interpolation_csv=None,
+                header=f"# Reproduction: {finding} (paper scale)\n\n- commands:\n"
+                       + "".join(f"  - `{shlex.join(c)}`\n" for c in cmds) + "\n---\n\n")
     return 0
 
 
