@@ -33,6 +33,9 @@ GROUPS: dict[str, Registry] = {
     "dataset": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS, "scaling": SCALING_RULES,
     "schedule": SCHEDULES, "batch_schedule": BATCH_SCHEDULES, "logger": LOGGERS,
 }
+# Optimizers whose step is theta -= lr P^-1 m with Adam's diagonal P (metrics.preconditioned);
+# LAMB rescales each layer's step by a trust ratio, so P^-1 H is not its stability operator.
+PRECONDITIONED_OPTIMIZERS = ("adam", "adamw")
 # Root keys that are metadata of a preset or sweep, not settings of a job.
 NOT_SETTINGS = ("sweep", "hydra", "reproduce")
 
@@ -100,6 +103,12 @@ class MetricsConfig:
     noise_small_batch: int = param(32, ge=1)
     noise_num_small: int = param(16, ge=2)
     noise_ema: float = param(0.9, ge=0, lt=1)
+    preconditioned: bool = param(
+        False, help="Adam's preconditioned sharpness lambda_max(P^-1 H) (Cohen et al. 2022); "
+                    "optimizer=adam|adamw")
+    batch_sharpness_batches: int = param(
+        0, ge=0, help="minibatches of the run's batch size averaged for batch sharpness "
+                      "E[g_B^T H_B g_B / |g_B|^2] (Andreyev & Beneventano 2024); 0: off")
 
     def check(self, where: str) -> None:
         if self.top_k > self.lanczos_iters:
@@ -198,6 +207,9 @@ def validate(cfg: Config, *, num_devices: int = 1) -> Config:
     if micro % ghost:
         raise ConfigError(f"model.ghost_batch_size={ghost} must divide the microbatch size {micro}")
     cfg.batch_schedule.check_with(cfg, batch_quantum(cfg, num_devices))
+    if cfg.metrics.preconditioned and cfg.optimizer.name not in PRECONDITIONED_OPTIMIZERS:
+        raise ConfigError(f"metrics.preconditioned=true measures Adam's preconditioned sharpness; use "
+                          f"optimizer={'|'.join(PRECONDITIONED_OPTIMIZERS)} (got optimizer={cfg.optimizer.name})")
     if cfg.scaling.scales_adam:
         if not isinstance(cfg.optimizer, AdamFamily):
             raise ConfigError(f"scaling={cfg.scaling.name} scales Adam's b1, b2 and eps; use "

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from bench import compile_cache
-from bench.config import Config, validate
+from bench.config import PRECONDITIONED_OPTIMIZERS, Config, validate
 from bench.data import ArrayDataset, open_dataset
 from bench.data.batch_schedules import make_plan
 from bench.data.stream import LocalSlice, StreamDataset, TrainStream, eval_chunks
@@ -313,9 +313,11 @@ class Job:
         if self.stream is not None:
             self.stream.close()
 
-    def measure(self, state: TrainState, k: int, lr: float) -> dict[str, Any]:
-        """Curvature statistics of replica k (time counted as metrics time)."""
+    def measure(self, state: TrainState, k: int, lr: float, batch_size: int | None = None) -> dict[str, Any]:
+        """Curvature statistics of replica k (time counted as metrics time); ``batch_size``: the
+        minibatch size of the last step (batch sharpness; default the configured one)."""
         t = time.perf_counter()
-        stats = self.probe.measure(state, k, lr)
+        adam = self.replicas[k].hyperparams if self.cfg.optimizer.name in PRECONDITIONED_OPTIMIZERS else None
+        stats = self.probe.measure(state, k, lr, adam=adam, batch_size=batch_size or self.cfg.batch_size)
         self.timings.metrics_seconds += time.perf_counter() - t
         return stats

@@ -106,7 +106,7 @@ class RunRecords:
                       lrs: np.ndarray) -> None:
         """Curvature of every replica evaluated at this step, merged into its eval row."""
         for k, row in rows.items():
-            stats = self.job.measure(state, k, float(lrs[k]))
+            stats = self.job.measure(state, k, float(lrs[k]), batch_size=row["batch_size"])
             stats.update(self.job.cfg.optimizer.stability_thresholds(float(lrs[k])))
             row.update(stats)  # type: ignore[typeddict-item]
             if step == self.job.plan.total_steps:

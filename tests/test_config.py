@@ -199,6 +199,9 @@ def test_wrong_type_and_out_of_range_values_are_one_line_errors(key, tp, meta, s
     ("optimizer.b2=0.95", "optimizer.b2 has no effect with optimizer=momentum: it is a setting of "
                           "optimizer=adam|adamw|lamb"),
     ("metrics.top_k=40", "metrics.top_k=40 must be <= metrics.lanczos_iters=30"),
+    ("metrics.preconditioned=true", "metrics.preconditioned=true measures Adam's preconditioned "
+                                    "sharpness; use optimizer=adam|adamw (got optimizer=momentum)"),
+    ("metrics.batch_sharpness_batches=-1", "metrics.batch_sharpness_batches=-1 must be an integer >= 0"),
     ("schedule.warmup_steps=5 schedule.warmup_epochs=1", "set schedule.warmup_steps or "
                                                          "schedule.warmup_epochs, not both"),
 ])

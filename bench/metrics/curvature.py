@@ -39,6 +39,15 @@ Hutchinson if ``hutchinson_probes > 0``):
 - ``noise_scale_simple``: trace_sigma / grad_norm_sq of this draw (noisy)
 - ``grad_norm_sq_ema``, ``trace_sigma_ema``: bias-corrected EMAs (decay ``noise_ema``)
 - ``noise_scale_simple_ema``: trace_sigma_ema / grad_norm_sq_ema
+``cfg.preconditioned`` and a ``preconditioner`` P (Adam's, bench.metrics.preconditioned):
+- ``preconditioned_top_eigenvalue``: lambda_max(P^-1 H) on the subset (Cohen et al. 2022),
+  Lanczos with ``lanczos_iters`` steps on P^-1/2 H P^-1/2 (``lanczos_iters`` + 1 HVPs)
+- ``preconditioned_lanczos_residual``: its Ritz pair's residual (in the symmetric form)
+``cfg.batch_sharpness_batches`` > 0 and ``batch_size`` (Andreyev & Beneventano 2024):
+- ``batch_sharpness``, ``batch_sharpness_stderr``: mean and standard error over that many
+  minibatches of ``batch_size`` examples drawn from all of ``data`` of g_B^T H_B g_B / |g_B|^2
+  (one HVP of ``batch_size`` examples per minibatch; a single draw when ``batch_size`` >= N)
+- ``batch_sharpness_batches``, ``batch_sharpness_batch_size``: draws and minibatch size used
 Always: ``curvature_subset_size`` (examples used for curvature),
 ``curvature_seconds`` (wall time of this call); ``two_over_lr`` = 2 / lr when
 ``lr`` is given (the edge-of-stability threshold of Cohen et al. 2021).
@@ -57,6 +66,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from bench.metrics import noise_scale as ns
+from bench.metrics.batch_sharpness import batch_sharpness
 from bench.metrics.hessian import (
     Batch,
     LossFn,
@@ -67,12 +77,14 @@ from bench.metrics.hessian import (
     power_iteration_top_eigenvalue,
     spectral_density,
 )
+from bench.metrics.preconditioned import preconditioned_top_eigenvalues
 from bench.metrics.sharpness import keskar_sharpness, random_subspace
 
 __all__ = ["CurvatureConfig", "eps_tag", "measure", "select_subset"]
 
 # Constants folded into the measurement key, one per probe family.
 KEY_SUBSET, KEY_LANCZOS, KEY_POWER, KEY_HUTCHINSON, KEY_SLQ, KEY_SUBSPACE, KEY_SHARPNESS, KEY_NOISE = range(8)
+KEY_PRECONDITIONED, KEY_BATCH_SHARPNESS = 8, 9
 
 
 class CurvatureConfig(Protocol):
@@ -97,6 +109,8 @@ class CurvatureConfig(Protocol):
     noise_small_batch: int
     noise_num_small: int
     noise_ema: float
+    preconditioned: bool
+    batch_sharpness_batches: int
 
 
 def select_subset(data: Batch, key: jax.Array, size: int | None) -> Batch:
@@ -213,6 +227,26 @@ def _noise(
     return out, ema_state
 
 
+def _modern(cfg: CurvatureConfig, loss_fn: LossFn, params: PyTree, subset: Batch, data: Batch, key: jax.Array,
+            rolled: bool | None, preconditioner: PyTree | None, batch_size: int | None) -> dict:
+    """Adam's preconditioned sharpness (on the subset) and batch sharpness (minibatches of all data)."""
+    out: dict[str, Any] = {}
+    if getattr(cfg, "preconditioned", False) and preconditioner is not None:
+        res = preconditioned_top_eigenvalues(
+            loss_fn, params, subset, jax.random.fold_in(key, KEY_PRECONDITIONED), preconditioner, k=1,
+            num_iters=cfg.lanczos_iters, chunk_size=cfg.chunk_size or None, rolled=rolled)
+        out["preconditioned_top_eigenvalue"] = _num(res.eigenvalues[0])
+        out["preconditioned_lanczos_residual"] = _num(res.residuals[0])
+    draws = getattr(cfg, "batch_sharpness_batches", 0)
+    if draws and batch_size:
+        bs = batch_sharpness(loss_fn, params, data, jax.random.fold_in(key, KEY_BATCH_SHARPNESS),
+                             batch_size=batch_size, num_batches=draws)
+        out.update(batch_sharpness=_num(bs.mean), batch_sharpness_stderr=_num(bs.stderr),
+                   batch_sharpness_batches=len(bs.samples),
+                   batch_sharpness_batch_size=min(int(batch_size), num_examples(data)))
+    return out
+
+
 def measure(
     cfg: CurvatureConfig,
     loss_fn: LossFn,
@@ -223,12 +257,15 @@ def measure(
     lr: float | None = None,
     ema_state: ns.NoiseScaleEMA | None = None,
     rolled: bool | None = None,
+    preconditioner: PyTree | None = None,
+    batch_size: int | None = None,
 ) -> tuple[dict[str, Any], ns.NoiseScaleEMA | None]:
     """Measure the enabled curvature / noise-scale metrics; see the module docstring.
 
     Returns (flat JSON-able dict, new noise-scale EMA state); the state is returned
     unchanged when the noise scale is disabled. ``rolled``: loop style (bench.metrics.operator;
-    default by backend), same numbers up to round-off.
+    default by backend), same numbers up to round-off. ``preconditioner``: Adam's P (params-shaped)
+    for ``cfg.preconditioned``; ``batch_size``: the run's minibatch size for batch sharpness.
     """
     start = time.perf_counter()
     subset = select_subset(data, jax.random.fold_in(key, KEY_SUBSET), cfg.subset_size)
@@ -252,6 +289,7 @@ def measure(
     if cfg.noise_scale:
         noise, ema_state = _noise(cfg, loss_fn, params, data, key, ema_state)
         out.update(noise)
+    out.update(_modern(cfg, loss_fn, params, subset, data, key, rolled, preconditioner, batch_size))
     if lr is not None:
         out["two_over_lr"] = 2.0 / lr
     out["curvature_seconds"] = time.perf_counter() - start

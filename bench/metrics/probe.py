@@ -27,6 +27,7 @@ from bench.config import MetricsConfig
 from bench.metrics.curvature import KEY_SUBSET, measure, select_subset
 from bench.metrics.noise_scale import NoiseScaleEMA
 from bench.metrics.operator import HessianOperator, LossFn, rolled_loops
+from bench.metrics.preconditioned import adam_preconditioner
 from bench.models.matmul_conv import with_matmul_convs
 from bench.parallel import batch_sharded, global_array, replicated
 from bench.step import ModelFns, TrainState, split_model
@@ -76,12 +77,27 @@ class CurvatureProbe:
         return HessianOperator.of(self.loss_fn(params, stats), params, subset, self.cfg.chunk_size or None,
                                   rolled_loops() if rolled is None else rolled)
 
-    def measure(self, state: TrainState, k: int, lr: float) -> dict[str, Any]:
-        """All enabled statistics of replica ``k`` at its current parameters."""
+    def measure(self, state: TrainState, k: int, lr: float, *, adam: dict[str, float] | None = None,
+                batch_size: int | None = None) -> dict[str, Any]:
+        """All enabled statistics of replica ``k`` at its current parameters. ``adam``: the b1, b2,
+        eps of an Adam optimizer (values injected into its state take precedence), for the
+        preconditioned sharpness; ``batch_size``: the run's minibatch size, for batch sharpness."""
         params, stats = self.replica(state, k)
         out, self.ema[k] = measure(self.cfg, self.loss_fn(params, stats), params, self.data,
-                                   self.keys[k], lr=lr, ema_state=self.ema[k])
+                                   self.keys[k], lr=lr, ema_state=self.ema[k],
+                                   preconditioner=self.preconditioner(state, k, adam),
+                                   batch_size=batch_size)
         return out
+
+    def preconditioner(self, state: TrainState, k: int, adam: dict[str, float] | None) -> Any:
+        """Adam's P of replica ``k`` (bench.metrics.preconditioned), or None."""
+        if not (self.cfg.preconditioned and adam):
+            return None
+        opt = jax.tree.map(lambda a: a[k], state.opt_state)
+        injected = getattr(opt, "hyperparams", {})  # b1, b2, eps a batch-size rule set, if any
+        hyper = {name: float(injected[name]) if name in injected else float(adam[name])
+                 for name in ("b1", "b2", "eps")}
+        return adam_preconditioner(opt, **hyper)
 
     def state_dict(self) -> list[dict[str, float] | None]:
         return [None if e is None else dataclasses.asdict(e) for e in self.ema]
