@@ -209,3 +209,46 @@ def test_edge_of_stability_counts_only_runs_that_reach(tmp_path):
     assert v.numbers["runs"] == 2 and v.numbers["runs_reaching"] == 1
     assert v.numbers["fraction_hovering"] == 1.0
     assert "1 of 2 runs never reached 2/lr (lr 0.01)" in v.details
+
+
+def _with(rows, **columns):
+    """The rows with extra per-row values: {key: f(row)}."""
+    return [{**row, **{k: f(row) for k, f in columns.items()}} for row in rows]
+
+
+def test_edge_of_stability_uses_the_optimizers_own_threshold(tmp_path):
+    # heavy ball, beta = 0.9: sharpness hovers at (2 + 2 beta)/lr = 3.8/lr, 1.9x above 2/lr
+    rows = _with(_rise_hover_decline(0.1), stability_threshold=lambda r: 3.8 / 0.1, lr=lambda r: 0.1,
+                 hessian_top_eigenvalue=lambda r: r["hessian_top_eigenvalue"] * 1.9)
+    write_records(tmp_path, [make_record(batch_size=4000, history=rows, peak_lr=0.1, num_train=4000)])
+    v = eos_verdict(load_history(tmp_path))
+    assert v.verdict == "reproduced" and v.numbers["median_ratio_after_reach"] == pytest.approx(1.0)
+    assert v.claim == "sharpness rises to the optimizer's threshold ((2 + 2 β)/lr with momentum) and hovers there"
+
+
+def test_adaptive_edge_of_stability_compares_preconditioned_sharpness_with_38_over_lr(tmp_path):
+    lr = 0.01
+    rows = _with(_rise_hover_decline(lr), preconditioned_stability_threshold=lambda r: 38 / lr,
+                 preconditioned_top_eigenvalue=lambda r: r["hessian_top_eigenvalue"] / (2 / lr) * 38 / lr,
+                 hessian_top_eigenvalue=lambda r: 123.0)  # lambda_max itself is not compared
+    rows[0].pop("preconditioned_top_eigenvalue")  # step 0: no Adam step yet, so no P
+    write_records(tmp_path, [make_record(batch_size=4000, history=rows, peak_lr=lr, num_train=4000)])
+    h = load_history(tmp_path)
+    v = eos_verdict(h)
+    assert v.verdict == "reproduced" and v.numbers["median_ratio_after_reach"] == pytest.approx(1.0)
+    assert v.claim == "preconditioned sharpness λ_max(P^-1 H) rises to (2 + 2 β1)/((1 − β1) lr) and hovers there"
+    assert eos_table(h)["rows"].iloc[0] == len(rows) - 1  # the row without P is left out, not compared with 2/lr
+
+
+def test_edge_of_stability_judges_each_arm_alone(tmp_path):
+    above = _with(_rise_hover_decline(0.1), hessian_top_eigenvalue=lambda r: r["hessian_top_eigenvalue"] * 1.4)
+    recs = [make_record(batch_size=4000, history=rows, peak_lr=0.1, num_train=4000, replica_index=i)
+            for i, rows in enumerate((_rise_hover_decline(0.1), above))]
+    for rec, name in zip(recs, ("tanh_mse", "relu_ce")):
+        rec["config"]["name"] = name  # the preset's name labels its arm
+    write_records(tmp_path, recs)
+    h = load_history(tmp_path)
+    assert eos_verdict(h, arm="tanh_mse").verdict == "reproduced"
+    above_v = eos_verdict(h, arm="relu_ce")
+    assert above_v.verdict == "not reproduced" and above_v.claim.endswith("(relu_ce)")
+    assert above_v.numbers["median_ratio_after_reach"] == pytest.approx(1.4)
