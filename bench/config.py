@@ -86,6 +86,10 @@ class MetricsConfig:
     """Curvature and gradient-noise measurements (bench.metrics.curvature); off unless hessian."""
     hessian: bool = param(False, help="Hessian top-k, trace, density, sharpness, noise scale")
     every: int | None = param(None, ge=1, help="steps between measurements (null: at the end)")
+    dense_every: int | None = param(
+        None, ge=1, help="also measure every n steps up to metrics.dense_until (e.g. around the "
+                         "edge-of-stability crossing); null: off")
+    dense_until: int = param(0, ge=0, help="last step of the metrics.dense_every cadence")
     subset_size: int = param(10000, ge=0, help="training examples used (0 or >= N: all of them)")
     chunk_size: int = param(1000, ge=1, help="examples per Hessian-vector-product chunk")
     top_k: int = param(1, ge=1)

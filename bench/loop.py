@@ -34,16 +34,19 @@ class Cadence:
     measure_every: int | None   # None: curvature at the end only (when measured at all)
     measures: bool              # metrics.hessian
     steps_per_call: int
+    dense_every: int | None = None  # also every dense_every steps up to dense_until
+    dense_until: int = 0
 
     @classmethod
     def of(cls, job: Job) -> "Cadence":
         cfg = job.cfg
         return cls(job.plan, cfg.eval.cadence(cfg.batch_size), cfg.metrics.every,
-                   cfg.metrics.hessian, cfg.steps_per_call)
+                   cfg.metrics.hessian, cfg.steps_per_call, cfg.metrics.dense_every, cfg.metrics.dense_until)
 
     def measures_at(self, step: int) -> bool:
         return self.measures and (step == self.plan.total_steps or (
-            self.measure_every is not None and step % self.measure_every == 0))
+            self.measure_every is not None and step % self.measure_every == 0) or (
+            self.dense_every is not None and step <= self.dense_until and step % self.dense_every == 0))
 
     def evaluates_at(self, step: int) -> bool:
         return step % self.eval_every == 0 or step == self.plan.total_steps or self.measures_at(step)
@@ -56,6 +59,8 @@ class Cadence:
                  self.plan.next_change(step) or end]
         if self.measures and self.measure_every:
             stops.append((step // self.measure_every + 1) * self.measure_every)
+        if self.measures and self.dense_every and step < self.dense_until:
+            stops.append((step // self.dense_every + 1) * self.dense_every)
         return min(stops) - step
 
 

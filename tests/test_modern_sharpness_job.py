@@ -82,3 +82,19 @@ def test_records_carry_both_beside_the_thresholds_and_defaults_leave_them_out(tm
     assert "preconditioned_top_eigenvalue" not in records[1]["history"][0]  # step 0: no Adam step yet
     plain = run(config(preconditioned=False, batch_sharpness_batches=0), tmp_path / "off")
     assert not {"preconditioned_top_eigenvalue", "batch_sharpness"} & set(plain[1]["history"][-1])
+
+
+def test_dense_cadence_measures_often_up_to_dense_until_then_every():
+    from types import SimpleNamespace
+
+    from bench.loop import Cadence
+
+    plan = SimpleNamespace(total_steps=130, next_change=lambda step: None)
+    cadence = Cadence(plan, eval_every=100, measure_every=50, measures=True, steps_per_call=25,
+                      dense_every=5, dense_until=20)
+    step, visited = 0, [0]
+    while step < plan.total_steps:
+        step += cadence.steps_in_next_call(step)
+        visited.append(step)
+    assert [s for s in visited if cadence.measures_at(s)] == [0, 5, 10, 15, 20, 50, 100, 130]
+    assert all(cadence.evaluates_at(s) for s in (5, 10, 15, 20))  # a measurement joins an eval row
