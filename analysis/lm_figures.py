@@ -111,6 +111,9 @@ def zhang_figure(runs: pd.DataFrame, history: pd.DataFrame, *, data_sizes: Seque
             ps = steps_per_seed(history[history["name"] == m], goal)
             mean = ps.groupby("batch_size")["steps"].agg(lambda x: x.mean() if x.notna().all() else np.nan)
             ok = mean[np.isfinite(mean.to_numpy(float))]
+            missed = [f"{b:g}" for b in mean.index[~np.isfinite(mean.to_numpy(float))]]
+            if missed:
+                ax.plot([], [], " ", label=f"{_short(m)}: target not reached at B = {', '.join(missed)}")
             if ok.empty:
                 continue
             b, s = ok.index.to_numpy(float), ok.to_numpy(float)

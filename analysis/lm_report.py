@@ -94,7 +94,10 @@ def compute_lm_verdicts(finding: str, runs: pd.DataFrame, history: pd.DataFrame,
         if cells.empty or "cbs" not in cells:
             return [Verdict("zhang_cbs", "the critical batch size grows with data size", "inconclusive", "",
                             (), details="no data sizes given or no records")]
-        out = zhang_verdicts(cells, model_factor=opts.get("model_factor", 2.0))
+        seeds = tuple(sorted(int(x) for x in history["seed"].dropna().unique())) if "seed" in history else ()
+        out = zhang_verdicts(cells, model_factor=opts.get("model_factor", 2.0), seeds=seeds)
+        # the cells (targets, CBS with seed range and bracket, B_simple) under the first verdict;
+        # its per-model ratios are in its numbers
         out[0].table = cells.drop(columns=[c for c in ("reason",) if c in cells and not cells[c].any()])
         return out
     if finding == "shallue_lm":

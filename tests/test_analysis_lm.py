@@ -88,7 +88,11 @@ def test_zhang_verdicts_data_grows_model_flat():
         {"model": "n2", "num_params": 1e5, "tokens": 4e4, "cbs": 30.0, "seed_min": 26.0, "seed_max": 33.0}])
     data, model = zhang_verdicts(cells)
     assert data.verdict == "reproduced" and model.verdict == "reproduced"
-    assert model.numbers["mean_abs_log_ratio_model"] < model.numbers["mean_abs_log_ratio_data"]
+    assert model.numbers["mean_abs_log_ratio_model"] == pytest.approx(math.log(1.25))
+    assert model.numbers["mean_abs_log_ratio_data"] == pytest.approx(math.log(3))
+    # growth below the 1.2 threshold is not growth, even with separate seed ranges
+    assert zhang_verdicts(cells.assign(cbs=[8.0, 9.0, 10.0, 11.0], seed_min=[8.0, 9.0, 10.0, 11.0],
+                                       seed_max=[8.0, 9.0, 10.0, 11.0]))[0].verdict == "not reproduced"
     # CBS follows the model instead: data effect overlapping seeds, model effect 4x
     flipped = cells.assign(cbs=[8.0, 9.0, 32.0, 34.0], seed_min=[6.0, 7.0, 30.0, 31.0],
                            seed_max=[10.0, 11.0, 34.0, 37.0])

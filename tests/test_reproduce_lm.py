@@ -121,3 +121,34 @@ def test_tiny_marek_reproduction_writes_report_and_figures(tmp_path):
     jobs = [j["job"] for j in json.loads((out / "reproduce.json").read_text())["jobs"]]
     assert jobs == ["marek_offline_halflife-B1", "marek_offline_halflife-B16", "marek_offline_beta2-B1",
                     "marek_offline_beta2-B16", "marek_offline_sgd-B1", "marek_offline_sgd-B16"]
+
+
+def test_analyze_only_rewrites_the_report_from_records_without_training(tmp_path):
+    """Constructed marek records + the reproduce.json of a run: --analyze-only writes figures and
+    the report, keeping the run's command and job table and saying it was re-analysed."""
+    from dataclasses import asdict
+
+    from lm_record_factory import lm_record, lm_rows, write_lm
+
+    out = tmp_path / "marek"
+    recs = []
+    for name in ("marek_offline_halflife", "marek_offline_beta2", "marek_offline_sgd"):
+        for b in (1, 16):
+            for seed in (0, 1):
+                recs.append(lm_record(name=name, batch_size=b, base_lr=0.01, seed=seed, index=seed,
+                                      rows=lm_rows([0, 64], batch_size=b, loss=lambda t, s, b=b: 5.0 if s == 0 else 2 + b / 100)))
+    write_lm(out / "records", recs)
+    plan = offline_plan("marek", batch_sizes=[1, 16])
+    jobs = [{"job": j.name, "batch_size": j.batch_size, "skipped": False, "wall_seconds": 60.0, "total_steps": 64,
+             "compile_seconds": 5.0, "train_seconds": 50.0, "eval_seconds": 5.0, "metrics_seconds": 0.0}
+            for j in plan.jobs]
+    (out / "reproduce.json").write_text(json.dumps({"finding": "marek", "command": "python -m analysis.reproduce marek",
+                                                    "plan": asdict(plan), "jobs": jobs, "wall_seconds": 360.0}))
+    assert main(["marek", "--scale", "offline", "--out", str(out), "--analyze-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert "- command: `python -m analysis.reproduce marek`" in report
+    assert "analysis re-run" in report and "| marek_offline_sgd-B16 | 16 | 64 | 60 |" in report
+    assert "**Verdict: reproduced**" in report                       # B = 1 (2.01) beats B = 16 (2.16)
+    assert (out / "figures" / "marek_loss_vs_batch.png").is_file()
+    with pytest.raises(ValueError, match="not 'zhang_cbs'"):
+        main(["zhang_cbs", "--scale", "offline", "--out", str(out), "--analyze-only"])

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bench.reproduce.plan import FINDINGS, launchers, offline_plan
-from bench.reproduce.run import _log, publish, reproduce_offline, reproduce_paper
+from bench.reproduce.run import _log, publish, reanalyze_offline, reproduce_offline, reproduce_paper
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.reproduce") -> int:
@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.reprodu
     ap.add_argument("--dry-run", action="store_true", help="print the jobs / commands, run nothing")
     ap.add_argument("--publish", type=Path, default=None,
                     help="copy report.md, CSVs and PNG figures (no records) to this dir")
+    ap.add_argument("--analyze-only", action="store_true",
+                    help="offline: figures and report again from the records in --out (nothing trained)")
     args = ap.parse_args(argv)
     if args.scale == "offline":
         if args.dry_run:
@@ -43,6 +45,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.reprodu
             return 0
         out = args.out or Path("results") / args.finding
         command = f"{prog} " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
+        if args.analyze_only:
+            reanalyze_offline(args.finding, out, command=command)
+            for p in publish(out, args.publish) if args.publish else ():
+                _log(f"published {p}")
+            return 0
         reproduce_offline(args.finding, out, seeds=args.seeds, budget_scale=args.budget_scale,
                           batch_sizes=args.batch_sizes, overrides=args.override, command=command)
         if args.publish:

@@ -252,6 +252,38 @@ def reproduce_offline(finding: str, out: Path, *, seeds: int | None = None, budg
     return meta
 
 
+def reanalyze_offline(finding: str, out: Path, *, command: str = "") -> dict[str, Any]:
+    """Figures, summary and report again from the records under ``out`` (nothing trained): for
+    analysis code or baselines that changed after the runs. The header keeps the command, plan
+    and timings of the run that wrote the records (``reproduce.json``) and says it was re-analysed."""
+    from bench.reproduce.plan import JobSpec
+
+    meta = json.loads((out / "reproduce.json").read_text())
+    if meta.get("finding") != finding:
+        raise ValueError(f"{out / 'reproduce.json'} is a reproduction of {meta.get('finding')!r}, not {finding!r}")
+    stored = dict(meta["plan"])
+    stored["jobs"] = tuple(JobSpec(**{**j, "overrides": tuple(j["overrides"])}) for j in stored["jobs"])
+    for key in ("batch_sizes", "seeds", "lrs", "rules", "presets"):
+        stored[key] = tuple(stored.get(key) or ())
+    current = offline_plan(finding)  # analysis options come from the presets, as in a full run
+    plan = Plan(**{**stored, "report": current.report, "figures": current.figures})
+    interp = out / "interpolation.csv"
+    footer = (_bn_recomputed_section(out / "interpolation_bn_recomputed.csv", out / "figures")
+              if (out / "interpolation_bn_recomputed.csv").is_file() else "")
+    source = compose_config([f"+experiment={plan.preset}"]).source
+    header = offline_header(plan, meta.get("command", ""), meta["jobs"], meta.get("wall_seconds") or
+                            meta.get("train_wall_seconds", 0.0), source)
+    note = (f"- analysis re-run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the records "
+            f"(nothing retrained): `{command}`\n")
+    header = header.replace("\nJobs (each trains", f"\n{note}\nJobs (each trains", 1)
+    figs = analyze(finding, out / "records", out, report_opts=plan.report, figure_opts=plan.figures,
+                   interpolation_csv=interp if interp.is_file() else None, header=header, footer=footer)
+    meta.update(figures=figs, reanalyzed_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    (out / "reproduce.json").write_text(json.dumps(meta, indent=1, default=str))
+    _log(f"wrote {out / 'report.md'} (re-analysed)")
+    return meta
+
+
 def reproduce_paper(finding: str, out: Path, *, launcher: str, seeds: int | None,
                     overrides: Sequence[str], dry_run: bool) -> int:
     cmds = paper_commands(finding, launcher=launcher, out=out, seeds=seeds, overrides=overrides,
