@@ -42,6 +42,8 @@ SHARPNESS_KEYS = {
     "hessian_top_eigenvalue": "top Hessian eigenvalue λ_max",
     "hessian_trace": "Hessian trace",
     "sharpness_full_eps1e-03": "ε-sharpness, full space (ε = 1e-3)",
+    "batch_sharpness": "batch sharpness E_B[g_Bᵀ H_B g_B / |g_B|²]",
+    "preconditioned_top_eigenvalue": "Adam's preconditioned λ_max(P⁻¹H)",
 }
 INTERPOLATION_COLUMNS = ("alpha", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 INTERPOLATION_FILENAME = "interpolation.csv"
@@ -194,19 +196,12 @@ def interpolation_figure(curve: pd.DataFrame) -> Figure:
 
 
 # -------------------------------------------------------------- 5. edge of stability
-def _two_over_lr(h: pd.DataFrame) -> pd.Series:
-    if "two_over_lr" in h and h["two_over_lr"].notna().any():
-        return pd.to_numeric(h["two_over_lr"], errors="coerce")
-    if "lr" in h:
-        return 2.0 / pd.to_numeric(h["lr"], errors="coerce")
-    raise NoData("edge of stability: history has neither two_over_lr nor lr")
-
-
 def eos_runs(history: pd.DataFrame, max_runs: int = 5) -> list[str]:
     """Runs to show: those with >= 2 sharpness rows, the lowest seed per (batch size, LR),
-    spread over those settings (at most ``max_runs``): 2/lr differs per LR, so each LR shows
-    its own ceiling."""
-    h = history[history["hessian_top_eigenvalue"].notna()]
+    spread over those settings (at most ``max_runs``): the threshold differs per LR, so each LR
+    shows its own ceiling."""
+    h = history[history["eos_value"].notna()] if "eos_value" in history else \
+        history[history["hessian_top_eigenvalue"].notna()]
     counts = h.groupby("run_id").size()
     h = h[h["run_id"].isin(counts[counts >= 2].index)]
     first = (h.sort_values(["batch_size", "peak_lr", "seed"], kind="stable")
@@ -217,35 +212,63 @@ def eos_runs(history: pd.DataFrame, max_runs: int = 5) -> list[str]:
     return first
 
 
-def edge_of_stability_figure(history: pd.DataFrame, *, run_ids: Sequence[str] | None = None,
-                             max_runs: int = 5) -> Figure:
-    """Sharpness (history ``hessian_top_eigenvalue``) vs step against 2/lr (dashed, same
-    colour), with the training loss below (Cohen et al. 2021)."""
-    h = _require(history, ["run_id", "step", "hessian_top_eigenvalue"], "edge of stability")
-    h = h.assign(two_over_lr=_two_over_lr(h))
-    ids = list(run_ids) if run_ids is not None else eos_runs(h, max_runs)
-    if not ids:
-        raise NoData("edge of stability: no run has >= 2 history rows with hessian_top_eigenvalue")
-    fig, (ax, loss_ax) = new_figure(nrows=2, width=6.5, height=3.2)
+def _eos_panel(ax, loss_ax, h: pd.DataFrame, ids: Sequence[str], title: str) -> None:
+    pre = (h["eos_quantity"] == "lambda_max(P^-1 H)").any()
     for i, rid in enumerate(ids):
-        r = h[(h["run_id"] == rid) & h["hessian_top_eigenvalue"].notna()].sort_values("step")
+        r = h[(h["run_id"] == rid) & h["eos_value"].notna()].sort_values("step")
         if r.empty:
             raise NoData(f"edge of stability: run {rid} has no sharpness rows")
         label = f"B={r['batch_size'].iloc[0]:g}, lr={r['peak_lr'].iloc[0]:.3g}, seed {r['seed'].iloc[0]}"
-        ax.plot(r["step"], r["hessian_top_eigenvalue"], "-", color=f"C{i}", label=label)
-        ax.plot(r["step"], r["two_over_lr"], "--", color=f"C{i}", lw=1)
+        ax.plot(r["step"], r["eos_value"], "-", color=f"C{i}", label=label)
+        ax.plot(r["step"], r["eos_threshold"], "--", color=f"C{i}", lw=1)
+        full = {"current_batch_size", "num_train"} <= set(r) and bool((r["current_batch_size"] >= r["num_train"]).all())
+        if "batch_sharpness" in r and r["batch_sharpness"].notna().any() and not full:
+            ax.plot(r["step"], r["batch_sharpness"], ":", color=f"C{i}", lw=1)  # minibatch SGD (EoSS)
         if "train_loss" in h:
             rl = h[h["run_id"] == rid].sort_values("step")
             loss_ax.plot(rl["step"], rl["train_loss"], "-", color=f"C{i}", label=label)
-    ax.plot([], [], "--", color="0.4", label="2 / lr")
+    thr = "(2 + 2β1)/((1 − β1) lr)" if pre else "stability threshold (2/lr for GD)"
+    ax.plot([], [], "--", color="0.4", label=thr)
     ax.set_xlabel("step")
-    ax.set_ylabel("sharpness λ_max")
-    ax.set_title("Sharpness during training vs 2/lr (edge of stability)")
+    ax.set_ylabel("preconditioned sharpness λ_max(P⁻¹H)" if pre else "sharpness λ_max")
+    if pre:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     loss_ax.set_xlabel("step")
     loss_ax.set_ylabel("train loss")
     if "train_loss" in h and (h["train_loss"].dropna() > 0).all():
         loss_ax.set_yscale("log")
+
+
+def edge_of_stability_figure(history: pd.DataFrame, *, run_ids: Sequence[str] | None = None,
+                             max_runs: int = 5) -> Figure:
+    """Sharpness vs step against the optimizer's own stability threshold (dashed, same colour;
+    ``analysis.verdicts.stability_columns``: 2/lr for GD, (2 + 2β)/lr heavy ball, Adam's
+    preconditioned sharpness against (2 + 2β1)/((1 − β1) lr); 2/lr for older records), with the
+    training loss below (Cohen et al. 2021, 2022). One column per preset (records' ``name``)
+    when the history holds several (a finding's arms)."""
+    from analysis.verdicts import stability_columns
+
+    h = _require(history, ["run_id", "step", "hessian_top_eigenvalue"], "edge of stability")
+    if "two_over_lr" not in h and "lr" not in h and "stability_threshold" not in h:
+        raise NoData("edge of stability: history has neither a stability threshold nor lr")
+    h = h.join(stability_columns(h))
+    arms = sorted(h["name"].dropna().unique()) if "name" in h and h["name"].nunique() > 1 else [None]
+    panels = []
+    for arm in arms:
+        ha = h if arm is None else h[h["name"] == arm]
+        ids = [r for r in (run_ids if run_ids is not None else eos_runs(ha, max_runs)) if r in set(ha["run_id"])]
+        if ids:
+            panels.append((arm, ha, ids))
+    if not panels:
+        raise NoData("edge of stability: no run has >= 2 history rows with sharpness and a threshold")
+    fig, axes = new_figure(ncols=len(panels), nrows=2, width=6.5, height=3.2)
+    for j, (arm, ha, ids) in enumerate(panels):
+        pre = (ha["eos_quantity"] == "lambda_max(P^-1 H)").any()
+        title = ("Preconditioned sharpness vs (2 + 2β1)/((1 − β1) lr) (adaptive edge of stability)" if pre
+                 else "Sharpness during training vs the stability threshold (edge of stability)")
+        _eos_panel(axes[j], axes[len(panels) + j], ha, ids, title if arm is None else f"{arm}")
     return fig
 
 

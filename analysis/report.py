@@ -33,19 +33,25 @@ from analysis.steps_to_result import Goal
 from analysis.verdicts import (Verdict, eos_verdict, goyal_verdict, keskar_verdicts,
                                shallue_verdicts)
 
-FINDINGS = ("keskar", "goyal", "shallue", "edge_of_stability", *LM_FINDINGS)
+EOS_FINDINGS = ("edge_of_stability", "edge_of_stability_cohen", "adaptive_edge_of_stability")
+FINDINGS = ("keskar", "goyal", "shallue", *EOS_FINDINGS, *LM_FINDINGS)
 TITLES = {**LM_TITLES,
     "keskar": "Keskar et al. 2017: large batches generalize worse and reach sharper minima",
     "goyal": "Goyal et al. 2017: the linear LR scaling rule keeps accuracy up to large batches",
     "shallue": "Shallue et al. 2019: steps-to-result regimes (with McCandlish et al. 2018)",
     "edge_of_stability": "Cohen et al. 2021: sharpness hovers at 2/lr (edge of stability)",
+    "edge_of_stability_cohen": "Cohen et al. 2021 in their own setup (fc-tanh, square loss): sharpness "
+                               "hovers at 2/lr",
+    "adaptive_edge_of_stability": "Cohen et al. 2022: Adam's preconditioned sharpness hovers at "
+                                  "(2 + 2β1)/((1 − β1) lr) = 38/lr",
 }
-SOURCES = {**LM_SOURCES, "keskar": ("keskar2017",), "goyal": ("goyal2017",),
-           "shallue": ("shallue2019", "mccandlish2018"), "edge_of_stability": ("cohen2021",)}
+SOURCES = {**LM_SOURCES, "keskar": ("keskar2017", "andreyev2024"), "goyal": ("goyal2017",),
+           "shallue": ("shallue2019", "mccandlish2018"), "edge_of_stability": ("cohen2021",),
+           "edge_of_stability_cohen": ("cohen2021",), "adaptive_edge_of_stability": ("cohen2022",)}
 FIGURES = {**LM_FIGURES,
            "keskar": ("accuracy_gap_vs_batch", "sharpness_vs_batch", "keskar_interpolation"),
            "goyal": ("accuracy_gap_vs_batch",), "shallue": ("steps_to_result",),
-           "edge_of_stability": ("edge_of_stability",)}
+           **{f: ("edge_of_stability",) for f in EOS_FINDINGS}}
 
 
 # ------------------------------------------------------------------------ formatting
@@ -198,15 +204,22 @@ def comparison(finding: str, verdicts: list[Verdict], bl: pd.DataFrame) -> pd.Da
                          "ours": f"{pct(m['difference_sb_minus_lb'])} (seed noise {pct(m['seed_noise'])})",
                          "published": "no evidence of degradation when tuned",
                          "source": "shallue2019 (claim)"})
-    elif finding == "edge_of_stability":
-        n = verdicts[0].numbers
-        if n:
-            rows.append({"quantity": "median sharpness / (2/lr) after reaching",
+    elif finding in EOS_FINDINGS:
+        adaptive = finding == "adaptive_edge_of_stability"
+        for v in verdicts:
+            n = v.numbers
+            if not n:
+                continue
+            arm = v.claim.rsplit(" (", 1)[1].rstrip(")") if v.claim.endswith(")") else ""
+            rows.append({"quantity": ("median preconditioned sharpness / (38/lr)" if adaptive else
+                                      "median sharpness / threshold") + " after reaching"
+                                     + (f" ({arm})" if arm else ""),
                          "ours": f"{fmt(n['median_ratio_after_reach'], 3)} ({n['runs_reaching']} of "
-                                 f"{n['runs']} runs reach 2/lr; {n['fraction_hovering']:.0%} of "
+                                 f"{n['runs']} runs reach it; {n['fraction_hovering']:.0%} of "
                                  "those hover)",
-                         "published": "≈ 1: rises to about 2/η, then hovers",
-                         "source": "cohen2021 (claim)"})
+                         "published": ("≈ 1: λ_max(P⁻¹H) equilibrates at 38/η (β1 = 0.9)" if adaptive
+                                       else "≈ 1: rises to about 2/η, then hovers"),
+                         "source": "cohen2022 (claim)" if adaptive else "cohen2021 (claim)"})
     elif finding in LM_FINDINGS:
         rows += comparison_rows(finding, verdicts)
     return pd.DataFrame(rows, columns=["quantity", "ours", "published", "source"])
@@ -263,8 +276,11 @@ def compute_verdicts(finding: str, runs: pd.DataFrame, history: pd.DataFrame, *,
                             details="no goal: pass --target-accuracy/--goal-error or record "
                                     "convergence.target_test_accuracy")]
         return shallue_verdicts(history, runs, goal=goal, tol=tol, k=k)
-    if finding == "edge_of_stability":
-        return [eos_verdict(history, tol=tol)]
+    if finding in EOS_FINDINGS:  # one verdict per arm (records' name) when there are several
+        names = sorted(history["name"].dropna().unique()) if "name" in history else []
+        if len(names) < 2:
+            return [eos_verdict(history, tol=tol)]
+        return [eos_verdict(history, tol=tol, arm=name) for name in names]
     raise ValueError(f"unknown finding {finding!r}; choose from {FINDINGS}")
 
 

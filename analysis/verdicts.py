@@ -30,7 +30,8 @@ from analysis.steps_to_result import (Goal, fit_mccandlish, perfect_scaling_max_
                                       steps_to_result)
 
 VERDICTS = ("reproduced", "not reproduced", "reversed", "inconclusive")
-SHARPNESS_KEYS = ("sharpness_full_eps1e-03", "hessian_top_eigenvalue", "hessian_trace")
+SHARPNESS_KEYS = ("sharpness_full_eps1e-03", "hessian_top_eigenvalue", "hessian_trace",
+                  "batch_sharpness", "preconditioned_top_eigenvalue")
 
 
 @dataclass(eq=False)

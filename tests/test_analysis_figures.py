@@ -112,7 +112,8 @@ def test_steps_to_result_figure(tables):
 def test_sharpness_figure_panels_per_key(tables):
     fig = F.sharpness_figure(tables[0])
     _labelled(fig)
-    assert [ax.get_ylabel() for ax in fig.axes] == list(F.SHARPNESS_KEYS.values())
+    recorded = ("hessian_top_eigenvalue", "hessian_trace", "sharpness_full_eps1e-03")  # the others: no panel
+    assert [ax.get_ylabel() for ax in fig.axes] == [F.SHARPNESS_KEYS[k] for k in recorded]
     for ax in fig.axes:
         _log2(ax)
         assert ax.get_yscale() == "log"
@@ -143,6 +144,39 @@ def test_edge_of_stability_figure(tables):
         assert s.get_color() == d.get_color()
         lr = float(s.get_label().split("lr=")[1].split(",")[0])
         np.testing.assert_allclose(d.get_ydata(), 2 / lr, rtol=1e-2)
+
+
+def _threshold_history(tables, factor=None, adam=False):
+    """The fixture's history as if written with the optimizer's threshold stored."""
+    h = tables[1].copy()
+    lr = pd.to_numeric(h["lr"])
+    if adam:
+        h["preconditioned_stability_threshold"] = 38 / lr
+        h["preconditioned_top_eigenvalue"] = h["hessian_top_eigenvalue"] * 19
+    else:
+        h["stability_threshold"] = factor / lr
+    return h
+
+
+def test_edge_of_stability_figure_draws_the_optimizers_own_threshold(tables):
+    fig = F.edge_of_stability_figure(_threshold_history(tables, factor=3.8), max_runs=2)
+    dashed = [l for l in fig.axes[0].get_lines() if l.get_linestyle() == "--" and len(l.get_xdata())]
+    solid = [l for l in fig.axes[0].get_lines() if l.get_linestyle() == "-"]
+    for s, d in zip(solid, dashed):  # heavy ball: (2 + 2 beta)/lr, not 2/lr
+        np.testing.assert_allclose(d.get_ydata(), 3.8 / float(s.get_label().split("lr=")[1].split(",")[0]), rtol=1e-2)
+    fig = F.edge_of_stability_figure(_threshold_history(tables, adam=True), max_runs=2)
+    ax = fig.axes[0]
+    assert "P⁻¹H" in ax.get_ylabel() and ax.get_yscale() == "log"
+    for s, d in zip([l for l in ax.get_lines() if l.get_linestyle() == "-"],
+                    [l for l in ax.get_lines() if l.get_linestyle() == "--" and len(l.get_xdata())]):
+        np.testing.assert_allclose(d.get_ydata(), 38 / float(s.get_label().split("lr=")[1].split(",")[0]), rtol=1e-2)
+
+
+def test_edge_of_stability_figure_has_one_column_per_arm(tables):
+    h = tables[1].copy()
+    h["name"] = np.where(h["seed"] == h["seed"].min(), "arm_a", "arm_b")
+    fig = F.edge_of_stability_figure(h, max_runs=2)
+    assert len(fig.axes) == 4 and [ax.get_title() for ax in fig.axes[:2]] == ["arm_a", "arm_b"]
 
 
 def test_profile_figure(results):

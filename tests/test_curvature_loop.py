@@ -82,3 +82,22 @@ def test_fresh_loss_closures_share_one_program_with_and_without_batchnorm():
     for make_stats in (lambda: nnx.State({}), lambda: {"mean": jnp.zeros(3)}):
         a, b = lift_closure(fns.eval_loss_fn(make_stats())), lift_closure(fns.eval_loss_fn(make_stats()))
         assert a.func is b.func  # same static function: the jit cache hits
+
+
+def test_matmul_curvature_of_a_cnn_measures_the_configured_loss():
+    """With convolutions as matmuls (CPU curvature), the probe's loss is still the run's loss:
+    with loss=mse its eval loss equals the lax-conv model's square loss on the same params."""
+    from bench.job import Job
+
+    cfg = small_config(dataset={"synthetic_train": 64, "synthetic_test": 32, "input_dim": 12},
+                       model={"name": "cnn"}, loss="mse", batch_size=32,
+                       metrics={**METRICS, "chunk_size": 32})
+    job = Job(cfg)
+    job.probe.convs = "matmul"
+    state = job.init_state()
+    params, stats = job.probe.replica(state, 0)
+    fns = job.probe.curvature_fns(params, stats)
+    assert fns is not job.fns and fns.loss == "mse"
+    batch = jax.tree.map(lambda a: a[:32], job.probe.data)
+    np.testing.assert_allclose(job.probe.loss_fn(params, stats)(params, batch),
+                               job.fns.eval_loss_fn(stats)(params, batch), rtol=1e-5)

@@ -15,8 +15,9 @@ from conftest import REPO
 EXPERIMENTS = REPO / "conf" / "experiment"
 PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
 PAPER = ["keskar_f1", "keskar_c1", "keskar_c2", "keskar_c3", "keskar_c4", "goyal_linear",
-         "hoffer_regime", "shallue_steps_to_result", "cohen_eos"]
-OFFLINE = ["keskar_offline", "goyal_offline", "shallue_offline", "eos_offline", "lm_offline"]
+         "hoffer_regime", "shallue_steps_to_result", "cohen_eos", "cohen_aeos"]
+OFFLINE = ["keskar_offline", "goyal_offline", "shallue_offline", "eos_offline", "lm_offline",
+           "eos_offline_cohen", "aeos_offline"]
 TRAIN_SIZE = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 
 
@@ -158,6 +159,14 @@ def test_cohen_full_batch_gd_with_sharpness_tracking(preset):
     assert cfg.batch_size == cfg.dataset.num_train == 5000
     assert cfg.optimizer.name == "sgd" and cfg.schedule.name == "constant"
     assert cfg.metrics.hessian and cfg.metrics.every and cfg.metrics.subset_size >= 5000
+
+
+def test_cohen_presets_use_their_fc_tanh_square_loss_setup(preset):
+    for name in ("cohen_eos", "eos_offline_cohen", "cohen_aeos", "aeos_offline"):
+        cfg, _ = preset(name)
+        assert (cfg.loss, cfg.model.activation, cfg.model.hidden) == ("mse", "tanh", (200, 200)), name
+        assert cfg.batch_size == cfg.dataset.num_train and cfg.metrics.hessian, name
+        assert cfg.metrics.preconditioned == (cfg.optimizer.name == "adam"), name
 
 
 def test_offline_keskar_mirrors_the_paper_setup(preset):

@@ -16,7 +16,8 @@ from bench.reproduce.plan import scaled_budget as _scaled_budget
 from bench.reproduce.run import publish
 
 PAPER_PRESETS = {name: f.paper for name, f in FINDINGS.items()}
-IMAGE_FINDINGS = ["edge_of_stability", "goyal", "keskar", "shallue"]   # LM findings: test_reproduce_lm.py
+IMAGE_FINDINGS = ["edge_of_stability", "goyal", "keskar", "shallue", "edge_of_stability_cohen",
+                  "adaptive_edge_of_stability"]   # LM findings: test_reproduce_lm.py
 
 
 def compose_config(preset: str, overrides):
@@ -45,7 +46,7 @@ def test_plan_is_read_from_the_preset_and_every_job_composes(finding):
     assert [str(b) for b in plan.batch_sizes] == params.get("batch_size", [str(preset.batch_size)])
     assert len(plan.jobs) == len(plan.batch_sizes) * len(plan.rules)
     assert len({j.name for j in plan.jobs}) == len(plan.jobs)
-    assert len(plan.seeds) >= (1 if finding == "edge_of_stability" else 3)   # several seeds
+    assert len(plan.seeds) >= (1 if "edge_of_stability" in finding else 3)   # several seeds
     for job in plan.jobs:
         cfg = compose_config(plan.preset, job.overrides)
         assert cfg.batch_size == job.batch_size
@@ -106,6 +107,20 @@ def test_edge_of_stability_plan_is_full_batch_gd_with_tracking():
     cfg = compose_config(plan.preset, job.overrides)
     assert cfg.batch_size == cfg.dataset.num_train                      # full batch
     assert cfg.optimizer.name == "sgd" and cfg.metrics.hessian and cfg.metrics.every == 25
+
+
+def test_cohen_setup_and_adaptive_plans_are_full_batch_with_their_thresholds():
+    cohen = offline_plan("edge_of_stability_cohen")
+    (job,) = cohen.jobs
+    cfg = compose_config(cohen.preset, job.overrides)
+    assert (cfg.loss, cfg.model.activation, cfg.model.hidden) == ("mse", "tanh", (200, 200))
+    assert cfg.batch_size == cfg.dataset.num_train and cfg.optimizer.name == "sgd"
+    assert (cfg.metrics.dense_every, cfg.metrics.dense_until, cfg.metrics.every) == (10, 600, 50)
+    adaptive = offline_plan("adaptive_edge_of_stability")
+    cfg = compose_config(adaptive.preset, adaptive.jobs[0].overrides)
+    assert cfg.optimizer.name == "adam" and cfg.metrics.preconditioned and cfg.batch_size == cfg.dataset.num_train
+    smoke = offline_plan("edge_of_stability_cohen", budget_scale=0.1).jobs[0]
+    assert (override(smoke, "metrics.dense_every"), override(smoke, "metrics.dense_until")) == ("1", "60")
 
 
 def test_plan_options():

@@ -40,6 +40,9 @@ FINDINGS: dict[str, Finding] = {
     "goyal": Finding("goyal_offline", ("goyal_linear",), {"tolerance": 0.01}),
     "shallue": Finding("shallue_offline", ("shallue_steps_to_result",)),
     "edge_of_stability": Finding("eos_offline", ("cohen_eos",), {"tol": 0.2}),
+    # Cohen et al. 2021 in their own setup (fc-tanh, square loss) and Cohen et al. 2022 (Adam)
+    "edge_of_stability_cohen": Finding("eos_offline_cohen", ("cohen_eos",), {"tol": 0.2}),
+    "adaptive_edge_of_stability": Finding("aeos_offline", ("cohen_aeos",), {"tol": 0.2}),
     # language models (analysis.lm_*): every arm is a preset; records carry its name
     "marek": Finding("marek_offline_halflife", ("marek_gpt2_halflife", "marek_gpt2_beta2",
                                                 "marek_gpt2_sgd"),
@@ -202,6 +205,9 @@ def _preset_jobs(preset: str, name: str, seed_list: tuple[int, ...], budget_scal
                        "eval.every_steps_at=null", *_epoch_overrides(cfg, budget_scale)]
                 if cfg.metrics.every:
                     ov.append(f"metrics.every={_cadence(cfg.metrics.every, budget_scale)}")
+                if cfg.metrics.dense_every:
+                    ov += [f"metrics.dense_every={_cadence(cfg.metrics.dense_every, budget_scale)}",
+                           f"metrics.dense_until={int(round(cfg.metrics.dense_until * budget_scale))}"]
             name_b = prefix + f"B{b}" + (f"-{rule}" if len(rules) > 1 else "")
             jobs.append(JobSpec(name_b, b, budget, tuple(ov), preset))
     return cfg, jobs, sizes, rules
