@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from analysis.aggregate import select_runs
 from analysis.figures import steps_to_result_figure
 from analysis.lm_report import zhang_cells
-from analysis.lm_verdicts import best_per_batch, lr_table, steps_per_seed
+from analysis.critical_batch import steps_per_seed
+from analysis.lm_verdicts import best_per_batch, lr_table
 from analysis.load import load_tables
 from analysis.plotting import NoData, log2_batch_axis, new_figure, save_figure
 from analysis.steps_to_result import Goal

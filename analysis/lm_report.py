@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.lm_verdicts import (cbs_cell, marek_verdicts, shallue_lm_verdicts, warmup_verdicts,
-                                  zhang_verdicts)
+from analysis.critical_batch import cbs_cell, zhang_verdicts
+from analysis.lm_verdicts import marek_verdicts, shallue_lm_verdicts, warmup_verdicts
 from analysis.steps_to_result import Goal
 from analysis.verdicts import Verdict
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.lm_verdicts import (best_per_batch, cbs_cell, critical_batch_size, lr_table,
-                                  marek_verdicts, shallue_lm_verdicts, warmup_verdicts,
-                                  zhang_verdicts)
+from analysis.critical_batch import cbs_cell, critical_batch_size, zhang_verdicts
+from analysis.lm_verdicts import (best_per_batch, lr_table, marek_verdicts, shallue_lm_verdicts,
+                                  warmup_verdicts)
 from analysis.load import history_table, runs_table
 from analysis.steps_to_result import Goal
 from lm_record_factory import lm_record, lm_rows
@@ -197,7 +197,7 @@ def _warmup_runs(ramp_loss: float):
 
 
 def test_warmup_saves_steps_at_equal_loss():
-    runs, hist = tables_ = _warmup_runs(2.105)
+    runs, hist = _warmup_runs(2.105)
     small_claim, large_claim = warmup_verdicts(runs, hist, small="small", large="large", ramps=["ramp"])
     assert small_claim.verdict == "reproduced" and large_claim.verdict == "reproduced"
     assert small_claim.numbers["steps_saved_equal_tokens"] == pytest.approx(1 - 432 / 768)
