@@ -3,7 +3,9 @@
 Re-running a command (or re-submitting a sweep) skips jobs whose records say finished and
 resumes interrupted ones from their checkpoints, but only when those records were made by the
 same configuration: the same hash of every key that can change results
-(``bench.config.result_config``; logging, progress and output paths do not count). A changed
+(``bench.config.result_config``; logging, progress and output paths do not count), or a
+stored config that, read with today's schema, differs in no such key (it predates keys that
+were added later at their old behaviour). A changed
 config never silently reuses old results: :func:`check_reuse` raises :class:`StaleResults`
 naming the keys that differ, and nothing is overwritten.
 """
@@ -48,6 +50,13 @@ def differing_keys(stored: dict[str, Any], cfg: Config) -> list[str]:
             for k in sorted(set(old) | set(new)) if old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
+def _stale_keys(record: dict[str, Any], cfg: Config) -> list[str]:
+    stored = record.get("config")
+    if not isinstance(stored, dict):
+        return ["(no stored config)"]
+    return differing_keys(stored, cfg)
+
+
 def check_reuse(output_dir: Path | str, cfg: Config) -> Reuse:
     """``new`` (nothing to reuse), ``finished`` (skip: every replica is done) or ``resume``
     (records or checkpoints of an interrupted run of this config). Raises StaleResults when
@@ -64,8 +73,10 @@ def check_reuse(output_dir: Path | str, cfg: Config) -> Reuse:
         return "resume" if (output_dir / "checkpoints").is_dir() else "new"
     want = config_hash(result_config(cfg))
     for record in records:
-        if record.get("config_hash") != want:
-            diff = differing_keys(record.get("config") or {}, cfg) or ["(schema version)"]
+        # A different hash with no differing key is the same configuration written before keys
+        # were added to the schema (new keys default to the old behaviour, which the golden
+        # records test), so its results stand; a stored config that cannot be read is stale.
+        if record.get("config_hash") != want and (diff := _stale_keys(record, cfg)):
             raise StaleResults(
                 f"{output_dir} holds records of a different configuration ({'; '.join(diff)});"
                 f" use another output_dir, or delete that directory to start over")

@@ -58,6 +58,28 @@ def test_check_reuse_states(tmp_path):
     assert check_reuse(tmp_path, cfg) == "resume"
 
 
+
+def test_records_from_before_a_key_was_added_are_the_same_configuration(tmp_path):
+    # A record written before metrics.dense_every existed: its hash differs (the schema grew),
+    # its config lacks the key, and at the key's default nothing differs, so it is reused. With
+    # a stored value that is not the default it is stale, naming the key.
+    cfg = small_config(budget="10steps")
+    run(cfg, tmp_path)
+    path = tmp_path / "record_r0.json"
+    data = json.loads(path.read_text())
+    del data["config"]["metrics"]["dense_every"]
+    data["config_hash"] = "older-schema"
+    path.write_text(json.dumps(data))
+    assert check_reuse(tmp_path, cfg) == "finished"
+    data["config"]["metrics"]["every"] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(StaleResults, match=r"\(metrics.every: 3 -> None\)"):
+        check_reuse(tmp_path, cfg)
+    del data["config"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(StaleResults, match=r"\(\(no stored config\)\)"):
+        check_reuse(tmp_path, cfg)
+
 def test_changed_config_into_a_used_directory_is_one_error_line_and_overwrites_nothing(tmp_path):
     first = _train(*QUICK, f"output_dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-2000:]
