@@ -1,0 +1,175 @@
+"""A signal in every phase of a run (compile before and inside the loop, checkpoint save,
+curvature compile) is kept, saved and resumed from: the resumed record equals an uninterrupted
+run's. bench.train runs in a subprocess that sends itself the signal at the chosen moment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+DRIVER = textwrap.dedent("""
+    # bench.train with one signal sent to itself in a chosen phase (see _signal_run).
+    import os, signal, sys
+    from jax import monitoring
+
+    phase, signame, armed = sys.argv[1:4]
+    sys.argv = [sys.argv[0], *sys.argv[4:]]
+    sent = []
+
+    def fire(where):
+        if sent:
+            return
+        sent.append(where)
+        with open(os.environ["SIGNAL_LOG"], "a") as f:
+            f.write(f"{signame} during {where}\\n")
+        os.kill(os.getpid(), getattr(signal, signame))   # its handler runs right here
+
+    def in_loop():   # is bench.loop's PreemptionFlag installed?
+        from bench.preemption import PreemptionFlag
+        return isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None),
+                          PreemptionFlag)
+
+    def on_stage_start(event, value, fun_name="?", **kw):
+        if event != "/jax/core/compile/backend_compile_duration":
+            return
+        if ((phase == "compile-before-loop" and not in_loop())
+                or (phase == "compile-in-loop" and in_loop())
+                or (phase.startswith("compile:") and phase[8:] in fun_name)):
+            fire(f"compile {fun_name}")
+
+    monitoring.register_scalar_listener(on_stage_start)   # called as each compile starts
+    if phase == "checkpoint":
+        from bench.checkpoint import Checkpointer
+        save = Checkpointer.save
+
+        def save_with_signal(self, *args, **kwargs):
+            fire("checkpoint save")
+            return save(self, *args, **kwargs)
+
+        Checkpointer.save = save_with_signal
+    if armed == "armed":
+        from bench.preemption import arm
+        arm()
+    from bench.train import main
+    main()
+""")
+
+TINY = ["dataset=synthetic", "dataset.synthetic_train=512", "dataset.synthetic_test=256",
+        "model=mlp", "model.hidden=[16]", "budget=30steps", "eval.every_steps=10",
+        "checkpoint.every_steps=10", "logger=none", "progress=false"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), **extra}
+
+
+def _plain_run(out: Path, cache: Path, args: list[str]) -> None:
+    # persistent compilation cache: same executables (same numbers), less compile time
+    env = _env(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    proc = subprocess.run([sys.executable, "-m", "bench.train", *args, f"output_dir={out}"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _signal_run(tmp: Path, phase: str, signame: str, args: list[str], *, armed: bool = True
+                ) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run bench.train (no compilation cache: every compile happens) sending itself
+    ``signame`` when ``phase`` starts; returns the process and the driver's log lines."""
+    (tmp / "driver.py").write_text(DRIVER)
+    log = tmp / "signals.log"
+    proc = subprocess.run([sys.executable, str(tmp / "driver.py"), phase, signame,
+                           "armed" if armed else "plain", *args, f"output_dir={tmp / 'run'}"],
+                          env=_env(SIGNAL_LOG=str(log)), cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+def _comparable(record: dict) -> dict:
+    """What must not depend on an interruption: everything but wall times, the environment
+    and the output directory."""
+    def untimed(x):
+        if isinstance(x, dict):
+            return {k: untimed(v) for k, v in x.items() if "seconds" not in k}
+        return [untimed(v) for v in x] if isinstance(x, list) else x
+    config = {k: v for k, v in record["config"].items() if k != "output_dir"}
+    return untimed({k: record[k] for k in ("run_id", "status", "history", "final", "convergence",
+                                          "curvature")} | {"config": config})
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("reference")
+    _plain_run(root / "run", root / "jax_cache", TINY)
+    return root / "jax_cache", json.loads((root / "run" / "record_r0.json").read_text())
+
+
+def _check_interrupted(tmp: Path, proc, log: list[str], expected_log: str,
+                       saved_step: int) -> Path:
+    """Exactly one signal, sent in the phase asked for; the process exited 0 (not killed by
+    the signal, no crash) after saving ``saved_step`` and writing a "running" record."""
+    assert log == [expected_log]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp / "run"
+    assert f"interrupted: checkpoint and records in {run}" in proc.stderr
+    assert json.loads((run / "record_r0.json").read_text())["status"] == "running"
+    assert sorted(int(p.name) for p in (run / "checkpoints").glob("[0-9]*"))[-1] == saved_step
+    return run
+
+
+def _check_resumes_to(run: Path, saved_step: int, cache: Path, reference: dict,
+                      args: list[str] = TINY) -> None:
+    """The same command again resumes from ``saved_step`` and ends with the record of the
+    uninterrupted run."""
+    _plain_run(run, cache, args)
+    resumed = json.loads((run / "record_r0.json").read_text())
+    assert resumed["timings"]["resumed_at_steps"] == [saved_step]
+    assert _comparable(resumed) == _comparable(reference)
+
+
+def test_signal_during_compile_before_the_loop_with_arm(tmp_path, reference_run):
+    """SIGUSR2 (submitit's signal) while JAX compiles, before bench.loop's flag exists
+    (state init): arm()'s handler only records it, the loop adopts it, saves after its first
+    training call (step 10) and stops; the rerun finishes to the uninterrupted record."""
+    cache, reference = reference_run
+    proc, log = _signal_run(tmp_path, "compile-before-loop", "SIGUSR2", TINY)
+    assert log and log[0].startswith("SIGUSR2 during compile jit(")
+    run = _check_interrupted(tmp_path, proc, log, log[0], 10)
+    _check_resumes_to(run, 10, cache, reference)
+
+
+def test_signal_during_compile_in_the_loop(tmp_path):
+    """SIGUSR1 while the loop compiles its first function (the step-0 evaluation): saved at
+    the first poll (step 10). (Resuming from there: the tests above and test_resume.)"""
+    proc, log = _signal_run(tmp_path, "compile-in-loop", "SIGUSR1", TINY, armed=False)
+    assert log and log[0].startswith("SIGUSR1 during compile jit(")
+    _check_interrupted(tmp_path, proc, log, log[0], 10)
+
+
+def test_signal_during_checkpoint_save(tmp_path):
+    """SIGTERM while the periodic checkpoint of step 10 is being written: that save
+    completes, training goes on to the next poll (step 20), saves there and stops."""
+    proc, log = _signal_run(tmp_path, "checkpoint", "SIGTERM", TINY, armed=False)
+    _check_interrupted(tmp_path, proc, log, "SIGTERM during checkpoint save", 20)
+
+
+@pytest.mark.slow
+def test_signal_during_curvature_compile_then_resume(tmp_path):
+    """SIGUSR2 while the first Hessian (Lanczos) measurement (step 0) compiles."""
+    args = [*TINY, "metrics.hessian=true", "metrics.every=10", "metrics.subset_size=256"]
+    cache = tmp_path / "jax_cache"
+    _plain_run(tmp_path / "reference", cache, args)
+    reference = json.loads((tmp_path / "reference" / "record_r0.json").read_text())
+    proc, log = _signal_run(tmp_path, "compile:lanczos", "SIGUSR2", args, armed=False)
+    assert log and log[0].startswith("SIGUSR2 during compile jit(lanczos")
+    _check_resumes_to(_check_interrupted(tmp_path, proc, log, log[0], 10), 10, cache,
+                      reference, args)
