@@ -208,7 +208,8 @@ def make_lm_figures(results: Path | str, out: Path | str, finding: str, *, forma
     builders: dict[str, Any] = {}
     if finding == "marek":
         arms = [a for a in (opts.get("halflife"), opts.get("beta2"), opts.get("sgd")) if a]
-        builders = {"marek_loss_vs_batch": lambda: marek_loss_vs_batch_figure(runs, arms),
+        with_accum = arms + ([opts["accum"]] if opts.get("accum") else [])   # one point: B by accumulation
+        builders = {"marek_loss_vs_batch": lambda: marek_loss_vs_batch_figure(runs, with_accum),
                     "marek_loss_vs_tokens": lambda: marek_loss_vs_tokens_figure(runs, history, arms)}
     elif finding == "zhang_cbs":
         builders = {"zhang_steps_to_target": lambda: zhang_figure(

@@ -87,7 +87,7 @@ def compute_lm_verdicts(finding: str, runs: pd.DataFrame, history: pd.DataFrame,
                         tol: float = 0.2, **opts: Any) -> list[Verdict]:
     if finding == "marek":
         return marek_verdicts(runs, halflife=opts.get("halflife", ""), beta2=opts.get("beta2"),
-                              sgd=opts.get("sgd"), k=k)
+                              sgd=opts.get("sgd"), accum=opts.get("accum"), k=k)
     if finding == "zhang_cbs":
         sizes = opts.get("data_sizes") or ()
         cells = zhang_cells(runs, history, data_sizes=sizes, overhead=opts.get("overhead", 0.2))

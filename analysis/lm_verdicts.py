@@ -94,14 +94,15 @@ def _tol(noise: float, k: float, min_tol: float) -> float:
 
 # ---------------------------------------------------------------------------- Marek
 def marek_verdicts(runs: pd.DataFrame, *, halflife: str, beta2: str | None = None,
-                   sgd: str | None = None, k: float = 1.0, min_tol: float = 0.01,
+                   sgd: str | None = None, accum: str | None = None, k: float = 1.0, min_tol: float = 0.01,
                    sgd_rel_tol: float = 0.03, min_seeds: int = 2) -> list[Verdict]:
     """The Marek et al. 2025 claims on the arms ``halflife`` (Adam, b2 from a fixed half-life
-    in tokens), ``beta2`` (Adam, b2 fixed) and ``sgd`` (plain SGD), each a ``name`` in ``runs``.
+    in tokens), ``beta2`` (Adam, b2 fixed), ``sgd`` (plain SGD) and ``accum`` (the half-life rule
+    at a batch size B made of ``accumulate`` micro-batches), each a ``name`` in ``runs``.
 
     Tolerances: "match" = within ``max(k x seed noise, min_tol)`` nats; SGD is "competitive"
     when within ``max(k x seed noise, sgd_rel_tol x the Adam loss)``."""
-    f = runs[runs["name"].isin([a for a in (halflife, beta2, sgd) if a])] if "name" in runs else runs.iloc[0:0]
+    f = runs[runs["name"].isin([a for a in (halflife, beta2, sgd, accum) if a])] if "name" in runs else runs.iloc[0:0]
     best = best_per_batch(lr_table(f))
     seeds = _seeds(finished(f))
     match_tol = f"within max({k:g} x the larger seed std, {min_tol:g}) nats/token"
@@ -111,7 +112,7 @@ def marek_verdicts(runs: pd.DataFrame, *, halflife: str, beta2: str | None = Non
                         "inconclusive", match_tol, seeds, details=f"needs arm {halflife!r} at >= 2 batch sizes")]
     b_min = float(hl["batch_size"].iloc[0])
     small = _row(best, halflife, b_min)
-    larger = best[(best["batch_size"] > b_min) & best["name"].isin([halflife, beta2])]
+    larger = best[(best["batch_size"] > b_min) & best["name"].isin([halflife, beta2])]  # accum: below
     larger = larger[np.isfinite(larger["mean"].astype(float))]
     out = []
     if larger.empty:
@@ -172,7 +173,43 @@ def marek_verdicts(runs: pd.DataFrame, *, halflife: str, beta2: str | None = Non
              "finite_lrs_large": hi["n_lrs_finite"]}))
     if sgd:
         out += _sgd_verdicts(best, halflife, sgd, seeds, k=k, rel_tol=sgd_rel_tol, min_seeds=min_seeds)
+    if accum:
+        out.append(_accumulation_verdict(f, best, halflife, accum, seeds, k=k, min_seeds=min_seeds))
     return out
+
+
+def _accumulation_verdict(runs: pd.DataFrame, best: pd.DataFrame, direct: str, accum: str,
+                          seeds: tuple[int, ...], *, k: float, min_seeds: int) -> Verdict:
+    """On one device, A micro-batches of b accumulated into B = A b cost the tokens and the
+    gradient computations of training at b, but take B's steps: wasteful when that ends worse
+    than training at b directly (both tuned over the LR grid). The accumulated run should also
+    land at B's own loss (accumulation is the large-batch update: tests/test_accumulation.py)."""
+    claim = "gradient accumulation on one device is wasteful: B = A x b by accumulation ends worse than b directly"
+    a = best[(best["name"] == accum) & np.isfinite(best["mean"].astype(float))]
+    mine = runs[runs["name"] == accum]
+    if a.empty or "accumulate" not in mine or mine["accumulate"].isna().all():
+        return Verdict("marek", claim, "inconclusive", "", seeds, details=f"no finished {accum!r} runs")
+    acc = a.iloc[0].to_dict()
+    steps = int(mine["accumulate"].dropna().iloc[0])
+    b_big, b_micro = float(acc["batch_size"]), float(acc["batch_size"]) / steps
+    micro, big = _row(best, direct, b_micro), _row(best, direct, b_big)
+    if micro is None or not math.isfinite(float(micro["mean"])):
+        return Verdict("marek", claim, "inconclusive", "", seeds,
+                       details=f"no finished {direct!r} runs at the micro-batch size {b_micro:g}")
+    noise = _noise(acc, micro)
+    diff = float(acc["mean"]) - float(micro["mean"])      # > 0: accumulating is worse
+    return Verdict(
+        "marek", f"gradient accumulation on one device is wasteful: B = {b_big:g} as {steps} x {b_micro:g} "
+                 f"accumulated ends worse than B = {b_micro:g} directly (equal tokens and gradient computations)",
+        directional_verdict(diff, noise, int(acc["n"]), int(micro["n"]), k=k, min_seeds=min_seeds),
+        f"difference must exceed {k:g} x the larger seed std", seeds,
+        {"batch_size": b_big, "micro_batch_size": b_micro, "accumulate": steps,
+         "accumulated_loss": acc["mean"], "micro_batch_loss": micro["mean"],
+         "accumulated_minus_micro": diff, "seed_noise": noise,
+         "direct_large_batch_loss": big["mean"] if big else math.nan,
+         "accumulated_minus_direct_large": float(acc["mean"]) - float(big["mean"]) if big else math.nan},
+        "each side at its best LR; the accumulated run should match B's direct run up to float "
+        "round-off (summation order) amplified by training")
 
 
 def _sgd_verdicts(best: pd.DataFrame, adam: str, sgd: str, seeds: tuple[int, ...], *, k: float,

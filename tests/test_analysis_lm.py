@@ -155,6 +155,40 @@ def test_marek_small_batch_that_loses_is_not_reproduced():
     assert marek_verdicts(worse, halflife="hl")[0].verdict == "not reproduced"
 
 
+
+def _with_accumulation(runs, accumulated_loss):
+    """The marek fixture plus an ``acc`` arm: B = 16 as 4 x 4 accumulated, final loss
+    ``accumulated_loss`` at its best LR (3e-3), seeds +-0.005."""
+    recs = [lm_record(name="acc", batch_size=16, base_lr=lr, seed=seed, index=seed,
+                      rows=lm_rows([0, 10], batch_size=16, lr=lr,
+                                   loss=lambda t, st, v=accumulated_loss + (seed - 1) * 0.005
+                                   + (0.0 if lr == 3e-3 else 0.1): 5.5 if st == 0 else v))
+            for lr in (1e-3, 3e-3) for seed in (0, 1, 2)]
+    acc = tables(recs)[0].assign(accumulate=4)
+    return pd.concat([runs.assign(accumulate=1), acc], ignore_index=True)
+
+
+@pytest.mark.parametrize("accumulated, verdict", [(2.05, "reproduced"), (2.025, "not reproduced"),
+                                                  (2.0, "reversed")])
+def test_marek_accumulation_is_wasteful_when_it_ends_worse_than_its_micro_batch(accumulated, verdict):
+    # half-life arm: B = 4 ends at 2.025, B = 16 at 2.05 (its best LRs); accumulating 4 x 4
+    # into 16 compares with B = 4 trained directly
+    runs = _with_accumulation(_marek_runs(0.2), accumulated)
+    (acc,) = [v for v in marek_verdicts(runs, halflife="hl", accum="acc") if "accumulation" in v.claim]
+    assert acc.verdict == verdict
+    n = acc.numbers
+    assert (n["batch_size"], n["micro_batch_size"], n["accumulate"]) == (16, 4, 4)
+    assert n["micro_batch_loss"] == pytest.approx(2.025)
+    assert n["accumulated_minus_micro"] == pytest.approx(accumulated - 2.025)
+    assert n["accumulated_minus_direct_large"] == pytest.approx(accumulated - 2.05)
+
+
+def test_marek_accumulation_without_its_micro_batch_is_inconclusive():
+    runs = _with_accumulation(_marek_runs(0.2), 2.05)
+    runs = runs[~((runs["name"] == "hl") & (runs["batch_size"] == 4))]
+    (acc,) = [v for v in marek_verdicts(runs, halflife="hl", accum="acc") if "accumulation" in v.claim]
+    assert acc.verdict == "inconclusive" and "micro-batch size 4" in acc.details
+
 def test_lr_table_counts_diverged_runs_as_unusable():
     recs = [lm_record(name="a", batch_size=4, base_lr=1e-3, seed=s, index=s,
                       rows=lm_rows([0, 5], batch_size=4, loss=lambda t, st: 2.0)) for s in (0, 1)]

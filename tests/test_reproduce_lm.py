@@ -44,7 +44,7 @@ def test_lm_plan_has_one_job_per_arm_and_batch_size(finding):
 def test_marek_arms_equal_tokens_and_the_half_life_rule():
     plan = offline_plan("marek")
     assert plan.report == {"halflife": "marek_offline_halflife", "beta2": "marek_offline_beta2",
-                           "sgd": "marek_offline_sgd"}
+                           "sgd": "marek_offline_sgd", "accum": "marek_offline_accum"}
     cfgs = {j.name: job_config(j) for j in plan.jobs}
     assert {c.budget for c in cfgs.values()} == {"262144tokens"}
     assert sorted({j.batch_size for j in plan.jobs}) == [1, 4, 16, 64, 256]
@@ -53,6 +53,10 @@ def test_marek_arms_equal_tokens_and_the_half_life_rule():
     assert 0.5 ** (256 * 32 / hl.optimizer.beta2_half_life) == pytest.approx(0.95, abs=1e-6)
     assert fx.optimizer.beta2_half_life is None and fx.optimizer.b2 == 0.95
     assert cfgs["marek_offline_sgd-B1"].optimizer.name == "sgd"
+    # accumulation: B = 64 as 4 x 16, otherwise B = 64 of the half-life arm (b2 from the whole batch)
+    acc, direct = cfgs["marek_offline_accum-B64"], cfgs["marek_offline_halflife-B64"]
+    assert (acc.batch_size, acc.accumulate, direct.accumulate) == (64, 4, 1)
+    assert (acc.optimizer, acc.replicas, acc.budget) == (direct.optimizer, direct.replicas, direct.budget)
     # the same relative LR grid at every B (sqrt scaling from B = 16) in both Adam arms
     assert hl.replicas.lr == fx.replicas.lr and hl.scaling.name == fx.scaling.name == "sqrt"
 

@@ -46,7 +46,7 @@ FINDINGS: dict[str, Finding] = {
     # language models (analysis.lm_*): every arm is a preset; records carry its name
     "marek": Finding("marek_offline_halflife", ("marek_gpt2_halflife", "marek_gpt2_beta2",
                                                 "marek_gpt2_sgd"),
-                     arms=("marek_offline_beta2", "marek_offline_sgd")),
+                     arms=("marek_offline_beta2", "marek_offline_sgd", "marek_offline_accum")),
     "zhang_cbs": Finding("zhang_offline_n1", ("zhang_cbs_151m", "zhang_cbs_604m"),
                          arms=("zhang_offline_n2",)),
     "shallue_lm": Finding("shallue_lm_offline", ("shallue_lm1b",)),
@@ -96,7 +96,7 @@ def read_preset(preset: str, overrides: Sequence[str] = ()) -> tuple[Config, dic
     return validate(from_hydra(composed)), params  # from_hydra leaves out the hydra node
 
 
-LM_ROLES = {"marek": ("halflife", "beta2", "sgd"), "batch_warmup": ("small", "large", "ramp")}
+LM_ROLES = {"marek": ("halflife", "beta2", "sgd", "accum"), "batch_warmup": ("small", "large", "ramp")}
 
 
 def preset_meta(preset: str) -> dict[str, Any]:
