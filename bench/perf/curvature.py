@@ -28,12 +28,11 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from bench.metrics import hessian as hs
 from bench.metrics import noise_scale as ns
@@ -88,6 +87,45 @@ def _grad_on_batch(loss: Any, params: Any, batch: dict) -> Any:
     return jax.grad(loss)(params, batch)
 
 
+def _program_flops(fn: Callable, *args: Any) -> float:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def chunk_flops(op: HessianOperator, hoisted: HessianOperator, v: jax.Array) -> dict[str, float]:
+    """XLA's FLOP counts for one chunk (parameters, data and v as arguments): a gradient, an HVP
+    from scratch (jvp of grad) and, when hoisted, the tangent pass alone (the primal pass runs
+    once per measurement, so a hoisted HVP may cost less than a gradient)."""
+    from bench.metrics.operator import _chunking, _hvp_flat_on_batch, _take
+
+    chunk, q, _ = _chunking(hs.num_examples(op.data), op.chunk_size)
+    batch = _take(op.data, 0, chunk, q) if q else op.data
+    out = {"gradient": _program_flops(_grad_on_batch, op.loss, op.params, batch),
+           "hvp from scratch": _program_flops(_hvp_flat_on_batch, op.loss, op.params, batch, v)}
+    if hoisted.linear is not None and hoisted.linear.main:
+        out["hoisted hvp"] = _program_flops(lambda linear, v: linear(v), hoisted.linear.main[0], v)
+    return out
+
+
+def plausibility(name: str, seconds: dict[str, float], flops: dict[str, float]) -> list[str]:
+    """Lines on HVP timings (``seconds`` per call of "gradient", "hvp from scratch", "hoisted hvp")
+    that a reader must not take at face value. An HVP from scratch contains a whole gradient, so
+    measured below one it is a measurement bug. A hoisted HVP is the tangent pass alone: below one
+    gradient is possible when it runs at a higher FLOP rate (shown) than the gradient does."""
+    g, lines = seconds["gradient"], []
+    rate = {k: flops[k] / t / 1e9 for k, t in seconds.items() if k in flops and t > 0}
+    if seconds.get("hvp from scratch", g) < g:
+        lines.append(f"{name}: IMPLAUSIBLE: an HVP from scratch measured at {seconds['hvp from scratch'] / g:.2f} "
+                     "gradients: it contains a gradient, so this is a measurement bug, not a result")
+    if seconds.get("hoisted hvp", g) < g:
+        lines.append(f"{name}: note: the hoisted HVP measured below one gradient "
+                     f"({seconds['hoisted hvp'] / g:.2f}): its tangent pass has {flops['hoisted hvp'] / flops['gradient']:.2f} "
+                     f"gradients of FLOPs at {rate['hoisted hvp']:.0f} GFLOP/s vs the gradient's {rate['gradient']:.0f} "
+                     "GFLOP/s (primal pass once per measurement); check before quoting it")
+    return lines
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
@@ -111,6 +149,18 @@ def spread(values: list[float]) -> float:
     return (q[-1] - q[0]) / statistics.median(v)
 
 
+def compile_time(first: float, repeats: list[float]) -> str:
+    """First call minus the median of the repeats, or, when that difference is within the
+    repeats' own spread (a loaded machine), an upper bound instead of a number made of noise."""
+    if not repeats or first != first:
+        return "n/a"
+    med = statistics.median(repeats)
+    noise = (max(repeats) - min(repeats)) if len(repeats) > 1 else 0.0
+    if first - med <= noise:
+        return f"unresolved (< {max(first - med, 0) + noise:.2f} s: within the repeats' spread)"
+    return f"{first - med:.2f} s"
+
+
 def load() -> str:
     return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
@@ -122,7 +172,7 @@ def bench_model(name: str, args: argparse.Namespace) -> None:
     n = hs.num_examples(op.data)
     print(f"\n{name}: {prob.description}; subset {n}, chunk {cfg.chunk_size}, "
           f"{'rolled lax loops' if op.rolled else 'host-driven loops'}, convs={probe.convs} ({load()})", flush=True)
-    flat = jax.flatten_util.ravel_pytree(op.params)[0]
+    flat = ravel_pytree(op.params)[0]
     v = jax.random.normal(jax.random.PRNGKey(1), flat.shape, flat.dtype)
     t0 = time.perf_counter()
     hoisted = op.hoisted()  # what the many-HVP estimators use (itself when rolled or over budget)
@@ -155,16 +205,25 @@ def bench_model(name: str, args: argparse.Namespace) -> None:
     suite_med = statistics.median(suite_times) if suite_times else suite_first
     print(f"{name}: gradient {med['gradient'] * 1e3:.1f} ms, HVP {med['hvp'] * 1e3:.1f} ms, "
           f"HVP = {ratio:.2f} gradients, default suite {suite_med:.1f} s", flush=True)
-    print(f"{name} compile: gradient {first['gradient'] - med['gradient']:.2f} s, HVP {first['hvp'] - med['hvp']:.2f} s, "
-          f"default suite {suite_first - suite_med:.1f} s (first call minus steady state)")
+    print(f"{name} compile: gradient {compile_time(first['gradient'], times['gradient'])}, "
+          f"HVP {compile_time(first['hvp'], times['hvp'])}, default suite {compile_time(suite_first, suite_times)} "
+          "(first call minus steady state)")
     print(f"{name} spread of repeats: gradient {spread(times['gradient']):.0%}, HVP {spread(times['hvp']):.0%}, "
           f"ratio {spread(ratios):.0%}, suite {spread(suite_times) if len(suite_times) > 1 else float('nan'):.0%} "
           f"({args.repeats} and {args.suite_repeats} repeats; {load()})")
+    flops = chunk_flops(op, hoisted, v)
+    print(f"{name} compiled FLOPs per chunk, in gradients: HVP from scratch "
+          f"{flops['hvp from scratch'] / flops['gradient']:.2f}"
+          + (f", hoisted HVP (tangent pass) {flops['hoisted hvp'] / flops['gradient']:.2f}" if "hoisted hvp" in flops else ""))
+    share = min(cfg.chunk_size or n, n) / n  # FLOPs are per chunk: time per chunk's worth of examples
+    per_chunk = {"gradient": med["gradient"] * share,
+                 "hoisted hvp" if hoisted.linear is not None else "hvp from scratch": med["hvp"] * share}
     if "hvp from scratch" in med:
+        per_chunk["hvp from scratch"] = med["hvp from scratch"] * share
         scratch = statistics.median(h / g for g, h in zip(times["gradient"], times["hvp from scratch"]))
         print(f"{name} HVP from scratch (not hoisted): {med['hvp from scratch'] * 1e3:.1f} ms = {scratch:.2f} gradients")
-    if ratio < 1.0:
-        print(f"{name}: IMPLAUSIBLE: an HVP measured below one gradient ({ratio:.2f}) is a measurement bug")
+    for line in plausibility(name, per_chunk, flops):
+        print(line)
     if args.breakdown:
         breakdown(name, op, probe, args)
 

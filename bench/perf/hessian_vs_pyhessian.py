@@ -51,6 +51,7 @@ from jax.flatten_util import ravel_pytree
 from bench.metrics import hessian as hs
 from bench.metrics.linearize import clear_programs
 from bench.metrics.operator import HessianOperator
+from bench.perf.curvature import chunk_flops, plausibility
 
 HIDDEN = (100, 100)
 
@@ -165,12 +166,6 @@ def to_torch(graphdef: nnx.GraphDef, params: nnx.State):
             lin.bias.copy_(torch.from_numpy(np.asarray(model.layers[i].bias[...]).copy()))
         mods += [lin, torch.nn.ReLU()] if i < len(sizes) - 2 else [lin]
     return torch.nn.Sequential(*mods).eval()
-
-
-def _flops(fn: Callable, *args: Any) -> float:
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", float("nan")))
 
 
 def _grad_on_batch(loss: Any, params: Any, batch: dict) -> Any:
@@ -291,11 +286,7 @@ def hvp_cost(ctx: dict, it: int, lanczos: Callable, args: argparse.Namespace) ->
         calls["hvp"] = calls["hvp from scratch"] = _jitted(lambda o, v: o.matvec(v), op, v)
     t = time_until_stable(calls, args)
     g = t["gradient"].median
-    # Compiled FLOPs with params, data (and v) as arguments of the program.
-    unravel = ravel_pytree(params)[1]
-    flops_grad = _flops(lambda p, d: jax.grad(loss_fn)(p, d), params, data)
-    flops_hvp = _flops(lambda p, d, u: jax.jvp(lambda q: jax.grad(loss_fn)(q, d), (p,), (u,))[1],
-                       params, data, unravel(v))
+    flops = chunk_flops(op, hoisted, v)  # params, data and v are arguments of the programs
     print(f"\n[3] cost in units of one full-data gradient ({'hoisted HVPs' if hoisted.linear is not None else 'HVPs'}, "
           f"as our estimators run them; params and data are arguments; median of {t['gradient'].repeats} rounds)")
     print(f"  gradient: {t['gradient'].ms()}   HVP: {t['hvp'].ms()}   -> HVP = {t['hvp'].median / g:.2f} gradients")
@@ -304,11 +295,18 @@ def hvp_cost(ctx: dict, it: int, lanczos: Callable, args: argparse.Namespace) ->
     per_iter = (t["lanczos"].median - t["lanczos short"].median) / (it - short)
     print(f"  one Lanczos iteration (HVP + full reorthogonalisation; {it} vs {short} iterations): "
           f"{per_iter * 1e3:.2f} ms = {per_iter / g:.2f} gradients")
-    print(f"  compiled FLOPs: gradient {flops_grad:.3g}, HVP {flops_hvp:.3g} (= {flops_hvp / flops_grad:.2f} gradients)")
-    for label, cost in (("HVP", t["hvp"].median), ("HVP from scratch", t["hvp from scratch"].median),
-                        ("Lanczos iteration", per_iter)):
-        if cost < g:
-            print(f"  IMPLAUSIBLE: {label} measured below one gradient ({cost / g:.2f}): a measurement bug, not a result")
+    print(f"  compiled FLOPs: gradient {flops['gradient']:.3g}, HVP from scratch {flops['hvp from scratch']:.3g} "
+          f"(= {flops['hvp from scratch'] / flops['gradient']:.2f} gradients)"
+          + (f", hoisted HVP (tangent pass) {flops['hoisted hvp']:.3g} (= {flops['hoisted hvp'] / flops['gradient']:.2f})"
+             if "hoisted hvp" in flops else ""))
+    kind = "hoisted hvp" if hoisted.linear is not None else "hvp from scratch"
+    n = ctx["data"]["x"].shape[0]
+    share = min(chunk or n, n) / n  # FLOPs are per chunk: time per chunk's worth of examples
+    per_chunk = {"gradient": g * share, kind: t["hvp"].median * share, "hvp from scratch": t["hvp from scratch"].median * share}
+    for line in plausibility("  HVP", per_chunk, flops):
+        print(line)
+    if per_iter < g and kind == "hvp from scratch":
+        print(f"  IMPLAUSIBLE: a Lanczos iteration measured below one gradient ({per_iter / g:.2f}): a measurement bug")
 
 
 def _jitted(fn: Callable, *args: Any) -> Callable[[], Any]:
