@@ -14,7 +14,10 @@ settings (the model at initialization, eval mode), prints one line
   settings (``CurvatureProbe.measure``, as training calls it), median of ``--suite-repeats``.
 
 Compile time (first call minus the steady-state median) is printed apart on its own line, and
-with ``--breakdown`` (default on) each estimator's time per HVP (or per gradient) in gradients.
+with ``--breakdown`` (default on) each estimator's time per HVP (or per gradient) in gradients,
+including the measures that are off by default: batch sharpness (one gradient + one HVP per
+minibatch of ``--batch-size``) and Adam's preconditioned sharpness (Lanczos iterations + k HVPs
+of the transformed operator).
 An HVP measured below one gradient is physically implausible and flagged as a bug. The load
 average is printed before and after each model; with load above the core count the ratios are
 still paired but absolute times are inflated.
@@ -31,10 +34,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from bench.metrics import hessian as hs
+from bench.metrics.batch_sharpness import batch_sharpness
+from bench.metrics.preconditioned import preconditioned_top_eigenvalues
 from bench.metrics import noise_scale as ns
 from bench.metrics.curvature import KEY_NOISE, measure
 from bench.metrics.operator import HessianOperator
@@ -291,12 +297,25 @@ def breakdown(name: str, op: HessianOperator, probe: CurvatureProbe, args: argpa
     examples = cfg.noise_num_small * cfg.noise_small_batch
     print(f"  {'noise scale':16s} {t:7.2f} s  {cfg.noise_num_small} gradients of {cfg.noise_small_batch} examples = "
           f"{grads:.2f} subset gradients ({examples} of {hs.num_examples(data)} examples)")
+    # Issue 15's measures (off by default): their cost at the sizes a run would use.
+    num, size = cfg.batch_sharpness_batches or 20, min(args.batch_size, hs.num_examples(data))
+    t, grads = cost(lambda: batch_sharpness(loss, params, data, key, batch_size=size, num_batches=num))
+    print(f"  {'batch sharpness':16s} {t:7.2f} s  {num:4d} minibatches of {size}, each 1 gradient + 1 HVP = "
+          f"{grads:.2f} subset gradients ({num * size} examples seen)")
+    # an Adam-like preconditioner (sqrt of squared gradients + eps): the cost does not depend on its values
+    g = op.mean(_grad_on_batch, params)
+    pre = jax.tree.map(lambda x: jnp.sqrt(x * x) + 1e-8, g)
+    t, grads = cost(lambda: preconditioned_top_eigenvalues(loss, params, data, key, pre, k=cfg.top_k,
+                                                           num_iters=m, chunk_size=chunk, rolled=r))
+    print(f"  {'preconditioned':16s} {t:7.2f} s  {m + cfg.top_k:4d} HVPs  {t / (m + cfg.top_k) * 1e3:7.1f} ms per HVP = "
+          f"{grads / (m + cfg.top_k):.2f} gradients (Lanczos on P^-1/2 H P^-1/2)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--repeats", type=int, default=7, help="paired gradient/HVP rounds")
+    ap.add_argument("--batch-size", type=int, default=32, help="minibatch size for the batch-sharpness cost")
     ap.add_argument("--suite-repeats", type=int, default=3, help="steady-state default-suite measurements")
     ap.add_argument("--breakdown-repeats", type=int, default=1, help="runs of each estimator alone")
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false")
