@@ -158,3 +158,15 @@ def synthetic_sweep(root: Path | str, *, batch_sizes: Sequence[int] = (16, 32, 6
                         scaling=rule, curvature=curvature, target_test_accuracy=target,
                         replica_index=seeds.index(seed), replica_count=len(seeds)))
     return write_records(root, records)
+
+
+def interruption_invariant(record: dict) -> dict:
+    """What must not depend on an interruption (signal, requeue, resume): everything but wall
+    times, the environment and the output directory."""
+    def untimed(x):
+        if isinstance(x, dict):
+            return {k: untimed(v) for k, v in x.items() if "seconds" not in k}
+        return [untimed(v) for v in x] if isinstance(x, list) else x
+    config = {k: v for k, v in record["config"].items() if k != "output_dir"}
+    return untimed({k: record[k] for k in ("run_id", "status", "history", "final", "convergence",
+                                          "curvature")} | {"config": config})

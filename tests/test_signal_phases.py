@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from record_factory import interruption_invariant
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -94,18 +96,6 @@ def _signal_run(tmp: Path, phase: str, signame: str, args: list[str], *, armed: 
     return proc, log.read_text().splitlines() if log.exists() else []
 
 
-def _comparable(record: dict) -> dict:
-    """What must not depend on an interruption: everything but wall times, the environment
-    and the output directory."""
-    def untimed(x):
-        if isinstance(x, dict):
-            return {k: untimed(v) for k, v in x.items() if "seconds" not in k}
-        return [untimed(v) for v in x] if isinstance(x, list) else x
-    config = {k: v for k, v in record["config"].items() if k != "output_dir"}
-    return untimed({k: record[k] for k in ("run_id", "status", "history", "final", "convergence",
-                                          "curvature")} | {"config": config})
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("reference")
@@ -133,7 +123,7 @@ def _check_resumes_to(run: Path, saved_step: int, cache: Path, reference: dict,
     _plain_run(run, cache, args)
     resumed = json.loads((run / "record_r0.json").read_text())
     assert resumed["timings"]["resumed_at_steps"] == [saved_step]
-    assert _comparable(resumed) == _comparable(reference)
+    assert interruption_invariant(resumed) == interruption_invariant(reference)
 
 
 def test_signal_during_compile_before_the_loop_with_arm(tmp_path, reference_run):

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from record_factory import interruption_invariant
 
 TINY = ["dataset=synthetic", "dataset.synthetic_train=512", "dataset.synthetic_test=256",
         "model=mlp", "model.hidden=[16]", "logger=none", "progress=false"]
@@ -188,16 +189,6 @@ def test_status_shows_pending_running_and_requeued_jobs(partition, tmp_path):
 
 # ---- slow: requeue on a signal, end to end (SLURM holds a requeued job ~120 s) ----
 
-def _comparable(record: dict) -> dict:
-    """Everything but wall times, the environment and the output directory."""
-    def untimed(x):
-        if isinstance(x, dict):
-            return {k: untimed(v) for k, v in x.items() if "seconds" not in k}
-        return [untimed(v) for v in x] if isinstance(x, list) else x
-    config = {k: v for k, v in record["config"].items() if k != "output_dir"}
-    return untimed({k: record[k] for k in ("run_id", "status", "history", "final", "convergence",
-                                          "curvature")} | {"config": config})
-
 
 def _history_len(job_dir: Path) -> int:
     try:
@@ -287,7 +278,7 @@ def test_requeue_on_signal_resumes_to_uninterrupted_record(partition, tmp_path):
     for k, (sweep, _) in sweeps.items():
         rec = _record(sweep / "0")
         assert rec["timings"]["resumed_at_steps"] == [saved[k]]
-        assert _comparable(rec) == _comparable(_record(tmp_path / f"reference_{k}"))
+        assert interruption_invariant(rec) == interruption_invariant(_record(tmp_path / f"reference_{k}"))
         assert "restart count 1" in _job_log(sweep, "out")  # SLURM ran it a second time
     assert "Caught signal SIGUSR2" in _job_log(b, "err")    # submitit's requeue, after our save
     assert f"Requeued job {jobs[1]} (5 remaining timeouts)" in _job_log(b, "out")
