@@ -1,6 +1,7 @@
 """Benchmark: curvature at gradient cost, per model family.
 
     python -m bench.perf.curvature [--models mlp,cnn,cnn2d,resnet] [--repeats 7] [--suite-repeats 3]
+    python -m bench.perf.curvature --models transformer   # not in the default list: ~25 min on 2 cores
 
 For each model, on the curvature subset and chunking of the default ``metrics.hessian=true``
 settings (the model at initialization, eval mode), prints one line
