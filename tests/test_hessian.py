@@ -31,35 +31,12 @@ from bench.metrics import operator
 from bench.metrics.curvature import measure
 from bench.metrics.operator import HessianOperator
 from bench.metrics.sharpness import loss_and_grad_at
+from tiny_mlp import loss_fn, make_problem
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The problem is defined as source so the device-count subprocess builds the very same one.
-PROBLEM_SRC = """
-import jax, jax.numpy as jnp, numpy as np
-
-def init_mlp(key, sizes=(4, 16, 3)):
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [{"w": jax.random.normal(k, (a, b), jnp.float64) / np.sqrt(a), "b": jnp.full((b,), 0.1, jnp.float64)}
-            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
-
-def loss_fn(params, batch):
-    h = batch["x"]
-    for i, layer in enumerate(params):
-        h = h @ layer["w"] + layer["b"]
-        if i < len(params) - 1:
-            h = jnp.tanh(h)
-    logp = jax.nn.log_softmax(h)
-    return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))
-
-def make_problem(n=96):
-    params = init_mlp(jax.random.PRNGKey(0))
-    x = jax.random.normal(jax.random.PRNGKey(1), (n, 4), jnp.float64)
-    noise = 0.5 * jax.random.normal(jax.random.PRNGKey(2), (n, 3), jnp.float64)
-    y = jnp.argmax(x[:, :3] + noise, axis=1).astype(jnp.int32)
-    return params, {"x": x, "y": y}
-"""
-exec(PROBLEM_SRC)  # defines init_mlp, loss_fn, make_problem
+# The problem as source too, so the device-count subprocess builds the very same one.
+PROBLEM_SRC = (Path(__file__).parent / "tiny_mlp.py").read_text()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,9 +49,9 @@ def _x64():
 # the static sizes that measure() uses, so each jitted program compiles once.
 @pytest.fixture(scope="module")
 def problem():
-    params, data = make_problem()  # noqa: F821
+    params, data = make_problem()
     flat, unravel = ravel_pytree(params)
-    dense = jax.hessian(lambda f: loss_fn(unravel(f), data))(flat)  # noqa: F821
+    dense = jax.hessian(lambda f: loss_fn(unravel(f), data))(flat)
     eigs = np.linalg.eigvalsh(np.asarray(dense))  # ascending
     return SimpleNamespace(params=params, data=data, flat=flat, unravel=unravel, dense=np.asarray(dense), eigs=eigs)
 
@@ -83,16 +60,16 @@ def problem():
 @pytest.mark.parametrize("chunk_size", [96, 32, 40, 7, 1000])
 def test_hvp_equals_dense_hessian_times_v_for_any_chunk_size(problem, chunk_size, rolled):
     v = jax.random.normal(jax.random.PRNGKey(7), problem.flat.shape, jnp.float64)
-    hv = hs.hvp(loss_fn, problem.params, problem.data, problem.unravel(v), chunk_size=chunk_size, rolled=rolled)  # noqa: F821
+    hv = hs.hvp(loss_fn, problem.params, problem.data, problem.unravel(v), chunk_size=chunk_size, rolled=rolled)
     np.testing.assert_allclose(ravel_pytree(hv)[0], problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
-    op = HessianOperator.of(loss_fn, problem.params, problem.data, chunk_size, rolled)  # noqa: F821
+    op = HessianOperator.of(loss_fn, problem.params, problem.data, chunk_size, rolled)
     matvec = jax.jit(lambda o, v: o.matvec(v)) if rolled else (lambda o, v: o.matvec(v))
     np.testing.assert_allclose(matvec(op, v), problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
 
 
 def test_lanczos_top_k_matches_dense_eigvalsh(problem):
     res = hs.lanczos_top_eigenvalues(
-        loss_fn, problem.params, problem.data, jax.random.PRNGKey(3), k=3, num_iters=30, chunk_size=40  # noqa: F821
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(3), k=3, num_iters=30, chunk_size=40
     )
     exact = problem.eigs[::-1][:3]
     np.testing.assert_allclose(res.eigenvalues, exact, rtol=1e-4)
@@ -107,7 +84,7 @@ def test_lanczos_top_k_matches_dense_eigvalsh(problem):
 def test_lanczos_residual_bounds_eigenvalue_error_when_not_converged(problem):
     # For symmetric H and unit u: min_i |lambda_i - theta| <= ||H u - theta u||.
     res = hs.lanczos_top_eigenvalues(
-        loss_fn, problem.params, problem.data, jax.random.PRNGKey(3), k=2, num_iters=4, chunk_size=32  # noqa: F821
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(3), k=2, num_iters=4, chunk_size=32
     )
     u = np.asarray(res.eigenvectors)
     for theta, r, ui in zip(np.asarray(res.eigenvalues), np.asarray(res.residuals), u):
@@ -118,7 +95,7 @@ def test_lanczos_residual_bounds_eigenvalue_error_when_not_converged(problem):
 
 def test_power_iteration_matches_largest_magnitude_eigenvalue(problem):
     eig, resid = hs.power_iteration_top_eigenvalue(
-        loss_fn, problem.params, problem.data, jax.random.PRNGKey(4), num_iters=1000, tol=1e-12, chunk_size=40  # noqa: F821
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(4), num_iters=1000, tol=1e-12, chunk_size=40
     )
     dominant = problem.eigs[np.argmax(np.abs(problem.eigs))]
     np.testing.assert_allclose(eig, dominant, rtol=1e-4)
@@ -127,7 +104,7 @@ def test_power_iteration_matches_largest_magnitude_eigenvalue(problem):
 
 def test_hutchinson_trace_within_three_standard_errors(problem):
     mean, stderr = hs.hutchinson_trace(
-        loss_fn, problem.params, problem.data, jax.random.PRNGKey(5), num_probes=200, chunk_size=40  # noqa: F821
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(5), num_probes=200, chunk_size=40
     )
     exact = np.trace(problem.dense)
     assert 0 < stderr < 0.2 * abs(exact)  # the probes carry information
@@ -136,7 +113,7 @@ def test_hutchinson_trace_within_three_standard_errors(problem):
 
 def test_slq_density_integrates_to_one_and_covers_spectrum(problem):
     d = hs.spectral_density(
-        loss_fn, problem.params, problem.data, jax.random.PRNGKey(6), num_probes=2, num_iters=30, grid_size=256,  # noqa: F821
+        loss_fn, problem.params, problem.data, jax.random.PRNGKey(6), num_probes=2, num_iters=30, grid_size=256,
         chunk_size=40,
     )  # fmt: skip
     grid, density = np.asarray(d["grid"]), np.asarray(d["density"])
@@ -176,10 +153,10 @@ def test_closed_over_arrays_are_traced_so_new_closures_reuse_the_compiled_progra
     # measurement; a fresh closure over new arrays must give new, correct results
     # (no stale baked-in constants) without compiling again. Same for a Partial.
     def make_loss(scale):
-        return lambda params, batch: scale * loss_fn(params, batch)  # noqa: F821
+        return lambda params, batch: scale * loss_fn(params, batch)
 
     def scaled_loss(scale, params, batch):
-        return scale * loss_fn(params, batch)  # noqa: F821
+        return scale * loss_fn(params, batch)
 
     v = jax.random.normal(jax.random.PRNGKey(7), problem.flat.shape, jnp.float64)
     program = hs.hvp.jitted if rolled else operator._add_chunk  # the one program an HVP runs
@@ -195,14 +172,14 @@ def test_closed_over_arrays_are_traced_so_new_closures_reuse_the_compiled_progra
 def test_hoisted_hvp_equals_dense_hessian_and_respects_the_memory_budget(problem):
     # Hoisting (host-driven): the primal pass of each chunk once, the tangent pass per HVP.
     v = jax.random.normal(jax.random.PRNGKey(8), problem.flat.shape, jnp.float64)
-    op = HessianOperator.of(loss_fn, problem.params, problem.data, 40, rolled=False)  # noqa: F821
+    op = HessianOperator.of(loss_fn, problem.params, problem.data, 40, rolled=False)
     hoisted = op.hoisted()
     assert hoisted.linear is not None and hoisted.linear.nbytes > 0
     assert len(hoisted.linear.main) == 2 and hoisted.linear.tail is not None  # 96 = 2 x 40 + 16
     np.testing.assert_allclose(hoisted.matvec(v), problem.dense @ np.asarray(v), rtol=0, atol=1e-12)
     assert op.hoisted(max_bytes=hoisted.linear.nbytes - 1).linear is None  # over budget: not hoisted
     assert op.hoisted(max_bytes=hoisted.linear.nbytes).linear is not None
-    assert HessianOperator.of(loss_fn, problem.params, problem.data, 40, rolled=True).hoisted().linear is None  # noqa: F821
+    assert HessianOperator.of(loss_fn, problem.params, problem.data, 40, rolled=True).hoisted().linear is None
 
 
 SUITE = SimpleNamespace(
@@ -229,7 +206,7 @@ def test_host_driven_loops_agree_with_rolled_lax_loops(problem):
     # The host-driven loops (CPU default) reorganise only where loops run; every estimator
     # must give the rolled implementation's numbers to round-off (chunk 40 leaves a tail of 16):
     # all of measure()'s values, power iteration stopping early, the sharpness objective.
-    args = (loss_fn, problem.params, problem.data)  # noqa: F821
+    args = (loss_fn, problem.params, problem.data)
     key, results = jax.random.PRNGKey(3), {}
     for rolled in (True, False):
         kw = {"chunk_size": 40, "rolled": rolled}
@@ -272,7 +249,7 @@ def test_second_measurement_compiles_nothing_and_estimators_share_the_hvp_progra
     # Host-driven: each HVP chunk is one program for every estimator; a new measurement
     # (new parameters, a fresh loss closure over new arrays) compiles nothing at all.
     def make_loss(scale):
-        return lambda params, batch: scale * loss_fn(params, batch)  # noqa: F821
+        return lambda params, batch: scale * loss_fn(params, batch)
 
     key, params2 = jax.random.PRNGKey(4), jax.tree.map(lambda a: a * 1.01, problem.params)
     first = _compiles(lambda: measure(SMALL, make_loss(jnp.float64(1.0)), problem.params, problem.data, key,
@@ -287,7 +264,7 @@ def test_estimators_share_one_hvp_program(problem):
     # Host-driven, the HVP programs (hoisted: the per-chunk linearization and its application;
     # not hoisted: the per-chunk HVP) are compiled once whoever asks: after Lanczos compiled
     # them for this chunking (24 divides N = 96: no tail), the other estimators compile none.
-    args, kw = (loss_fn, problem.params, problem.data), {"chunk_size": 24, "rolled": False}  # noqa: F821
+    args, kw = (loss_fn, problem.params, problem.data), {"chunk_size": 24, "rolled": False}
     key = jax.random.PRNGKey(5)
     hvp_programs = ("jit(residuals)", "jit(_add)", "jit(_finish)", "jit(_add_chunk)", "jit(_finish_chunks)")
     first = _compiles(lambda: hs.lanczos_top_eigenvalues(*args, key, k=1, num_iters=5, **kw))
@@ -358,7 +335,7 @@ def test_hvp_and_top_eigenvalue_independent_of_chunks_and_device_count(problem):
 def test_measure_reports_enabled_metrics_consistently(problem):
     cfg = SUITE
     key = jax.random.PRNGKey(11)
-    out, ema = measure(cfg, loss_fn, problem.params, problem.data, key, lr=0.5)  # noqa: F821
+    out, ema = measure(cfg, loss_fn, problem.params, problem.data, key, lr=0.5)
     json.dumps(out, allow_nan=False)  # valid JSON
     exact = problem.eigs[::-1]
     np.testing.assert_allclose(out["hessian_top_eigenvalue"], exact[0], rtol=1e-4)
@@ -375,12 +352,12 @@ def test_measure_reports_enabled_metrics_consistently(problem):
 
     # Each probe family has its own folded key: the Lanczos result reproduces alone.
     alone = hs.lanczos_top_eigenvalues(
-        loss_fn, problem.params, problem.data, jax.random.fold_in(key, 1), k=3, num_iters=30, chunk_size=40  # noqa: F821
+        loss_fn, problem.params, problem.data, jax.random.fold_in(key, 1), k=3, num_iters=30, chunk_size=40
     )
     np.testing.assert_allclose(out["hessian_eigenvalues"], np.asarray(alone.eigenvalues), rtol=1e-12)
 
     # Disabled parts leave no keys; the EMA state carries over untouched.
     off = SimpleNamespace(**{**vars(cfg), "hessian": False, "density": False, "sharpness": False, "noise_scale": False})
-    out2, ema2 = measure(off, loss_fn, problem.params, problem.data, key, ema_state=ema)  # noqa: F821
+    out2, ema2 = measure(off, loss_fn, problem.params, problem.data, key, ema_state=ema)
     assert ema2 is ema
     assert set(out2) == {"curvature_subset_size", "curvature_seconds"}

@@ -15,22 +15,10 @@ from jax.flatten_util import ravel_pytree
 
 from bench.metrics.batch_sharpness import batch_rayleigh, batch_sharpness, minibatch_indices
 from bench.metrics.preconditioned import adam_preconditioner, preconditioned_top_eigenvalues
+from tiny_mlp import init_mlp, loss_fn
 
 
-def init_mlp(key, sizes=(4, 6, 3)):
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [{"w": jax.random.normal(k, (a, b), jnp.float64) / np.sqrt(a), "b": jnp.full((b,), 0.1, jnp.float64)}
-            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
-
-
-def loss_fn(params, batch):
-    h = batch["x"]
-    for i, layer in enumerate(params):
-        h = h @ layer["w"] + layer["b"]
-        if i < len(params) - 1:
-            h = jnp.tanh(h)
-    logp = jax.nn.log_softmax(h)
-    return -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=1))
+SIZES = (4, 6, 3)  # a smaller hidden layer than test_hessian's: dense P^-1 H per case
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +45,7 @@ def adam_run(data, steps, *, lr=0.05, b1=0.9, b2=0.99, eps=1e-3, wrap=True):
     tx = optax.inject_hyperparams(lambda learning_rate: optax.chain(
         optax.add_decayed_weights(0.0), optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)))(learning_rate=lr) \
         if wrap else optax.adam(lr, b1=b1, b2=b2, eps=eps)
-    params = init_mlp(jax.random.PRNGKey(0))
+    params = init_mlp(jax.random.PRNGKey(0), SIZES)
     state, prev = tx.init(params), params
     for _ in range(steps):
         updates, state = tx.update(jax.grad(loss_fn)(params, data), state, params)
@@ -78,7 +66,7 @@ def test_adam_preconditioner_is_the_one_optax_divides_the_first_moment_by(data, 
 
 
 def test_adam_preconditioner_absent_before_the_first_step_and_without_adam(data):
-    params = init_mlp(jax.random.PRNGKey(0))
+    params = init_mlp(jax.random.PRNGKey(0), SIZES)
     assert adam_preconditioner(optax.adam(0.1).init(params), b1=0.9, b2=0.999, eps=1e-8) is None
     assert adam_preconditioner(optax.sgd(0.1, momentum=0.9).init(params), b1=0.9, b2=0.999, eps=1e-8) is None
 
@@ -102,7 +90,7 @@ def test_preconditioned_top_eigenvalue_matches_dense_eigenvalues_of_p_inverse_h(
 
 
 def test_batch_rayleigh_and_batch_sharpness_match_dense_minibatch_hessians(data):
-    params = init_mlp(jax.random.PRNGKey(0))
+    params = init_mlp(jax.random.PRNGKey(0), SIZES)
     idx = np.asarray(minibatch_indices(jax.random.PRNGKey(5), n=64, batch_size=8, num=6))
     assert idx.shape == (6, 8) and all(len(set(row)) == 8 for row in idx)  # no repeats in a batch
     dense = []
@@ -120,7 +108,7 @@ def test_batch_rayleigh_and_batch_sharpness_match_dense_minibatch_hessians(data)
 
 
 def test_batch_sharpness_of_the_full_batch_is_one_rayleigh_quotient(data):
-    params = init_mlp(jax.random.PRNGKey(0))
+    params = init_mlp(jax.random.PRNGKey(0), SIZES)
     h, _ = dense_hessian(params, data)
     g = np.asarray(ravel_pytree(jax.grad(loss_fn)(params, data))[0])
     res = batch_sharpness(loss_fn, params, data, jax.random.PRNGKey(0), batch_size=64, num_batches=10)
