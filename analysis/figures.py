@@ -34,7 +34,7 @@ from analysis.aggregate import (finished, has_metric, metric, reference_lr_per_r
                                 select_runs)
 from analysis.load import load_profile, load_tables
 from analysis.plotting import (FORMATS, NoData, errorbar_line, log2_batch_axis, new_figure,
-                               save_figure, seeds_note)
+                               no_data, save_figures, seeds_note)
 from analysis.steps_to_result import (Goal, fit_mccandlish, perfect_scaling_max_b,
                                       steps_to_result)
 
@@ -332,21 +332,11 @@ def make_figures(results: Path | str, out: Path | str | None = None, *,
         "accuracy_gap_vs_batch": lambda: accuracy_gap_figure(runs),
         "sharpness_vs_batch": lambda: sharpness_figure(runs),
         "keskar_interpolation": lambda: interpolation_figure(
-            curve if curve is not None else _missing(f"interpolation: no {interp_path}")),
+            curve if curve is not None else no_data(f"interpolation: no {interp_path}")),
         "edge_of_stability": lambda: edge_of_stability_figure(history),
         "memory_time_vs_batch": lambda: profile_figure(profile),
     }
-    done: dict[str, list[Path] | str] = {}
-    for name, build in builders.items():
-        try:
-            done[name] = save_figure(build(), out, name, formats)
-        except NoData as exc:
-            done[name] = f"skipped: {exc}"
-    return done
-
-
-def _missing(message: str) -> pd.DataFrame:
-    raise NoData(message)
+    return save_figures(builders, out, formats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

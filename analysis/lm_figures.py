@@ -23,7 +23,7 @@ from analysis.lm_report import zhang_cells
 from analysis.critical_batch import steps_per_seed
 from analysis.lm_verdicts import best_per_batch, lr_table
 from analysis.load import load_tables
-from analysis.plotting import NoData, log2_batch_axis, new_figure, save_figure
+from analysis.plotting import NoData, log2_batch_axis, new_figure, no_data, save_figures
 from analysis.steps_to_result import Goal
 
 
@@ -218,19 +218,9 @@ def make_lm_figures(results: Path | str, out: Path | str, finding: str, *, forma
         target = opts.get("target_loss")
         goal = Goal(float(target), "test_loss", higher_is_better=False) if target is not None else None
         builders = {"steps_to_result": lambda: steps_to_result_figure(history, runs, goal=goal)
-                    if goal else _no("no target loss"),
+                    if goal else no_data("no target loss"),
                     "lm_loss_vs_tokens": lambda: lm_loss_vs_tokens_figure(runs, history, target=target)}
     elif finding == "batch_warmup":
         arms = [opts.get("small"), opts.get("large"), *(opts.get("ramps") or ())]
         builders = {"warmup_loss_vs_steps": lambda: warmup_figure(runs, history, [a for a in arms if a])}
-    done: dict[str, list[Path] | str] = {}
-    for name, build in builders.items():
-        try:
-            done[name] = save_figure(build(), out, name, formats)
-        except NoData as exc:
-            done[name] = f"skipped: {exc}"
-    return done
-
-
-def _no(message: str) -> Figure:
-    raise NoData(message)
+    return save_figures(builders, out, formats)

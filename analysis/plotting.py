@@ -6,7 +6,7 @@ backend), so they work headless and can be saved with ``Figure.savefig``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +71,21 @@ def save_figure(fig: Figure, out_dir: Path | str, name: str,
         fig.savefig(path, dpi=150)
         paths.append(path)
     return paths
+
+
+def no_data(message: str):
+    """Raise NoData where an expression is expected (a builder's missing input)."""
+    raise NoData(message)
+
+
+def save_figures(builders: dict[str, Callable[[], Figure]], out_dir: Path | str,
+                 formats: Sequence[str] = FORMATS) -> dict[str, list[Path] | str]:
+    """Build and write each figure; {name: paths written | "skipped: <why>"} (a builder that
+    raises NoData is skipped, not an error)."""
+    done: dict[str, list[Path] | str] = {}
+    for name, build in builders.items():
+        try:
+            done[name] = save_figure(build(), out_dir, name, formats)
+        except NoData as exc:
+            done[name] = f"skipped: {exc}"
+    return done
