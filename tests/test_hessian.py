@@ -26,6 +26,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
+from bench.compile_log import logged_compiles
 from bench.metrics import hessian as hs
 from bench.metrics import operator
 from bench.metrics.curvature import measure
@@ -225,24 +226,9 @@ def random_subspace_like(size: int) -> jax.Array:
 
 def _compiles(fn) -> list[str]:
     """The 'Compiling ...' log lines of programs compiled while running ``fn`` (jit, eager ops, AOT)."""
-    import logging
-
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    handler, logger = Collect(), logging.getLogger("jax")
-    logger.addHandler(handler)
-    propagate, logger.propagate = logger.propagate, False  # collected here, not printed
-    try:
-        with jax.log_compiles():
-            fn()
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-    return [m for m in messages if m.startswith("Compiling")]
+    with logged_compiles() as compiled:
+        fn()
+    return compiled
 
 
 def test_second_measurement_compiles_nothing_and_estimators_share_the_hvp_program(problem):

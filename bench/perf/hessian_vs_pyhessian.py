@@ -48,6 +48,7 @@ import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from bench.compile_log import logged_compiles
 from bench.metrics import hessian as hs
 from bench.metrics.linearize import clear_programs
 from bench.metrics.operator import HessianOperator
@@ -112,26 +113,6 @@ def _seconds(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - t0
-
-
-def _seconds_logging_compiles(fn: Callable[[], Any], compiled: list[str]) -> float:
-    """``_seconds(fn)``, appending to ``compiled`` a line per program JAX compiled meanwhile."""
-    import logging
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Compiling"):
-                compiled.append(record.getMessage())
-
-    handler, logger = Collect(), logging.getLogger("jax")
-    logger.addHandler(handler)
-    propagate, logger.propagate = logger.propagate, False  # collected here, not printed
-    try:
-        with jax.log_compiles():
-            return _seconds(fn)
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
 
 
 def _spread(times: list[float]) -> float:
@@ -328,8 +309,8 @@ def time_to_accuracy(ctx: dict, lanczos: Callable, pyhessian: Callable, args: ar
     # includes tracing and compiling everything the measurement runs.
     jax.clear_caches()
     clear_programs()
-    compiled: list[str] = []
-    ours_cold = _seconds_logging_compiles(lanczos(n_lz), compiled)
+    with logged_compiles() as compiled:
+        ours_cold = _seconds(lanczos(n_lz))
     ph_first = _seconds(pyhessian(n_ph))
     t = time_until_stable({"pyhessian": pyhessian(n_ph), "lanczos": lanczos(n_lz)}, args)
     ph, lz = t["pyhessian"].median, t["lanczos"].median
