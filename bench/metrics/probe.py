@@ -60,7 +60,7 @@ class CurvatureProbe:
         if self._curvature_fns is None:
             model = nnx.merge(self.fns.graphdef, params, stats)
             matmul = self.convs == "matmul" and with_matmul_convs(model) > 0
-            self._curvature_fns = ModelFns(split_model(model)[0], self.fns.loss) if matmul else self.fns
+            self._curvature_fns = dataclasses.replace(self.fns, graphdef=split_model(model)[0]) if matmul else self.fns
         return self._curvature_fns
 
     def replica(self, state: TrainState, k: int) -> tuple[Any, Any]:
