@@ -12,7 +12,6 @@ known, by ``bench.data.batch_schedules.make_plan``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 from bench.data import DATASETS, DatasetConfig
@@ -233,7 +232,3 @@ def as_dict(cfg: Config) -> dict[str, Any]:
 def result_config(cfg: Config) -> dict[str, Any]:
     """The keys that can change results (what the config hash covers)."""
     return result_view(cfg)
-
-
-def replace(cfg: Config, **changes: Any) -> Config:
-    return dataclasses.replace(cfg, **changes)

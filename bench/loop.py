@@ -1,9 +1,14 @@
 """The training loop of one job, top to bottom: build, resume, train/evaluate/measure, finish.
 
-K vectorized replicas train at once (bench.job); their records are kept by bench.run_records.
-The loop resumes from the latest checkpoint in ``output_dir/checkpoints`` when there is one (a
-requeued or restarted job), and on SIGTERM / SIGUSR1 / SIGUSR2 saves a checkpoint, writes the
-records (status ``running``) and returns early (requeueing itself under SLURM).
+The build, as :func:`run` reads: the job's facts (bench.job.Setup), the data source
+(bench.data.source), the compiled train program (bench.program), the evaluator and the
+curvature meter (bench.evaluator), the records' ledger (bench.run_records), checkpoints. The
+loop calls the evaluator and the meter and hands their rows to the ledger.
+
+K vectorized replicas train at once. The loop resumes from the latest checkpoint in
+``output_dir/checkpoints`` when there is one (a requeued or restarted job), and on SIGTERM /
+SIGUSR1 / SIGUSR2 saves a checkpoint, writes the records (status ``running``) and returns early
+(requeueing itself under SLURM).
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from bench.checkpoint import Checkpointer
 from bench.config import Config
 from bench.data import ArrayDataset
 from bench.data.plan import BatchPlan
+from bench.data.source import open_source
 from bench.data.stream import StreamDataset
-from bench.job import Job
+from bench.evaluator import CurvatureMeter, Evaluator
+from bench.job import Setup
 from bench.parallel import same_on_all_processes
 from bench.preemption import PreemptionFlag, requeue_if_slurm
+from bench.program import TrainProgram
 from bench.progress import Progress
 from bench.record import RunRecord
 from bench.run_records import RunRecords
@@ -38,9 +46,8 @@ class Cadence:
     dense_until: int = 0
 
     @classmethod
-    def of(cls, job: Job) -> "Cadence":
-        cfg = job.cfg
-        return cls(job.plan, cfg.eval.cadence(cfg.batch_size), cfg.metrics.every,
+    def of(cls, cfg: Config, plan: BatchPlan) -> "Cadence":
+        return cls(plan, cfg.eval.cadence(cfg.batch_size), cfg.metrics.every,
                    cfg.metrics.hessian, cfg.steps_per_call, cfg.metrics.dense_every, cfg.metrics.dense_until)
 
     def measures_at(self, step: int) -> bool:
@@ -67,44 +74,53 @@ class Cadence:
 def run(cfg: Config, output_dir: Path | str, *,
         data: ArrayDataset | StreamDataset | None = None) -> list[RunRecord]:
     """Train one job and write one record per replica into ``output_dir``; returns the records."""
-    # Build: data, plan, model, optimizer, compiled programs; the K records; checkpoints.
-    job = Job(cfg, data)
+    # Build: the job's facts (bad input fails here), then each part of the program.
+    setup = Setup(cfg, data)  # validated config, mesh, dataset, replicas, plan, model, policy
+    cfg, plan = setup.cfg, setup.plan
+    source = open_source(setup.data, plan, setup.mesh, cfg.eval, cfg.dataset)  # in memory | streamed
+    train = TrainProgram(setup, source)      # optimizer, schedule, init, fused steps
+    evaluate = Evaluator(setup, source)      # -> eval rows
+    meter = CurvatureMeter(setup, source) if cfg.metrics.hessian else None  # -> curvature stats
     # several processes write one job: all use process 0's directory (Hydra's default run dir
     # is a timestamp, which processes started a second apart would not share)
     output_dir = Path(same_on_all_processes(str(output_dir)))
-    records = RunRecords(job, output_dir)
-    cadence = Cadence.of(job)
+    records = RunRecords(setup, output_dir)  # the ledger
+    cadence = Cadence.of(cfg, plan)
     ckpt = Checkpointer(output_dir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
                         max_to_keep=cfg.checkpoint.max_to_keep)
-    state, step, lrs = job.init_state(), 0, job.initial_lrs()
+    state, step, lrs = train.init_state(), 0, train.initial_lrs()
 
     # Resume: a requeued or restarted job continues from its latest checkpoint.
     if (latest := ckpt.latest_step()) is not None:
-        state, extra = ckpt.restore(latest, state, data=job.stream)  # + input position
-        step, lrs = latest, records.restore(extra, latest)
+        state, extra = ckpt.restore(latest, state, data=source.pipeline)  # + input position
+        step, (lrs, noise_ema) = latest, records.restore(extra, latest)
+        if meter is not None:
+            meter.load_state_dict(noise_ema)
 
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
-    tracker = _tracker(job, records, output_dir) if records.primary else None
-    progress = Progress(job.plan.total_steps, enabled=cfg.progress and records.primary, start=step)
-    with PreemptionFlag() as flag, ckpt, progress, closing(job):
+    tracker = _tracker(setup, records, output_dir) if records.primary else None
+    progress = Progress(plan.total_steps, enabled=cfg.progress and records.primary, start=step)
+    noise_ema = (lambda: meter.state_dict()) if meter is not None else (lambda: None)
+    with PreemptionFlag() as flag, ckpt, progress, closing(source):
         while True:
             if cadence.evaluates_at(step):
                 statuses = records.statuses()
-                rows = records.add_evaluation(state, step, lrs)
-                if cadence.measures_at(step):
-                    records.add_curvature(state, step, rows, lrs)
+                rows = records.add_evaluation(evaluate(state, step, lrs), step)
+                if meter is not None and cadence.measures_at(step):
+                    records.add_curvature({k: meter(state, k, float(lrs[k]), row["batch_size"])
+                                           for k, row in rows.items()}, rows, step)
                 if tracker is not None and rows:
                     tracker.log_rows(rows, step)
                 progress.eval(step, rows)
                 records.write(force=False, statuses_before=statuses)
-            if step >= job.plan.total_steps or not records.running:
+            if step >= plan.total_steps or not records.running:
                 break
             count = cadence.steps_in_next_call(step)
-            state, metrics = job.train(state, step, count)
+            state, metrics = train(state, step, count)
             step, lrs = step + count, metrics["lr"][-1]
             progress.advance(count, metrics)
             if flag.any_process_requested():  # preemption or time limit: save, then requeue
-                ckpt.save(step, state, records.checkpoint_extra(lrs), force=True, data=job.stream)
+                ckpt.save(step, state, records.checkpoint_extra(lrs, noise_ema()), force=True, data=source.pipeline)
                 ckpt.wait_until_finished()
                 records.write()
                 progress.note(f"{flag.signal_name}: checkpoint saved at step {step}; "
@@ -112,7 +128,7 @@ def run(cfg: Config, output_dir: Path | str, *,
                 requeue_if_slurm(flag)  # under SLURM: requeues this job and exits
                 return records.records
             if ckpt.should_save(step):
-                ckpt.save(step, state, records.checkpoint_extra(lrs), data=job.stream)
+                ckpt.save(step, state, records.checkpoint_extra(lrs, noise_ema()), data=source.pipeline)
                 records.write()
 
     # Finish: statuses and convergence, final parameters, the records, the tracker's summary.
@@ -126,10 +142,9 @@ def run(cfg: Config, output_dir: Path | str, *,
     return records.records
 
 
-def _tracker(job: Job, records: RunRecords, output_dir: Path):
-    cfg = job.cfg
+def _tracker(setup: Setup, records: RunRecords, output_dir: Path):
+    cfg = setup.cfg
     return cfg.logger.make(config=records.records[0]["config"], run_id=records.config_hash,
                            name=cfg.name or f"B{cfg.batch_size}-{cfg.dataset.name}-{cfg.model.name}",
                            output_dir=output_dir,
-                           replicas=[r.as_dict(len(job.replicas)) for r in job.replicas])
-
+                           replicas=[r.as_dict(len(setup.replicas)) for r in setup.replicas])

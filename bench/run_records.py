@@ -1,5 +1,6 @@
-"""The K run records of a job while it trains: eval rows, statuses, divergence, curvature,
-throttled atomic writes, and what a checkpoint must remember to resume them (:class:`RunRecords`).
+"""The K run records of a job, a ledger (:class:`RunRecords`): it receives the evaluator's rows
+and the curvature meter's statistics, keeps statuses and divergence, writes atomically
+(throttled), and says what a checkpoint must remember to resume them. It computes nothing.
 
 Only process 0 writes (records, parameters); every process keeps the same bookkeeping.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -17,42 +18,43 @@ import numpy as np
 from bench import compile_cache
 from bench import record as rec
 from bench.config import as_dict, result_config
-from bench.job import Job
-from bench.data.text import bits_per_byte
+from bench.evaluator import Evaluation
 from bench.metrics.convergence import convergence_summary
-from bench.metrics.generalization import generalization_gap
 from bench.record import EvalRow, RunRecord
 from bench.reuse import StaleResults
 from bench.step import TrainState
+
+if TYPE_CHECKING:
+    from bench.job import Setup
 
 # What a checkpoint keeps of each record (the rest is rebuilt from the config).
 CHECKPOINTED_KEYS = ("history", "final", "status", "diverged_at_step", "error", "curvature")
 
 
 class RunRecords:
-    def __init__(self, job: Job, output_dir: Path):
-        self.job, self.output_dir = job, output_dir
+    def __init__(self, setup: "Setup", output_dir: Path):
+        self.setup, self.output_dir = setup, output_dir
         self.primary = jax.process_index() == 0
-        config = as_dict(job.cfg)
-        self.config_hash = rec.config_hash(result_config(job.cfg))
-        self.data_sha256 = job.data.checksum()
-        self.records: list[RunRecord] = [self._new(job, config, r) for r in job.replicas]
+        config = as_dict(setup.cfg)
+        self.config_hash = rec.config_hash(result_config(setup.cfg))
+        self.data_sha256 = setup.data.checksum()
+        self.records: list[RunRecord] = [self._new(setup, config, r) for r in setup.replicas]
         self._last_write = -math.inf
 
-    def _new(self, job: Job, config: dict[str, Any], replica: Any) -> RunRecord:
-        cfg, plan = job.cfg, job.plan
+    def _new(self, setup: "Setup", config: dict[str, Any], replica: Any) -> RunRecord:
+        cfg, plan = setup.cfg, setup.plan
         record = rec.empty_record()
         record.update(  # type: ignore[typeddict-item]
             run_id=f"{self.config_hash}-r{replica.index}", config=config,
-            config_hash=self.config_hash, replica=replica.as_dict(len(job.replicas)),
+            config_hash=self.config_hash, replica=replica.as_dict(len(setup.replicas)),
             experiment={
                 "dataset": cfg.dataset.name, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
                 "scaling": cfg.scaling.name, "schedule": cfg.schedule.name,
                 "batch_size": cfg.batch_size, "accumulate": cfg.accumulate,
-                "num_train": job.data.num_train, "num_test": job.data.num_test,
-                "tokens_per_example": job.data.tokens_per_example,
-                "data_sha256": self.data_sha256, "data_provenance": job.data.provenance,
-                "num_params": job.num_params, "steps_per_epoch": plan.steps_per_epoch,
+                "num_train": setup.data.num_train, "num_test": setup.data.num_test,
+                "tokens_per_example": setup.data.tokens_per_example,
+                "data_sha256": self.data_sha256, "data_provenance": setup.data.provenance,
+                "num_params": setup.num_params, "steps_per_epoch": plan.steps_per_epoch,
                 "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
                 "batch_schedule": cfg.batch_schedule.name, "batch_stages": plan.describe()},
             environment=rec.environment())
@@ -64,19 +66,17 @@ class RunRecords:
 
     # ------------------------------------------------------------------ during training
 
-    def add_evaluation(self, state: TrainState, step: int, lrs: np.ndarray) -> dict[int, EvalRow]:
-        """Evaluate every live replica on the full sets; append its row, or mark it diverged."""
-        ev = self.job.evaluate(state)
-        alive = np.asarray(jax.device_get(state.alive))
-        diverged_step = np.asarray(jax.device_get(state.diverged_step))
+    def add_evaluation(self, ev: Evaluation, step: int) -> dict[int, EvalRow]:
+        """Append each running replica's row, or mark it diverged (it stopped, or its loss is
+        not finite); returns the rows kept, by replica."""
         rows: dict[int, EvalRow] = {}
         for k, record in enumerate(self.records):
             if record["status"] != "running":
                 continue
-            if not alive[k]:
-                self._mark_diverged(record, int(diverged_step[k]))
+            if not ev.alive[k]:
+                self._mark_diverged(record, int(ev.diverged_step[k]))
                 continue
-            row = self._row(step, k, ev, float(lrs[k]))
+            row = ev.rows[k]
             if not all(math.isfinite(row[key]) for key in ("train_loss", "test_loss")):
                 self._mark_diverged(record, step)
                 continue
@@ -85,32 +85,13 @@ class RunRecords:
             rows[k] = row
         return rows
 
-    def _row(self, step: int, k: int, ev: dict[str, np.ndarray], lr: float) -> EvalRow:
-        plan = self.job.plan
-        row: dict[str, Any] = {
-            "step": step, "epoch": plan.epoch(step), "examples": plan.examples(step),
-            "train_seconds": self.job.timings.train_seconds, "lr": lr,
-            "batch_size": plan.batch_size(max(step - 1, 0))}  # B of the last step taken
-        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
-            row[key] = float(ev[key][k])
-        row.update(generalization_gap(row["train_loss"], row["train_accuracy"], row["test_loss"],
-                                      row["test_accuracy"]))
-        if plan.tokens_per_example is not None:  # language data
-            per_byte = self.job.data.bytes_per_token
-            row.update(tokens=plan.tokens(step),
-                       train_bits_per_byte=bits_per_byte(row["train_loss"], per_byte),
-                       test_bits_per_byte=bits_per_byte(row["test_loss"], per_byte))
-        return row  # type: ignore[return-value]
-
-    def add_curvature(self, state: TrainState, step: int, rows: dict[int, EvalRow],
-                      lrs: np.ndarray) -> None:
-        """Curvature of every replica evaluated at this step, merged into its eval row."""
-        for k, row in rows.items():
-            stats = self.job.measure(state, k, float(lrs[k]), batch_size=row["batch_size"])
-            stats.update(self.job.cfg.optimizer.stability_thresholds(float(lrs[k])))
-            row.update(stats)  # type: ignore[typeddict-item]
-            if step == self.job.plan.total_steps:
-                self.records[k]["curvature"] = stats
+    def add_curvature(self, stats: dict[int, dict[str, Any]], rows: dict[int, EvalRow], step: int) -> None:
+        """Curvature statistics of replicas evaluated at this step, merged into their eval rows
+        (and kept as the record's ``curvature`` at the last step)."""
+        for k, values in stats.items():
+            rows[k].update(values)  # type: ignore[typeddict-item]
+            if step == self.setup.plan.total_steps:
+                self.records[k]["curvature"] = values  # type: ignore[typeddict-item]
 
     @staticmethod
     def _mark_diverged(record: RunRecord, step: int) -> None:
@@ -128,11 +109,11 @@ class RunRecords:
             return
         changed = statuses_before is not None and statuses_before != self.statuses()
         if not (force or changed or time.monotonic() - self._last_write
-                >= self.job.cfg.eval.write_every_seconds):
+                >= self.setup.cfg.eval.write_every_seconds):
             return
         cache = compile_cache.info()
         for k, record in enumerate(self.records):
-            record["timings"] = self.job.timings.as_dict()  # type: ignore[typeddict-item]
+            record["timings"] = self.setup.timings.as_dict()  # type: ignore[typeddict-item]
             record["environment"]["compile_cache"] = cache
             rec.write_record(self.output_dir / rec.record_filename(k), record)
         self._last_write = time.monotonic()
@@ -140,31 +121,29 @@ class RunRecords:
     def statuses(self) -> list[str]:
         return [r["status"] for r in self.records]
 
-    def checkpoint_extra(self, lrs: np.ndarray) -> dict[str, Any]:
-        """What a checkpoint keeps beside the arrays to resume these records exactly."""
-        probe = self.job.probe
+    def checkpoint_extra(self, lrs: np.ndarray, noise_ema: Any) -> dict[str, Any]:
+        """What a checkpoint keeps beside the arrays to resume these records exactly (and the
+        curvature meter's noise-scale EMAs, ``noise_ema``)."""
         return {"records": [{k: r[k] for k in CHECKPOINTED_KEYS} for r in self.records],  # type: ignore[literal-required]
-                "config_hash": self.config_hash, "last_lr": lrs, "timings": self.job.timings.as_dict(),
-                "noise_ema": probe.state_dict() if probe is not None else None}
+                "config_hash": self.config_hash, "last_lr": lrs, "timings": self.setup.timings.as_dict(),
+                "noise_ema": noise_ema}
 
-    def restore(self, extra: dict[str, Any], step: int) -> np.ndarray:
-        """Put back a checkpoint's histories, statuses, clocks and noise-scale EMAs; returns the
-        replicas' last LRs. A checkpoint of another configuration is refused."""
+    def restore(self, extra: dict[str, Any], step: int) -> tuple[np.ndarray, Any]:
+        """Put back a checkpoint's histories, statuses and clocks; returns the replicas' last LRs
+        and the saved noise-scale EMAs. A checkpoint of another configuration is refused."""
         if extra.get("config_hash", self.config_hash) != self.config_hash:
             raise StaleResults(f"{self.output_dir / 'checkpoints'} holds a checkpoint of a different "
                                f"configuration; use another output_dir, or delete it to start over")
         for record, saved in zip(self.records, extra["records"], strict=True):
             record.update(saved)  # type: ignore[typeddict-item]
-        self.job.timings.restore(extra["timings"], step)
-        if self.job.probe is not None:
-            self.job.probe.load_state_dict(extra["noise_ema"])
-        return np.asarray(extra["last_lr"])
+        self.setup.timings.restore(extra["timings"], step)
+        return np.asarray(extra["last_lr"]), extra["noise_ema"]
 
     # ------------------------------------------------------------------ the end
 
     def finish(self) -> None:
         """Final statuses and convergence (steps, examples, seconds to the targets)."""
-        target = self.job.cfg.target
+        target = self.setup.cfg.target
         for record in self.records:
             if record["status"] == "running":
                 record["status"] = "finished"

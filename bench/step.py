@@ -2,11 +2,12 @@
 
 A job trains K replicas (LR values x seeds) at once: every leaf of :class:`TrainState` has a
 leading replica axis and the per-replica step is ``jax.vmap``-ed. Several steps are fused into
-one jitted call with ``lax.scan`` (fewer dispatches, identical numbers). In memory, the dataset
-lives on device and a step receives integer indices and gathers its batch there; streamed
-(bench.data.stream), a call receives the batches themselves. Either way a batch is sharded over
-the mesh's ``data`` axis, so 1 and N devices (and processes) compute the same global-batch
-quantities.
+one jitted call, a *block*, with ``lax.scan`` (fewer dispatches, identical numbers). Where a
+batch comes from is the data source's ``take`` (bench.data.source): gathered on device from
+indices (in memory) or the batch itself (streamed); either way it is sharded over the mesh's
+``data`` axis, so 1 and N devices (and processes) compute the same global-batch quantities.
+How the programs are shaped on this backend (scan unrolling, replica loops) is the caller's
+bench.execution.ExecutionPolicy, passed in explicitly.
 
 A replica whose loss or gradient becomes non-finite is frozen (its state stops changing) and
 ``diverged_step`` records when; the other replicas go on.
@@ -15,7 +16,7 @@ A replica whose loss or gradient becomes non-finite is frozen (its state stops c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.struct
 import jax
@@ -24,38 +25,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from bench.parallel import batch_sharded
+from bench.data.source import gather_chunk
+from bench.execution import ExecutionPolicy, current
 
 Batch = dict[str, jax.Array]
 
 
-def scan_unroll(unroll_on_cpu: bool = True) -> int | bool:
-    """How far to unroll a ``lax.scan`` of model evaluations (the same rule for every length:
-    ``unroll=1`` would still emit a while loop).
-
-    XLA:CPU runs convolutions inside a while loop several times slower than outside one
-    (measured with jax 0.10.2: a 1-D CNN step at 11.8 ms in a rolled scan vs 0.9 ms unrolled),
-    so on CPU scans are unrolled fully; on accelerators they stay rolled (small programs,
-    fast compiles). Models that gain nothing from it (``unroll_on_cpu=False``: the transformer,
-    whose unrolled 25-step program took minutes to compile) stay rolled everywhere.
-    """
-    return True if unroll_on_cpu and jax.default_backend() == "cpu" else 1
-
-
-def map_replicas_by_loop() -> bool:
-    """Whether evaluation maps over replicas with a loop rather than ``jax.vmap``.
-
-    A vmapped convolution over per-replica kernels lowers to a grouped convolution, which
-    XLA:CPU runs far slower than K separate ones; a loop over the K replicas compiles K copies
-    of the forward pass instead (a few seconds more). On accelerators vmap stays.
-    """
-    return jax.default_backend() == "cpu"
-
-
-def over_replicas(fn: Callable, in_axes: tuple, loop: bool | None = None) -> Callable:
-    """``jax.vmap(fn, in_axes)``, or (``loop``; default ``map_replicas_by_loop()``) the same
+def over_replicas(fn: Callable, in_axes: tuple, loop: bool) -> Callable:
+    """``jax.vmap(fn, in_axes)``, or (``loop``: ExecutionPolicy.loop_over_replicas) the same
     result computed by an unrolled loop over the leading replica axis of the mapped arguments."""
-    if not (map_replicas_by_loop() if loop is None else loop):
+    if not loop:
         return jax.vmap(fn, in_axes=in_axes)
 
     def looped(*args):
@@ -136,11 +115,11 @@ def _tree_all_finite(tree) -> jax.Array:
 
 def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
                       lr_multiplier: Callable, accumulate: int,
-                      hyperparams: Callable[[int], dict[str, float]] | None = None,
+                      hyperparams: Mapping[int, dict[str, float]] | None = None,
                       ewa_decay: float | None = None) -> Callable:
     """One SGD step of one replica on its batch (x [B, ...], y [B] or [B, T]).
 
-    ``hyperparams(B)``: optimizer hyperparameters (Adam's b1, b2, eps) that follow the batch
+    ``hyperparams[B]``: optimizer hyperparameters (Adam's b1, b2, eps) that follow the batch
     size, set in the optimizer state like the LR (B is static in each compiled program);
     ``ewa_decay``: also update ``state.ewa``, the weights' exponentially weighted average.
     """
@@ -182,7 +161,7 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
         key = jax.random.fold_in(state.dropout_key, state.step)
         loss, acc, grads, new_stats = compute(state.params, state.stats, x, y, key)
         lr = state.peak_lr * lr_multiplier(state.step)
-        per_batch = {k: jnp.float32(v) for k, v in (hyperparams(x.shape[0]) if hyperparams else {}).items()}
+        per_batch = {k: jnp.float32(v) for k, v in (hyperparams[x.shape[0]] if hyperparams else {}).items()}
         opt_state = state.opt_state._replace(hyperparams={
             **state.opt_state.hyperparams, **per_batch, "learning_rate": lr.astype(jnp.float32)})
         updates, new_opt = tx.update(grads, opt_state, state.params)
@@ -208,48 +187,28 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
     return step
 
 
-def _run_steps(vstep: Callable, state: TrainState, inputs: Any, batch: Callable,
-               unroll_on_cpu: bool) -> tuple[TrainState, Any]:
-    """Steps over the leading axis of ``inputs``; ``batch(inputs_t) -> (x, y)``."""
-    def body(state, inputs_t):
-        return vstep(state, *batch(inputs_t))
-    if jax.tree.leaves(inputs)[0].shape[0] == 1:  # XLA:CPU runs a length-1 scan ~10x slower
-        state, metrics = body(state, jax.tree.map(lambda a: a[0], inputs))
-        return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(body, state, inputs, unroll=scan_unroll(unroll_on_cpu))
+def make_train_block(fns: ModelFns, tx: optax.GradientTransformation, lr_multiplier: Callable,
+                     accumulate: int, take: Callable, *, unroll: int | bool,
+                     hyperparams: Mapping[int, dict[str, float]] | None = None,
+                     ewa_decay: float | None = None) -> Callable:
+    """``block(state, data, inputs[n, ...]) -> (state, metrics[n, K])``: n fused steps (a block),
+    not yet jitted. ``take(data, inputs_t) -> (x, y)`` [K, B, ...] is the data source's (a
+    gather from the device-resident set, or the streamed batch itself); ``unroll``: the
+    ExecutionPolicy's ``scan_unroll``; ``hyperparams``, ``ewa_decay``: ``make_replica_step``'s."""
+    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, hyperparams, ewa_decay))
+
+    def block(state: TrainState, data: Any, inputs: Any) -> tuple[TrainState, Any]:
+        def body(state, inputs_t):
+            return vstep(state, *take(data, inputs_t))
+        if jax.tree.leaves(inputs)[0].shape[0] == 1:  # XLA:CPU runs a length-1 scan ~10x slower
+            state, metrics = body(state, jax.tree.map(lambda a: a[0], inputs))
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return jax.lax.scan(body, state, inputs, unroll=unroll)
+
+    return block
 
 
-def make_train_chunk(fns: ModelFns, tx: optax.GradientTransformation, lr_multiplier: Callable,
-                     accumulate: int, mesh: Mesh, unroll_on_cpu: bool = True,
-                     **step_options: Any) -> Callable:
-    """``chunk(state, x_all, y_all, idx[n, K, B]) -> (state, metrics[n, K])``, not yet jitted
-    (``step_options``: ``make_replica_step``'s ``hyperparams`` and ``ewa_decay``)."""
-    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, **step_options))
-
-    def chunk(state: TrainState, x_all: jax.Array, y_all: jax.Array, idx: jax.Array):
-        def gather(idx_t):
-            x = jax.lax.with_sharding_constraint(x_all[idx_t], batch_sharded(mesh, 1, x_all.ndim + 1))
-            y = jax.lax.with_sharding_constraint(y_all[idx_t], batch_sharded(mesh, 1, y_all.ndim + 1))
-            return x, y
-        return _run_steps(vstep, state, idx, gather, unroll_on_cpu)
-
-    return chunk
-
-
-def make_streamed_train_chunk(fns: ModelFns, tx: optax.GradientTransformation,
-                              lr_multiplier: Callable, accumulate: int, unroll_on_cpu: bool = True,
-                              **step_options: Any) -> Callable:
-    """``chunk(state, x[n, K, B, ...], y[n, K, B, ...]) -> (state, metrics[n, K])`` on batches
-    already sharded over B (streamed input), not yet jitted."""
-    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, **step_options))
-
-    def chunk(state: TrainState, x: jax.Array, y: jax.Array):
-        return _run_steps(vstep, state, (x, y), lambda xy: xy, unroll_on_cpu)
-
-    return chunk
-
-
-def _chunk_sums(fns: ModelFns, params, stats, x, y, m) -> tuple[jax.Array, jax.Array]:
+def chunk_sums(fns: ModelFns, params, stats, x, y, m) -> tuple[jax.Array, jax.Array]:
     """Masked sums of the loss and of correct predictions over one evaluation chunk."""
     logits, _ = fns.apply(params, stats, x, train=False)
     losses = fns.losses(logits, y)
@@ -259,36 +218,37 @@ def _chunk_sums(fns: ModelFns, params, stats, x, y, m) -> tuple[jax.Array, jax.A
     return jnp.sum(losses * m), jnp.sum(correct * m)
 
 
-def make_evaluate(fns: ModelFns, mesh: Mesh, loop_replicas: bool | None = None,
-                  unroll_on_cpu: bool = True) -> Callable:
-    """``evaluate(params, stats, x_all, y_all, idx[C, c], mask[C, c]) -> (loss[K], acc[K])``.
+def make_evaluate_sums(fns: ModelFns, take: Callable, *, loop_replicas: bool, unroll: int | bool) -> Callable:
+    """``evaluate(params, stats, data, inputs[C, ...], sums[K, 2]) -> sums[K, 2]``: the masked
+    loss and correct-prediction sums of C evaluation chunks added, in order, to ``sums``; the
+    mean over a set is ``sums / mask total`` (padding masked out). ``take(data, inputs_c) ->
+    (x, y, mask)`` is the data source's. Replicas are vmapped, or looped over
+    (``loop_replicas``: ExecutionPolicy.loop_over_replicas)."""
 
-    Exact mean over the whole set: chunks of ``c`` examples, padding masked out. Replicas are
-    vmapped, or looped over on CPU (``over_replicas``; ``loop_replicas`` overrides).
-    """
+    def one_replica(params, stats, data, inputs, sums):
+        def body(sums, inputs_c):
+            loss, correct = chunk_sums(fns, params, stats, *take(data, inputs_c))
+            return jnp.stack([sums[0] + loss, sums[1] + correct]), None
 
-    def one_replica(params, stats, x_all, y_all, idx, mask):
-        def body(carry, inp):
-            i, m = inp
-            x = jax.lax.with_sharding_constraint(x_all[i], batch_sharded(mesh, 0, x_all.ndim))
-            loss, correct = _chunk_sums(fns, params, stats, x, y_all[i], m)
-            return (carry[0] + loss, carry[1] + correct), None
+        if jax.tree.leaves(inputs)[0].shape[0] == 1:  # one chunk: no loop (see make_train_block)
+            return body(sums, jax.tree.map(lambda a: a[0], inputs))[0]
+        return jax.lax.scan(body, sums, inputs, unroll=unroll)[0]
 
-        (loss_sum, correct_sum), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (idx, mask),
-                                                  unroll=scan_unroll(unroll_on_cpu))
+    return over_replicas(one_replica, in_axes=(0, 0, None, None, 0), loop=loop_replicas)
+
+
+def make_evaluate(fns: ModelFns, mesh: Mesh, policy: ExecutionPolicy | None = None) -> Callable:
+    """``evaluate(params, stats, x_all, y_all, idx[C, c], mask[C, c]) -> (loss[K], acc[K])``:
+    the in-memory evaluation of :func:`make_evaluate_sums` over device-resident arrays as one
+    function (for tools that evaluate parameters outside a job, e.g. bench.interpolate);
+    ``policy``: an ExecutionPolicy (default: the current backend's)."""
+    policy = policy or current()
+    sums_of = make_evaluate_sums(fns, gather_chunk(mesh), loop_replicas=policy.loop_over_replicas, unroll=policy.scan_unroll())
+
+    def evaluate(params, stats, x_all, y_all, idx, mask):
+        k = jax.tree.leaves(params)[0].shape[0]
+        sums = sums_of(params, stats, (x_all, y_all), (idx, mask), jnp.zeros((k, 2), jnp.float32))
         n = jnp.sum(mask)
-        return loss_sum / n, correct_sum / n
+        return sums[:, 0] / n, sums[:, 1] / n
 
-    return over_replicas(one_replica, in_axes=(0, 0, None, None, None, None), loop=loop_replicas)
-
-
-def make_evaluate_chunk(fns: ModelFns, loop_replicas: bool | None = None) -> Callable:
-    """``add(params, stats, x[c, ...], y[c, ...], mask[c], sums[K, 2]) -> sums[K, 2]``: one
-    streamed evaluation chunk's masked loss and correct-prediction sums added to the running
-    ``sums`` (in the order the in-memory scan adds them); the mean is ``sums / mask total``."""
-
-    def one_replica(params, stats, x, y, mask, sums):
-        loss, correct = _chunk_sums(fns, params, stats, x, y, mask)
-        return jnp.stack([sums[0] + loss, sums[1] + correct])
-
-    return over_replicas(one_replica, in_axes=(0, 0, None, None, None, 0), loop=loop_replicas)
+    return evaluate

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.streams import Stream
+from bench.rng import RngStream
 
 AUGMENTATIONS = ("none", "cifar", "imagenet")
 EVAL_CROP_FRACTION = 0.875  # 224 / 256: the standard ImageNet evaluation crop
@@ -30,7 +30,7 @@ EVAL_CROP_FRACTION = 0.875  # 224 / 256: the standard ImageNet evaluation crop
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random stream of one example's augmentation in one epoch of one replica."""
-    return np.random.default_rng([int(seed), int(Stream.AUGMENT), int(epoch), int(index)])
+    return np.random.default_rng([int(seed), int(RngStream.AUGMENT), int(epoch), int(index)])
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:

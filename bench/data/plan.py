@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.schema import ConfigError
-from bench.streams import Stream
+from bench.rng import RngStream
 
 BUDGET_UNITS = ("steps", "epochs", "examples", "tokens")
 
@@ -60,7 +60,7 @@ def parse_budget(budget: str) -> tuple[float, str]:
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The data order of one epoch of one replica: a pure function of (seed, epoch)."""
-    return np.random.default_rng([seed, int(Stream.DATA), epoch]).permutation(n).astype(np.int32)
+    return np.random.default_rng([seed, int(RngStream.DATA), epoch]).permutation(n).astype(np.int32)
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,9 @@ class ModelConfig:
         """optax mask of the parameters weight decay applies to (None: all of them)."""
         return None
 
-    # Unroll the scans of fused steps and evaluation chunks on CPU (bench.step.scan_unroll):
-    # convolutions run far slower inside XLA:CPU loops; models without them need not pay the
-    # compile time of an unrolled program.
-    unroll_on_cpu = True
+    # Whether the model computes attention (bench.execution.ExecutionPolicy.scan_unroll
+    # keeps such models' scans rolled: unrolling gains them nothing and costs compile time).
+    has_attention = False
 
     def batch_multiple(self) -> int:
         """Every (micro)batch must be a multiple of this (the ghost batch size, else 1)."""
@@ -118,7 +117,7 @@ class TransformerConfig(ModelConfig):
     rotary_base: float = param(10000.0, gt=0)
     dtype: str = param("float32", choices=("float32", "bfloat16"),
                        help="compute dtype; parameters and logits stay float32")
-    unroll_on_cpu = False
+    has_attention = True
 
     def architecture(self) -> dict[str, Any]:
         from bench.models.transformer import PRESETS

@@ -1,11 +1,18 @@
-"""Convolutions of any spatial rank as im2col + one matmul (an alternative formulation).
+"""Convolutions of any spatial rank as im2col + one matmul: the one conv-as-matmul formulation.
 
-XLA:CPU runs small 2-D convolutions slowly: for the 2-D CNN on 8x8 digits, a gradient with
-``lax.conv_general_dilated`` takes ~3.5x longer than the same gradient written as slices and a
-matmul (``python -m bench.perf.curvature --convs matmul``, jax 0.10.2). The HVP gains less
-(~1.6x): its im2col transposes are memory-bound pads; for a 1-D CNN the HVP is 2.3x slower, so
-curvature keeps the model's own convolutions by default (bench.metrics.probe, ``convs=``).
-Same parameters and math; results agree to float rounding.
+Same parameters and math as ``lax.conv_general_dilated``; results agree to float rounding.
+Two measured uses on XLA:CPU (jax 0.10.2):
+
+- Training K > 1 vectorized replicas (bench.execution.ExecutionPolicy.convs_as_matmul):
+  ``jax.vmap`` over replicas that each carry their own kernel turns a convolution into a
+  grouped one, which XLA:CPU runs several times slower than K separate convolutions (a K = 8
+  step of the default 1-D CNN: 14.4 ms vs 8 x 1.0 ms, ``python -m bench.perf.replicas
+  --formulations-only``). As im2col + matmul the vmapped convolution is a batched matmul:
+  8.0 ms, per replica as fast as separate runs. Only 1-D convolutions are switched there.
+- Curvature (bench.metrics.probe, ``convs="matmul"``): small 2-D convolutions' gradient is
+  ~3.5x faster so (``python -m bench.perf.curvature --convs matmul``), the HVP only ~1.6x (its
+  im2col transposes are memory-bound pads), and a 1-D CNN's HVP 2.3x slower, so curvature
+  keeps the model's own convolutions by default.
 
 Memory: the im2col patches are ``prod(kernel_size)`` times the input activation.
 """
@@ -68,11 +75,12 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
                       preferred_element_type=preferred_element_type)
 
 
-def with_matmul_convs(model: nnx.Module) -> int:
-    """Switch every ``nnx.Conv`` of ``model`` (in place) to :func:`matmul_conv`; returns how many."""
+def with_matmul_convs(model: nnx.Module, spatial_rank: int | None = None) -> int:
+    """Switch every ``nnx.Conv`` of ``model`` (in place; only those of ``spatial_rank`` spatial
+    dimensions when given) to :func:`matmul_conv`; returns how many were switched."""
     count = 0
     for _, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Conv):
+        if isinstance(node, nnx.Conv) and spatial_rank in (None, len(node.kernel_size)):
             node.conv_general_dilated = matmul_conv
             count += 1
     return count

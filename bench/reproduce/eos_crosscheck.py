@@ -34,12 +34,12 @@ ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "elu": jax.nn.elu}
 def initial_mlp(cfg, seed: int) -> tuple[list[tuple[jax.Array, jax.Array]], object]:
     """The preset's MLP at the harness's initialization for ``seed``, as plain (W, b) pairs."""
     from bench.data import load_dataset
-    from bench.streams import Stream
+    from bench.rng import RngStream
     from flax import nnx
 
     data = load_dataset(cfg.dataset)
     model = cfg.model.build(data.input_shape, data.num_classes,
-                            nnx.Rngs(jax.random.fold_in(jax.random.PRNGKey(seed), Stream.INIT)))
+                            nnx.Rngs(jax.random.fold_in(jax.random.PRNGKey(seed), RngStream.INIT)))
     layers = [*model.layers, model.head]
     return [(jnp.asarray(layer.kernel[...]), jnp.asarray(layer.bias[...])) for layer in layers], data
 
