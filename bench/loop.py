@@ -17,11 +17,13 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bench.checkpoint import Checkpointer
 from bench.config import Config
 from bench.data import ArrayDataset
 from bench.data.plan import BatchPlan
-from bench.data.source import open_source
+from bench.data.source import DataSource, open_source
 from bench.data.stream import StreamDataset
 from bench.evaluator import CurvatureMeter, Evaluator
 from bench.job import Setup
@@ -31,6 +33,7 @@ from bench.program import TrainProgram
 from bench.progress import Progress
 from bench.record import RunRecord
 from bench.run_records import RunRecords
+from bench.step import TrainState
 
 
 @dataclass(frozen=True)
@@ -92,15 +95,11 @@ def run(cfg: Config, output_dir: Path | str, *,
 
     # Resume: a requeued or restarted job continues from its latest checkpoint.
     if (latest := ckpt.latest_step()) is not None:
-        state, extra = ckpt.restore(latest, state, data=source.pipeline)  # + input position
-        step, (lrs, noise_ema) = latest, records.restore(extra, latest)
-        if meter is not None:
-            meter.load_state_dict(noise_ema)
+        state, step, lrs = _resume(ckpt, latest, state, records, meter, source)
 
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
     tracker = _tracker(setup, records, output_dir) if records.primary else None
     progress = Progress(plan.total_steps, enabled=cfg.progress and records.primary, start=step)
-    noise_ema = (lambda: meter.state_dict()) if meter is not None else (lambda: None)
     with PreemptionFlag() as flag, ckpt, progress, closing(source):
         while True:
             if cadence.evaluates_at(step):
@@ -120,16 +119,13 @@ def run(cfg: Config, output_dir: Path | str, *,
             step, lrs = step + count, metrics["lr"][-1]
             progress.advance(count, metrics)
             if flag.any_process_requested():  # preemption or time limit: save, then requeue
-                ckpt.save(step, state, records.checkpoint_extra(lrs, noise_ema()), force=True, data=source.pipeline)
-                ckpt.wait_until_finished()
-                records.write()
+                _save(ckpt, step, state, records, lrs, meter, source, force=True)
                 progress.note(f"{flag.signal_name}: checkpoint saved at step {step}; "
                               "the same command resumes from it")
                 requeue_if_slurm(flag)  # under SLURM: requeues this job and exits
                 return records.records
             if ckpt.should_save(step):
-                ckpt.save(step, state, records.checkpoint_extra(lrs, noise_ema()), data=source.pipeline)
-                records.write()
+                _save(ckpt, step, state, records, lrs, meter, source)
 
     # Finish: statuses and convergence, final parameters, the records, the tracker's summary.
     records.finish()
@@ -140,6 +136,28 @@ def run(cfg: Config, output_dir: Path | str, *,
         tracker.finish(records.summary())
     progress.summary(records.records)
     return records.records
+
+
+def _resume(ckpt: Checkpointer, step: int, state: TrainState, records: RunRecords,
+            meter: CurvatureMeter | None, source: DataSource) -> tuple[TrainState, int, np.ndarray]:
+    """The state, step and LRs of checkpoint ``step``; the records, clocks, input position and
+    noise-scale EMAs put back as they were."""
+    state, extra = ckpt.restore(step, state, data=source.pipeline)
+    lrs, noise_ema = records.restore(extra, step)
+    if meter is not None:
+        meter.load_state_dict(noise_ema)
+    return state, step, lrs
+
+
+def _save(ckpt: Checkpointer, step: int, state: TrainState, records: RunRecords, lrs: np.ndarray,
+          meter: CurvatureMeter | None, source: DataSource, *, force: bool = False) -> None:
+    """A checkpoint (arrays, what the records need to resume, the input position); then the
+    records written as they are. ``force`` (a signal): save now and wait until it is on disk."""
+    extra = records.checkpoint_extra(lrs, meter.state_dict() if meter is not None else None)
+    ckpt.save(step, state, extra, force=force, data=source.pipeline)
+    if force:
+        ckpt.wait_until_finished()
+    records.write()
 
 
 def _tracker(setup: Setup, records: RunRecords, output_dir: Path):

@@ -107,9 +107,9 @@ def _prepare(cfg: Config, batch_size: int, data, steps: int):
 
     job = Job(profiling_config(cfg, batch_size), data)
     state = job.init_state()
-    idx = job.train_inputs(0, steps)
+    idx, _ = job.source.train_inputs(0, steps)
     compiled = job.compile(("profile", batch_size, steps), job.train_call,
-                           state, job.x_train, job.y_train, idx)
+                           state, job.source.train_data(), idx)
     return job, state, idx, compiled
 
 
@@ -128,7 +128,7 @@ def measure(cfg: Config, batch_size: int, data=None, *, steps: int = 5, warmup: 
     times = []
     for i in range(warmup + repeats):
         t = time.perf_counter()
-        state, metrics = compiled(state, job.x_train, job.y_train, idx)
+        state, metrics = compiled(state, job.source.train_data(), idx)
         jax.block_until_ready((state, metrics))
         if i >= warmup:
             times.append(time.perf_counter() - t)

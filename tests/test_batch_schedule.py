@@ -192,12 +192,12 @@ def test_hydra_groups_compose():
 def spy_jobs(monkeypatch):
     jobs = []
 
-    class SpyJob(bench.loop.Job):
+    class SpyJob(bench.loop.Setup):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             jobs.append(self)
 
-    monkeypatch.setattr(bench.loop, "Job", SpyJob)
+    monkeypatch.setattr(bench.loop, "Setup", SpyJob)
     return jobs
 
 

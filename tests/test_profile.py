@@ -26,10 +26,10 @@ _CACHE: dict = {}
 
 
 def _memory(cfg, b, data, accumulate=1):
-    import bench.step
+    from bench.execution import current
 
     # with accumulate=1 the unroll rule does not matter (one step per call); repr: True == 1
-    key = (b, accumulate, repr(bench.step.scan_unroll()) if accumulate > 1 else None)
+    key = (b, accumulate, repr(current().scan_unroll()) if accumulate > 1 else None)
     if key not in _CACHE:
         _CACHE[key] = prof.compiled_memory(dataclasses.replace(cfg, accumulate=accumulate), b, data)
     return _CACHE[key]
@@ -55,12 +55,12 @@ def test_accumulation_lowers_compiled_peak_memory(cnn):
 
 
 def test_rolled_accumulation_needs_only_microbatch_memory(cnn, monkeypatch):
-    """With the microbatch scan rolled (bench.step.scan_unroll on accelerators), B=512 in 8
+    """With the microbatch scan rolled (ExecutionPolicy.scan_unroll on accelerators), B=512 in 8
     microbatches needs about the temporaries of B=64, far below B=512 in one go. (On XLA:CPU the
     harness unrolls scans for speed, and then XLA may keep several microbatches live at once.)"""
-    import bench.step
+    from bench.execution import ExecutionPolicy
 
-    monkeypatch.setattr(bench.step, "scan_unroll", lambda unroll_on_cpu=True: 1)
+    monkeypatch.setattr(ExecutionPolicy, "scan_unroll", lambda self, attention=False: 1)
     cfg, data = cnn
     full = _memory(cfg, 512, data)["temp_bytes"]
     micro = _memory(cfg, 64, data)["temp_bytes"]

@@ -21,7 +21,7 @@ evaluation agrees to float rounding (later rows drift apart as SGD amplifies rou
 
 Part 2, in one process: formulations of the replica axis of the training step (same state,
 same batches, ``steps_per_call`` steps per jitted call): bench.step's (``jax.vmap``; on CPU with
-K > 1 the 1-D convolutions as im2col + matmul, ``bench.models.im2col``), ``jax.vmap`` with the
+K > 1 the 1-D convolutions as im2col + matmul, ``bench.models.matmul_conv``), ``jax.vmap`` with the
 plain convolution (on XLA:CPU a vmapped convolution becomes a grouped convolution), an unrolled
 Python loop over replicas inside the jitted call (``--all-variants``: also with 5 instead of 25
 steps per call, since its compile time grows with K x steps per call) and ``jax.lax.map`` over
@@ -164,13 +164,13 @@ def warm_cache(common: list[str], lrs: list[float], workdir: Path, vec_cold: flo
 # ------------------------------------------------------------------------------ part 2
 
 
-def _replica_chunk(job, how: str) -> Callable:
-    """A train chunk like ``bench.step.make_train_chunk`` with another replica formulation
+def _replica_block(job, how: str) -> Callable:
+    """A train block like ``bench.step.make_train_block`` with another replica formulation
     (``loop``, ``map`` or ``vmap``), always with the plain convolution (``job.fns``)."""
     import jax
 
     from bench.parallel import batch_sharded
-    from bench.step import make_replica_step, over_replicas, scan_unroll
+    from bench.step import make_replica_step, over_replicas
 
     step = make_replica_step(job.fns, job.tx, job.lr_multiplier, job.cfg.accumulate)
     mesh = job.mesh
@@ -181,7 +181,9 @@ def _replica_chunk(job, how: str) -> Callable:
     rstep = {"loop": over_replicas(step, (0, 0, 0), loop=True), "map": mapped,
              "vmap": over_replicas(step, (0, 0, 0), loop=False)}[how]
 
-    def chunk(state, x_all, y_all, idx):
+    def block(state, data, idx):
+        x_all, y_all = data
+
         def body(state, idx_t):
             x = jax.lax.with_sharding_constraint(x_all[idx_t], batch_sharded(mesh, 1, x_all.ndim + 1))
             y = jax.lax.with_sharding_constraint(y_all[idx_t], batch_sharded(mesh, 1, 2))
@@ -189,22 +191,24 @@ def _replica_chunk(job, how: str) -> Callable:
         if idx.shape[0] == 1:
             state, metrics = body(state, idx[0])
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(body, state, idx, unroll=scan_unroll())
+        return jax.lax.scan(body, state, idx, unroll=job.policy.scan_unroll())
 
-    return jax.jit(chunk, donate_argnums=(0,))
+    return jax.jit(block, donate_argnums=(0,))
 
 
 class _VmapEval:
     """``job.evaluate`` with one ``jax.vmap`` over the K replicas, whatever the backend (on CPU
-    ``bench.step.make_evaluate`` loops over replicas instead)."""
+    the execution policy loops over replicas instead)."""
 
     def __init__(self, job):
         import jax
 
+        from dataclasses import replace
+
         from bench.step import make_evaluate
 
         self.job, self.replicas, self.timings = job, job.replicas, job.timings
-        self._evaluate = jax.jit(make_evaluate(job.fns, job.mesh, loop_replicas=False))
+        self._evaluate = jax.jit(make_evaluate(job.fns, job.mesh, replace(job.policy, loop_over_replicas=False)))
 
     def init_state(self):
         return self.job.init_state()
@@ -215,7 +219,7 @@ class _VmapEval:
         out = {}
         for split, (x, y) in (("train", (self.job.x_train, self.job.y_train)),
                               ("test", (self.job.x_test, self.job.y_test))):
-            idx, mask = self.job.eval_sets[split]
+            idx, mask = self.job.source.sets[split]
             key = ("vmap-eval", split)
             fn = self.job.compile(key, self._evaluate, state.params, state.stats, x, y, idx, mask)
             t = time.perf_counter()
@@ -246,38 +250,38 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
     data = load_dataset(config(1).dataset)
     job, single = Job(config(k), data), Job(config(1), data)
     spc = job.cfg.steps_per_call
-    loop_chunk = _replica_chunk(job, "loop")
+    loop_block = _replica_block(job, "loop")
     current = "bench.step (current)"
     variants: dict[str, tuple[Any, Callable, int]] = {
         current: (job, job.train_call, spc),
-        "vmap, plain convolutions": (job, _replica_chunk(job, "vmap"), spc),
-        "unrolled loop over replicas": (job, loop_chunk, spc)}
+        "vmap, plain convolutions": (job, _replica_block(job, "vmap"), spc),
+        "unrolled loop over replicas": (job, loop_block, spc)}
     if all_variants:
-        variants["  the same, 5 steps per call"] = (job, loop_chunk, 5)
-    variants["lax.map over replicas"] = (job, _replica_chunk(job, "map"), spc)
+        variants["  the same, 5 steps per call"] = (job, loop_block, 5)
+    variants["lax.map over replicas"] = (job, _replica_block(job, "map"), spc)
     variants["K=1 (reference)"] = (single, single.train_call, spc)
     if model == "cnn":
-        im2col_1 = Job(config(1), data, im2col=True)
-        variants["K=1, convs as im2col + matmul"] = (im2col_1, im2col_1.train_call, spc)
+        matmul_1 = Job(config(1), data, convs_as_matmul=True)
+        variants["K=1, convs as im2col + matmul"] = (matmul_1, matmul_1.train_call, spc)
 
     def idx(jb, start: int, count: int):
-        return jb.train_inputs(start, count)
+        return jb.source.train_inputs(start, count)[0]
 
     results: dict[str, dict[str, Any]] = {}
     for name, (jb, fn, spc) in variants.items():
         # one step from the initial state: the formulations must agree to float rounding
-        one_step, _ = fn(jb.init_state(), jb.x_train, jb.y_train, idx(jb, 0, 1))
+        one_step, _ = fn(jb.init_state(), jb.source.train_data(), idx(jb, 0, 1))
         state = jb.init_state()
         t = time.perf_counter()
-        compiled = fn.lower(state, jb.x_train, jb.y_train, idx(jb, 0, spc)).compile()
+        compiled = fn.lower(state, jb.source.train_data(), idx(jb, 0, spc)).compile()
         compile_s = time.perf_counter() - t
-        state, m = compiled(state, jb.x_train, jb.y_train, idx(jb, 0, spc))
+        state, m = compiled(state, jb.source.train_data(), idx(jb, 0, spc))
         jax.block_until_ready(m)
         calls, times, s = max(steps // spc, 1), [], spc  # the same number of steps per round
         for _ in range(rounds):
             t = time.perf_counter()
             for _ in range(calls):
-                state, m = compiled(state, jb.x_train, jb.y_train, idx(jb, s, spc))
+                state, m = compiled(state, jb.source.train_data(), idx(jb, s, spc))
                 s += spc
             jax.device_get(m)
             times.append((time.perf_counter() - t) / (calls * spc))
