@@ -4,7 +4,7 @@ The example order is the :class:`~bench.data.plan.BatchPlan`'s, exactly as in me
 of replica k reads examples ``plan.indices(t, 1)[0, k]`` (a permutation per data epoch from
 the replica's seed, drop-last, batch-size stages with exact offsets). A process reads only its
 slice of each global batch -- the rows its devices hold in the mesh (:class:`LocalSlice`) --
-and bench.job builds the global array with ``jax.make_array_from_process_local_data``. So for
+and bench.data.source builds the global array with ``jax.make_array_from_process_local_data``. So for
 the same seed a dataset that fits gives the same batches streamed or in memory, and 1 or N
 processes see the same global batches.
 
@@ -260,7 +260,7 @@ class EvalChunk:
 def eval_chunks(data: StreamDataset, split: str, idx: np.ndarray, mask: np.ndarray,
                 local: LocalSlice, options: StreamOptions = StreamOptions()) -> Iterator[tuple[np.ndarray, ...]]:
     """This process's rows of every evaluation chunk of ``split`` (``idx``, ``mask``: [C, c]
-    from bench.job.eval_indices), read ahead by grain."""
+    from bench.data.source.eval_indices), read ahead by grain."""
     import grain
 
     chunks = grain.MapDataset.range(len(idx)).map(EvalChunk(data, split, idx, mask, local))

@@ -57,9 +57,25 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:-1], window, strides, padding)
     out = [(lhs.shape[1 + d] + lo + hi - window[d]) // strides[d] + 1 for d, (lo, hi) in enumerate(padding)]
-    # Pad to a multiple of the stride and split each spatial axis into (position, phase): every
-    # patch offset is then a unit-stride slice of one phase plane, so the derivatives are plain
-    # pads and slices (a strided slice's transpose, an interior pad, is slow on XLA:CPU).
+    patches = _strided_patches if nsp == 1 else _phase_patches
+    cols = jnp.concatenate(patches(lhs, window, strides, padding, out), -1)
+    return jnp.einsum("...p,po->...o", cols, rhs.reshape(-1, rhs.shape[-1]), precision=precision,
+                      preferred_element_type=preferred_element_type)
+
+
+def _strided_patches(lhs, window, strides, padding, out) -> list[Any]:
+    """Each patch offset as a strided slice of the padded input: the form 1-D convolutions
+    train with (its numbers are the committed records'; for 1-D its derivatives are not slower)."""
+    x = jnp.pad(lhs, ((0, 0), *(tuple(p) for p in padding), (0, 0)))
+    return [x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(off, strides, out)))]
+            for off in itertools.product(*map(range, window))]
+
+
+def _phase_patches(lhs, window, strides, padding, out) -> list[Any]:
+    """Pad to a multiple of the stride and split each spatial axis into (position, phase): every
+    patch offset is then a unit-stride slice of one phase plane, so the derivatives are plain
+    pads and slices (a strided slice's transpose, an interior pad, is slow on XLA:CPU for the
+    2-D convolutions curvature measures)."""
     size = [max(lhs.shape[1 + d] + lo + hi, (out[d] - 1) * strides[d] + window[d]) for d, (lo, hi) in enumerate(padding)]
     size = [-(-n // s) * s for n, s in zip(size, strides)]
     x = jnp.pad(lhs, ((0, 0), *((lo, n - lhs.shape[1 + d] - lo) for d, ((lo, _), n) in enumerate(zip(padding, size))), (0, 0)))
@@ -70,9 +86,7 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
         for d, (o, s) in enumerate(zip(off, strides)):
             index += [slice(o // s, o // s + out[d]), o % s]
         cols.append(x[tuple(index)])
-    cols = jnp.concatenate(cols, -1)
-    return jnp.einsum("...p,po->...o", cols, rhs.reshape(-1, rhs.shape[-1]), precision=precision,
-                      preferred_element_type=preferred_element_type)
+    return cols
 
 
 def with_matmul_convs(model: nnx.Module, spatial_rank: int | None = None) -> int:
