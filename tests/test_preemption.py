@@ -221,7 +221,7 @@ def test_sigcont_runs_nothing_while_flag_or_armed(disarmed):
             flag.install()
             _deliver(signal.SIGCONT)
             flag.restore()
-        arm()
+        arm(stop_when_saved=False)
         _deliver(signal.SIGCONT)
         assert seen == [] and armed_signal() is None
         disarm()
@@ -239,8 +239,8 @@ def test_arm_records_early_signal_and_flag_adopts_it(disarmed):
 
     prev = signal.signal(signal.SIGUSR2, submitit_like)
     try:
-        arm()
-        arm()                                      # idempotent: still remembers submitit_like
+        arm(stop_when_saved=False)
+        arm(stop_when_saved=False)                                  # idempotent: still remembers submitit_like
         assert armed_signal() is None
         _deliver(signal.SIGUSR2)                   # e.g. during data loading or the init compile
         _deliver(signal.SIGTERM)                   # later signals keep the first one
@@ -279,7 +279,7 @@ def test_submitit_handler_runs_with_flag_handler_installed(disarmed):
     handler = SignalHandler.__new__(FakeSubmitit)
     prev = signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
     try:
-        arm()
+        arm(stop_when_saved=False)
         with pytest.raises(SystemExit):
             with PreemptionFlag() as flag:
                 _deliver(signal.SIGUSR2)
