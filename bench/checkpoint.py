@@ -51,6 +51,9 @@ STATE = "state"
 EXTRA = "extra"
 DATA = "data"
 MANIFEST = "sha256.json"
+#: written or rewritten by orbax's commit, after the checksums: its commit marker and step
+#: metadata (times, handler names); not the saved state
+UNSUMMED = frozenset({MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA"})
 
 
 class CheckpointError(RuntimeError):
@@ -62,7 +65,7 @@ def _file_sums(step_dir: Path) -> dict[str, str]:
     sums = {}
     for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(step_dir).as_posix()
-        if rel == MANIFEST:
+        if rel in UNSUMMED:
             continue
         digest = hashlib.sha256()
         with open(path, "rb") as f:
@@ -173,7 +176,12 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = Path(directory).absolute()
         self.every_steps = every_steps
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._seal_error: Exception | None = None
+        # checksums right after orbax's commit, in its finalize thread: the window in which a
+        # killed process leaves a committed step without one is as short as it can be
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal_in_background))
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, EXTRA, DATA))
         self.rejected: dict[int, str] = {}   # step -> why (moved to <directory>.rejected)
@@ -218,13 +226,33 @@ class Checkpointer:
               file=sys.stderr)
 
     def _seal_finished(self) -> None:
-        """Checksum every committed step that has none yet (after its save finished)."""
+        """Checksum every committed step that has none yet (after its save finished): the
+        step directories orbax has renamed into place (its commit). Process 0 only."""
         if jax.process_index() != 0:
             return
-        for step in self._manager.all_steps():
-            step_dir = self.directory / str(step)
-            if not (step_dir / MANIFEST).exists():
-                seal(step_dir)
+        for step_dir in self.directory.iterdir():
+            if step_dir.name.isdigit() and not (step_dir / MANIFEST).exists():
+                try:
+                    seal(step_dir)
+                except FileNotFoundError:   # deleted meanwhile (max_to_keep)
+                    continue
+
+    def _seal_in_background(self) -> None:
+        """orbax's post-finalization callback: the step is written but not yet renamed into
+        place (its commit), so the checksum is in the step as soon as the step exists."""
+        if jax.process_index() != 0:
+            return
+        try:
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                if tmp.is_dir() and tmp.name.split(".")[0].isdigit():
+                    seal(tmp)
+        except Exception as err:   # noqa: BLE001 -- raised in the main thread by the next wait
+            self._seal_error = err
+
+    def _raise_seal_error(self) -> None:
+        if (err := self._seal_error) is not None:
+            self._seal_error = None
+            raise err
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or ``None``."""
@@ -296,6 +324,7 @@ class Checkpointer:
     def wait_until_finished(self) -> None:
         """Block until every started save is on disk (committed) and checksummed."""
         self._manager.wait_until_finished()
+        self._raise_seal_error()
         self._seal_finished()
 
     def close(self) -> None:
