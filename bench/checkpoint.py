@@ -20,10 +20,10 @@ with the same key dtype (``key<fry>`` or ``uint32``) that was saved.
 Checksums: once a step is on disk, process 0 writes ``<step>/sha256.json`` (the SHA-256 of
 every file of the step). Opening a directory verifies every step: a step whose files do not
 match (flipped bytes, truncated or missing files) is moved to ``<directory>.rejected/`` with
-a message, and the run resumes from the newest step that verifies; a step without a checksum
-file (the process died between orbax's commit and the checksum) is rejected the same way
-when an older verified step exists, and used as orbax committed it when none does
-(directories written before checksums existed). A checkpoint is never restored silently
+a message, and the run resumes from the newest step that verifies. The checksums are written
+in orbax's finalize callback, before the step is renamed into place (its commit), so a step
+without one was not written by this code to the end (its checksum failed, e.g. a full disk,
+or it predates checksums): it is rejected the same way. A checkpoint is never restored
 when its bytes are not the ones saved.
 
 Multi-process (``jax.distributed``): every process must call ``save``/``restore`` with
@@ -189,21 +189,9 @@ class Checkpointer:
 
     def _verify_steps(self) -> None:
         """Reject the steps whose files are not the ones saved (see the module docstring)."""
-        steps = sorted(self._manager.all_steps(), reverse=True)
-        verdicts = {step: verify(self.directory / str(step)) for step in steps}
-        any_sealed = any(v != "no checksum" for v in verdicts.values())
-        good = [s for s, v in verdicts.items() if v is None]
-        for step in steps:
-            why = verdicts[step]
-            if why is None or (why == "no checksum" and not good):
-                continue
-            if why == "no checksum" and not any(g < step for g in good):
-                continue   # nothing older to fall back to: used as orbax committed it
-            self.rejected[step] = why
-        if not any_sealed and steps:
-            print(f"checkpoint: {self.directory} has no checksums (written before they existed, "
-                  "or stopped before the first one); its steps are restored unverified",
-                  file=sys.stderr)
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            if (why := verify(self.directory / str(step))) is not None:
+                self.rejected[step] = why
         if not self.rejected:
             return
         if jax.process_index() == 0:
