@@ -244,3 +244,36 @@ def test_two_identical_commands_at_once_one_runs(tmp_path, reference):
     assert "is in use by pid" in stopped[0] or "skipped:" in stopped[0]
     assert interruption_invariant(_record(out)) == interruption_invariant(ref)
     assert not (out / ".lock").exists()
+
+
+def test_an_unreachable_coordinator_is_one_line_after_a_bounded_wait():
+    """A coordinator port nobody serves: ConfigError after the stated wait (1 s here), not
+    an endless wait or a C++ abort; a host that does not resolve: ConfigError at once."""
+    import socket
+
+    from bench.coordinator import wait_for_coordinator
+    from bench.schema import ConfigError
+
+    with socket.socket() as s:          # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=r"no coordinator answered within 1 s"):
+        wait_for_coordinator(f"127.0.0.1:{port}", 1, timeout_s=1)
+    with pytest.raises(ConfigError, match="does not resolve"):
+        wait_for_coordinator("nonexistent.invalid:1234", 1)
+    with pytest.raises(ConfigError, match="expected host:port"):
+        wait_for_coordinator("localhost", 0)
+    with socket.socket() as server:      # a live coordinator port: returns at once
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        wait_for_coordinator(f"127.0.0.1:{server.getsockname()[1]}", 1, timeout_s=1)
+
+
+def test_an_unresolvable_coordinator_stops_bench_train_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = _train(out, tmp_path / "cache", args=[*TINY, "distributed.coordinator=nonexistent.invalid:1234",
+                                                 "distributed.num_processes=2",
+                                                 "distributed.process_id=1"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = _error_lines(proc)
+    assert line.startswith("error: distributed.coordinator=nonexistent.invalid:1234: host")
