@@ -58,6 +58,7 @@ class OutputLock:
     def __init__(self, directory: Path | str) -> None:
         self.path = Path(directory) / LOCK_NAME
         self.held = False
+        self._made: list[Path] = []   # directories created for the lock (removed if left empty)
 
     def _holder(self) -> dict[str, Any] | None:
         try:
@@ -70,7 +71,9 @@ class OutputLock:
 
     def acquire(self) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+        missing = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._made = missing
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -118,6 +121,11 @@ class OutputLock:
             holder = self._holder()
             if holder and holder.get("pid") == os.getpid():
                 self.path.unlink(missing_ok=True)
+            for d in self._made:      # a run that wrote nothing leaves no directory behind
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
     def __enter__(self) -> OutputLock:
         self.acquire()
