@@ -21,6 +21,7 @@ checkpoint. SIGINT is a stop like SIGTERM (bench.preemption).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -35,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import record as rec
 from bench.config import Config, ConfigError, as_dict, from_hydra, result_config
 from bench.hydra_conf import CONF_DIR, preflight, register_schema
-from bench.lock import OutputLock
+from bench.lock import OutputLock, OutputLocked
 from bench.preemption import arm, at_stop
 from bench.reuse import StaleResults, check_reuse
 from bench.status import load_records, record_files
@@ -57,7 +58,7 @@ def _record_crash(directory: Path, config: Config, err: BaseException) -> str:
     """Mark this configuration's unfinished records failed with ``err`` (a fresh failed
     record when there is none) and append the traceback to the error log; returns the line
     to print. On a full disk the records stay as they were (each write is atomic)."""
-    message = f"{type(err).__name__}: {err}".splitlines()[0]
+    message = _one_line(err)
     log = directory / ERROR_LOG
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,18 @@ def _record_crash(directory: Path, config: Config, err: BaseException) -> str:
     return f"{message} (records marked failed; traceback in {log})"
 
 
+def _no_background_tracebacks(record: logging.LogRecord) -> bool:
+    """orbax logs the exception of each failed background write thread with its traceback
+    (four on a full disk) before raising it in the main thread, where it is reported in one
+    line and its traceback goes to the error log: drop those repeats from the console."""
+    return record.exc_info is None
+
+
+def _one_line(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return text if len(text) <= 400 else text[:400] + " ..."
+
+
 def _primary_launch(config: Config) -> bool:
     """Whether this process is process 0 of its job (the one that holds the output lock)."""
     if config.distributed.coordinator is not None:
@@ -92,6 +105,7 @@ def _primary_launch(config: Config) -> bool:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     arm()  # a preemption signal from here on only sets a flag (loading, compile, restore)
+    logging.getLogger("absl").addFilter(_no_background_tracebacks)
     hydra_cfg = HydraConfig.get()
     output_dir = Path(cfg.get("output_dir") or hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -110,16 +124,18 @@ def main(cfg: DictConfig) -> None:
 
         records = run(config, output_dir)
     except ConfigError as err:
-        if multirun:  # the sweep goes on; the old records (if any) stay untouched
+        if multirun and not isinstance(err, OutputLocked):  # the sweep goes on; old records stay
             where = output_dir / "rejected" if isinstance(err, StaleResults) else output_dir
             _write_failed(where, cfg, str(err))
             print(f"error: {err} (job recorded as failed in {where})", file=sys.stderr)
             return
         print(f"error: {err}", file=sys.stderr)
+        if multirun:   # another process owns that directory: write nothing there
+            return
         sys.exit(2)
     except Exception as err:  # a crash: the records say so; the same command resumes
         line = (_record_crash(output_dir, config, err) if lock.held and config is not None
-                else f"{type(err).__name__}: {err}".splitlines()[0])
+                else _one_line(err))
         print(f"error: {line}", file=sys.stderr)
         if multirun:
             return
