@@ -137,6 +137,7 @@ class _Watchdog:
     at_stop: list[Callable[[], None]] = []
     acting = threading.Lock()   # held by whoever stops the process: watchdog or loop
     seen: list[int] = []
+    fork_hook = False
 
 
 def mark_unsaved() -> None:
@@ -196,9 +197,30 @@ def _watch(read_fd: int, signals: frozenset[int]) -> None:
                 _stop_now(signum)
 
 
+def _forked_child() -> None:
+    """A forked child (e.g. an input worker) inherits the wakeup fd but not the thread: a
+    signal sent to the child alone (a pool terminating its workers) must not reach the
+    parent's watchdog."""
+    if _Watchdog.fds is None:
+        return
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:   # forked from another thread: that thread is not the child's main
+        pass
+    for fd in _Watchdog.fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _Watchdog.thread = _Watchdog.fds = None
+
+
 def _start_watchdog(signals: frozenset[int]) -> None:
     if _Watchdog.thread is not None:
         return
+    if not _Watchdog.fork_hook:
+        os.register_at_fork(after_in_child=_forked_child)
+        _Watchdog.fork_hook = True
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)   # the C handler must never block
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
