@@ -31,11 +31,15 @@ FILES = ("data/summary_df.pickle.xz", "data/summary_df_att.pickle.xz",
 CONFIG = ("dataset", "hparams", "warmup", "decay", "param_count", "val")
 
 
+_BUILTINS = {("builtins", "slice"), ("builtins", "bytearray")}
+
+
 class _DataOnly(pickle.Unpickler):
-    """Unpickles pandas / numpy containers only: any other class is refused."""
+    """Unpickles pandas / numpy (and pyarrow-backed string) containers only: any other class is
+    refused, so the pickle cannot run code through another module."""
 
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] in ("pandas", "numpy") or (module, name) == ("builtins", "slice"):
+        if module.split(".")[0] in ("pandas", "numpy", "pyarrow") or (module, name) in _BUILTINS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused {module}.{name}")
 

@@ -40,8 +40,8 @@ def landscape_figure(table: pd.DataFrame, fits: Mapping[tuple[float, float], Cel
         sc = ax.scatter(np.log2(mean["batch_size"]), np.log2(mean["lr"]), c=mean["loss"], s=18, cmap="viridis")
         fig.colorbar(sc, ax=ax, label="seed-mean loss")
         xb, yl = math.log2(o.b_opt), math.log2(o.lr_opt)
-        ax.errorbar([xb], [yl], xerr=[[xb - math.log2(o.b_interval[0])], [math.log2(o.b_interval[1]) - xb]],
-                    yerr=[[yl - math.log2(o.lr_interval[0])], [math.log2(o.lr_interval[1]) - yl]],
+        ax.errorbar([xb], [yl], xerr=np.clip([[xb - math.log2(o.b_interval[0])], [math.log2(o.b_interval[1]) - xb]], 0, None),
+                    yerr=np.clip([[yl - math.log2(o.lr_interval[0])], [math.log2(o.lr_interval[1]) - yl]], 0, None),
                     fmt="*", color="red", ms=10, capsize=2)
         ax.set_title(f"N={n:.3g}, D={d:.3g}", fontsize=8)
         ax.set_xlabel("log2 B")
@@ -61,7 +61,7 @@ def laws_figure(cells: pd.DataFrame, laws: Mapping[str, PowerLaw]) -> Figure:
     for i, (n, g) in enumerate(c.groupby("num_params")):
         color = f"C{i}"
         for ax, col, lo, hi in ((ax_b, "b_opt", "b_lo", "b_hi"), (ax_lr, "lr_opt", "lr_lo", "lr_hi")):
-            ax.errorbar(g["tokens"], g[col], yerr=[g[col] - g[lo], g[hi] - g[col]], fmt="o", color=color,
+            ax.errorbar(g["tokens"], g[col], yerr=np.clip([g[col] - g[lo], g[hi] - g[col]], 0, None), fmt="o", color=color,
                         capsize=2, label=f"N={n:.3g}")
         lr_law = laws.get("lr_opt(N,D)")
         if lr_law is not None and math.isfinite(lr_law.coefficient):

@@ -93,7 +93,7 @@ def b_opt_overlay_figure(cells: pd.DataFrame, laws: Iterable[Mapping]) -> Figure
     if c.empty:
         no_data("no cell optimum to compare with the published laws")
     fig, (ax,) = new_figure(width=5.4, height=4.0)
-    ax.errorbar(c["tokens"], c["b_opt"], yerr=[c["b_opt"] - c["b_lo"], c["b_hi"] - c["b_opt"]], fmt="o",
+    ax.errorbar(c["tokens"], c["b_opt"], yerr=np.clip([c["b_opt"] - c["b_lo"], c["b_hi"] - c["b_opt"]], 0, None), fmt="o",
                 color="C0", capsize=2, label="ours (per N, D cell)")
     mean_n = float(np.exp(np.log(c["num_params"]).mean()))
     grid = pd.DataFrame({"tokens": np.geomspace(c["tokens"].min(), c["tokens"].max(), 40)}).assign(num_params=mean_n)
