@@ -81,3 +81,14 @@ def test_non_convex_cell_reports_no_optimum():
     cell = table.assign(loss=-table["loss"]).drop(columns=["num_params", "tokens"])
     o = cell_optimum(cell, n_boot=20)
     assert not o.ok and "not convex" in o.reason
+
+
+def test_landscape_and_laws_figures_build(fitted):
+    from analysis.laws.figures import landscape_figure, laws_figure
+
+    table, cells, fits, laws = fitted
+    fig = landscape_figure(table, fits)
+    assert len(fig.axes) >= 4  # four corner cells (+ colorbars)
+    fig = laws_figure(cells, laws)
+    b_line = [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "--"][-1]
+    np.testing.assert_allclose(b_line.get_ydata(), laws["b_opt(D)"].predict(tokens=b_line.get_xdata()))

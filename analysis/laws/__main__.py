@@ -25,6 +25,7 @@ from analysis.laws.published_data import (PublishedDataError, b_opt_overlay_figu
                                           steps_overlay_figure)
 from analysis.laws.records import GridError, check_grid, load_grid
 from analysis.plotting import save_figures
+from analysis.report import md_table
 from bench.record import atomic_write_text
 
 
@@ -61,7 +62,7 @@ def _report(cells, laws_t, aud, dropped) -> str:
         lines += ["Runs left out: " + ", ".join(f"{k}: {v}" for k, v in dropped.items()), ""]
     for title, frame in (("Cells", cells), ("Laws", laws_t), ("Published exponents beside ours", aud["exponents"]),
                          ("Loss gap of each source's prediction (constants refitted)", aud["gaps"])):
-        lines += [f"## {title}", "", frame.to_markdown(index=False, floatfmt=".4g") if len(frame) else "(none)", ""]
+        lines += [f"## {title}", "", md_table(frame) if len(frame) else "(none)", ""]
     lines += ["Published entries whose confidence is not `high` are provisional (see published.yaml).", ""]
     return "\n".join(lines)
 
