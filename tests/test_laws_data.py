@@ -116,3 +116,34 @@ def test_overlay_figures_build_on_constructed_data():
     line = fig.axes[0].lines[-1]
     # the law with the true exponent and its constant refitted lies on the true optima
     np.testing.assert_allclose(line.get_ydata(), 0.5 * np.asarray(line.get_xdata()) ** 0.5, rtol=1e-3)
+
+
+def test_fitted_cbs_solves_the_authors_equation():
+    """S(B) = a + b / B exactly: the CBS solves S(B) = 1.2 S(B_ref) B_ref / B (checked by brentq)
+    and equals the authors' closed form b / (5a) + 1.2 * 256 at B_ref = 256."""
+    from scipy.optimize import brentq
+
+    from analysis.laws.critical import fitted_cbs
+
+    a, b = 1500.0, 3.0e6
+    bs = 2.0 ** np.arange(6, 15)
+    out = fitted_cbs(bs, a + b / bs, reference_batch=256)
+    assert np.isclose(out["a"], a, rtol=1e-6) and np.isclose(out["b"], b, rtol=1e-6)
+    s = lambda x: a + b / x  # noqa: E731
+    root = brentq(lambda x: s(x) - 1.2 * s(256) * 256 / x, 256, 1e6)
+    assert np.isclose(out["cbs"], root, rtol=1e-6) and np.isclose(out["cbs"], b / (5 * a) + 1.2 * 256, rtol=1e-6)
+    # the reference matters: from B_ref = 64 the same curve gives a smaller CBS
+    assert fitted_cbs(bs, s(bs), reference_batch=64)["cbs"] < out["cbs"] - 150
+
+
+@pytest.mark.skipif(not (pdata.DATA_ROOT / "zhang2024" / "steps_to_target.csv").is_file(),
+                    reason="Zhang et al.'s data not converted here (scripts/convert_zhang.py)")
+def test_fitted_cbs_on_zhangs_data_grows_with_model_size():
+    from analysis.laws.critical import fitted_cbs
+
+    t = pdata.load_csv("zhang2024", "steps_to_target.csv")
+    cbs = [fitted_cbs(g["batch_size"], g["steps_to_target"], reference_batch=256)["cbs"]
+           for _, g in t.groupby("model", sort=False)]
+    n = t.groupby("model", sort=False)["num_params"].first().to_numpy()
+    assert np.all(np.diff(cbs) > 0)
+    assert 0.4 < np.polyfit(np.log(n), np.log(cbs), 1)[0] < 0.55  # the authors' fit: 0.468

@@ -38,3 +38,22 @@ def cbs_cells(table: pd.DataFrame, history: pd.DataFrame, overhead: float = 0.2)
             steps.append(t.rename(columns={"steps": "steps_to_target"})
                          .assign(model=f"N={n:.3g}, D={d:.3g}")[["model", "batch_size", "steps_to_target"]])
     return pd.DataFrame(rows), (pd.concat(steps, ignore_index=True).dropna() if steps else pd.DataFrame())
+
+
+def fitted_cbs(batch_sizes, steps, *, reference_batch: float, overhead: float = 0.2) -> dict[str, float]:
+    """Zhang et al.'s CBS as their code computes it: fit steps S(B) = a + b / B (least squares of
+    ln S, ``scipy.optimize.curve_fit``), then the B where S exceeds perfect linear scaling from
+    ``reference_batch`` by ``overhead``: S(B) = (1 + o) S(B_ref) B_ref / B, i.e.
+    B* = ((1 + o)(a B_ref + b) - b) / a (= b / (5a) + 1.2 B_ref for o = 0.2; their B_ref is 256).
+    Beside the model-free first crossing of ``analysis.critical_batch`` (reference: the smallest
+    B), the fit smooths the seed and sweep noise of single batch sizes."""
+    import numpy as np
+    from scipy.optimize import curve_fit
+
+    b = np.asarray(batch_sizes, float)
+    s = np.asarray(steps, float)
+    ok = np.isfinite(s) & (s > 0)
+    (a, bb), _ = curve_fit(lambda x, a, c: np.log(np.abs(a + c / x)), b[ok], np.log(s[ok]),
+                           p0=(float(s[ok].min()), float(s[ok].max() * b[ok].min())), maxfev=20000)
+    cbs = ((1 + overhead) * (a * reference_batch + bb) - bb) / a if a > 0 else math.inf
+    return {"cbs": float(cbs), "a": float(a), "b": float(bb), "reference_batch": float(reference_batch)}
