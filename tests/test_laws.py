@@ -92,3 +92,21 @@ def test_landscape_and_laws_figures_build(fitted):
     fig = laws_figure(cells, laws)
     b_line = [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "--"][-1]
     np.testing.assert_allclose(b_line.get_ydata(), laws["b_opt(D)"].predict(tokens=b_line.get_xdata()))
+
+
+def test_critical_batch_law_from_resampled_cells_covers_the_true_exponent():
+    """B_crit has no per-cell draws: the cells are resampled. Noisy constructed CBS values
+    (lognormal, 10%) over a 64x range of D: the interval covers the true exponent."""
+    import pandas as pd
+
+    from analysis.laws.power import power_law
+
+    rng = np.random.default_rng(3)
+    d = np.repeat([1e6, 4e6, 1.6e7, 6.4e7], 3)
+    cells = pd.DataFrame({"num_params": np.tile([1e5, 4e5, 1.6e6], 4), "tokens": d,
+                          "cbs": 0.1 * d ** 0.47 * np.exp(rng.normal(0, 0.1, d.size))})
+    law = power_law(cells, "cbs", ("tokens",), n_boot=300)
+    lo, hi = law.intervals["tokens"]
+    assert lo <= 0.47 <= hi and hi - lo < 0.15
+    censored = cells.assign(cbs=np.inf)
+    assert "fewer than 2 cells" in power_law(censored, "cbs", ("tokens",)).reason

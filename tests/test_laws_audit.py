@@ -7,13 +7,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.baselines import load_baselines
 from analysis.laws.audit import audit, in_nd, law_constant, published_laws
 from analysis.laws.landscape import cell_optima
-from laws_factory import ED, EB, EN, KB, grid_table, loss_of, true_b
+from laws_factory import ED, EB, EN, KB, grid_table, true_b
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis.laws.__main__ import main
-from laws_factory import EB, EN, ED, write_grid_records
+from laws_factory import EB, EN, write_grid_records
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from analysis.laws import published_data as pdata
 from analysis.laws.landscape import cell_optima
-from laws_factory import grid_table, loss_of
+from laws_factory import grid_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -75,6 +75,9 @@ def power_law(cells: pd.DataFrame, target: str, variables: Sequence[str], *,
     variables = tuple(variables)
     nan_int = {v: (math.nan, math.nan) for v in variables}
     c = _usable(cells, target, variables)
+    if len(c) < 2:
+        return PowerLaw(target, variables, math.nan, {v: math.nan for v in variables}, nan_int, len(c), math.nan,
+                        level, reason=f"fewer than 2 cells with a finite positive {target}")
     try:
         k, exps, r2 = fit_power_law(c[target], {v: c[v] for v in variables})
     except ValueError as exc:

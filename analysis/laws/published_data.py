@@ -13,7 +13,6 @@ against D beside each published B law with its constant refitted to our cells).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
