@@ -173,12 +173,16 @@ def verify_shards(directory: str | Path, meta: dict[str, Any]) -> None:
             path = directory / name
             if not path.is_file():
                 raise ConfigError(f"dataset.path={directory}: shard {name} is missing")
-            reader = ArrayRecordReader(str(path))
             try:
-                count = reader.num_records()
-                first = reader.read([0])[0] if count else None
-            finally:
-                reader.close()
+                reader = ArrayRecordReader(str(path))
+                try:
+                    count = reader.num_records()
+                    first = reader.read([0])[0] if count else None
+                finally:
+                    reader.close()
+            except RuntimeError as err:  # Riegeli's 'Corrupted ... file' and kin
+                raise ConfigError(f"dataset.path={directory}: shard {name} is not a readable "
+                                  f"ArrayRecord file (truncated?): {str(err).splitlines()[0][:120]}") from None
             if count == 0 and info["num_examples"]:
                 raise ConfigError(f"dataset.path={directory}: shard {name} holds no readable "
                                   f"records (truncated or not ArrayRecord)")

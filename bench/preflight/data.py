@@ -119,10 +119,10 @@ def eval_cadence_in_plan(ctx: Context) -> None:
     if not at or plan is None:
         return
     sizes = plan.sizes()
-    unused = sorted(set(at) - set(sizes))
-    if unused:
-        raise ConfigError(f"eval.every_steps_at has batch size {unused[0]}, which the run never "
-                          f"trains at; its batch sizes: {', '.join(map(str, sizes))}")
+    if not set(at) & set(sizes):  # a preset's map may cover every B of its sweep, not one job's
+        raise ConfigError(f"eval.every_steps_at has no effect: none of its batch sizes "
+                          f"({', '.join(map(str, sorted(at)))}) is one the run trains at "
+                          f"({', '.join(map(str, sizes))})")
 
 
 def noise_batches_drawable(ctx: Context) -> None:
