@@ -79,7 +79,7 @@ class TokenFile:
     def __init__(self, path: str | Path, verify_sha256: bool = False):
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise ValueError(f"{self.path}: no such token file")
+            raise ValueError("no such token file")
         self.metadata = read_token_metadata(self.path)
         self.tokens = _map_tokens(self.path, self.metadata)
         expected = self.metadata.get("num_tokens")
