@@ -338,7 +338,7 @@ def test_good_defaults_and_presets_pass():
         err = preflight([f"+experiment={preset}"], multirun=False)
         unprepared = err is not None and any(
             s in err for s in ("is not prepared", "path is required", "no such token file",
-                                          "no such directory"))
+                               "no such directory"))
         assert err is None or unprepared, (preset, err)
 
 
