@@ -58,7 +58,8 @@ def cnn_has_convolutions(ctx: Context) -> None:
 
 def logger_mode_needs_wandb(ctx: Context) -> None:
     logger = ctx.cfg.logger
-    if logger.name == "none" and getattr(logger, "mode", "disabled") != "disabled":
+    # offline is the section's default (a config built from a dict without logger.mode)
+    if logger.name == "none" and getattr(logger, "mode", "disabled") == "online":
         raise ConfigError(f"logger.mode={logger.mode} has no effect with logger=none; use "
                           f"logger=wandb logger.mode={logger.mode}, or remove logger.mode")
 
