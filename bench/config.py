@@ -5,9 +5,8 @@ bench.data.batch_schedules, bench.tracking).
 Hydra composes ``conf/`` on top of these defaults (``bench.hydra_conf`` registers them);
 :func:`from_dict` turns the composed dict into frozen dataclasses, refusing unknown keys, wrong
 types and out-of-range values, and :func:`validate` checks the rules that relate keys, all with
-one-line :class:`ConfigError` messages before anything is compiled. Checks that need the data
-(B larger than the training set, warmup longer than training) are made where the numbers are
-known, by ``bench.data.batch_schedules.make_plan``.
+one-line :class:`ConfigError` messages before anything is compiled; with ``run=True`` it also
+runs bench.preflight's checks of the data's metadata and the output paths.
 """
 
 from __future__ import annotations

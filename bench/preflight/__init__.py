@@ -4,11 +4,13 @@ naming the key and the valid choice.
 
 A check is a small function of a :class:`Context` with one job, listed in its module's
 ``CHECKS``: :mod:`~bench.preflight.keys` reads only the configuration (keys that do nothing,
-numbers that cannot be meant); :mod:`~bench.preflight.data` also reads the data's metadata (:meth:`bench.data.DatasetConfig.describe`: shapes, classes, split sizes, never
-the examples: models that cannot take it, sizes the plan cannot meet) and
-:mod:`~bench.preflight.paths` the file system (every output path writable). ``bench.config.validate`` calls
-:func:`run` once: config checks always, run checks before a job runs (``run=True``: the command
-line's pre-flight, before Hydra writes anything, and bench.job, before compiling).
+numbers that cannot be meant); :mod:`~bench.preflight.data` also the data's metadata
+(:meth:`bench.data.DatasetConfig.describe`: shapes, classes, split sizes, never the examples),
+for models that cannot take the data and sizes the plan cannot meet; and
+:mod:`~bench.preflight.paths` the file system (every output path writable).
+``bench.config.validate`` calls :func:`run` once: the config checks always, the others before a
+job runs (``run=True``: the command line's pre-flight, before Hydra writes anything, and
+bench.job, before compiling).
 """
 
 from __future__ import annotations
