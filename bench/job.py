@@ -119,7 +119,7 @@ class Job:
         maybe_initialize_distributed(cfg.distributed)
         compile_cache.enable(cfg.compile_cache_dir)  # before anything compiles
         self.mesh = make_mesh()
-        self.cfg = validate(cfg, num_devices=self.mesh.size)
+        self.cfg = validate(cfg, num_devices=self.mesh.size, run=True, data=data)
         self.data = data if data is not None else open_dataset(cfg.dataset)
         self.streamed = isinstance(self.data, StreamDataset)
         tokens = self.data.tokens_per_example
