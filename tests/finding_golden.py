@@ -66,21 +66,19 @@ def _verdict(v: Any) -> dict[str, Any]:
 def computed(finding: str, root: Path) -> dict[str, Any]:
     """Everything the finding computes from the records under ``root``."""
     from analysis.baselines import baselines_table
+    from analysis.findings import get
     from analysis.load import load_tables
-    from analysis.report import FIGURES, comparison, compute_verdicts, render
-    from analysis.steps_to_result import Goal
-    from bench.reproduce.run import summary_table
+    from analysis.report import comparison, render
+    from analysis.reproduce.run import summary_table
 
-    opts = dict(OPTIONS[finding])
+    spec = get(finding)
     runs, history = load_tables(root)
-    target = opts.pop("target_accuracy", None)
-    goal = Goal.accuracy(target) if target is not None else None
-    verdicts = compute_verdicts(finding, runs, history, goal=goal, **opts)
+    verdicts = spec.verdicts(runs, history, **OPTIONS[finding])
     bl = baselines_table(BASELINES)
-    report = render(finding, verdicts, runs, bl, results="RESULTS", figures="")
-    return {"options": OPTIONS[finding], "figures": FIGURES[finding],
+    report = render(spec, verdicts, runs, bl, results="RESULTS", figures="")
+    return {"options": OPTIONS[finding], "figures": list(spec.figures(runs, history, root, **OPTIONS[finding])),
             "verdicts": [_verdict(v) for v in verdicts],
-            "comparison": comparison(finding, verdicts, bl).to_dict("records"),
+            "comparison": comparison(spec, verdicts, bl).to_dict("records"),
             "summary_csv": summary_table(root).to_csv(index=False).splitlines(),
             "report": re.sub(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "Generated <time> UTC", report).splitlines()}
 
