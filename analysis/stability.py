@@ -96,14 +96,14 @@ def _threshold_name(history: pd.DataFrame, table: pd.DataFrame) -> tuple[str, st
     return "sharpness", "2/lr"
 
 
-def eos_verdict(history: pd.DataFrame, *, tol: float = 0.2, min_fraction: float = 0.5,
+def eos_verdict(history: pd.DataFrame, *, finding: str, tol: float = 0.2, min_fraction: float = 0.5,
                 loss_fraction: float = 0.1, arm: str | None = None) -> Verdict:
     """Reproduced when, among the runs (full-batch ones if any) whose sharpness reaches
     (1 - tol) x its stability threshold (``stability_columns``), at least ``min_fraction`` then
     hover with median ratio within 1 +- tol over the window of ``eos_table``. Runs that never
     reach it (a step size whose threshold lies above the sharpness training attains) are listed
     but do not count either way; if none reaches, the claim is not reproduced. ``arm``: the
-    records' ``name`` to judge alone (findings with several presets)."""
+    records' ``name`` to judge alone (findings with several presets); ``finding`` labels the verdict."""
     if arm is not None and "name" in history:
         history = history[history["name"] == arm]
     t = eos_table(history, tol, loss_fraction)
@@ -113,7 +113,7 @@ def eos_verdict(history: pd.DataFrame, *, tol: float = 0.2, min_fraction: float 
                 f"{loss_fraction:g} x its value there; >= {min_fraction:.0%} of the runs that reach")
     claim = f"{what} rises to {thr} and hovers there" + (f" ({arm})" if arm else "")
     if t.empty:
-        return Verdict("edge_of_stability", claim, "inconclusive", tol_text, (),
+        return Verdict(finding, claim, "inconclusive", tol_text, (),
                        details="no history rows with sharpness and a stability threshold")
     used = t[t["full_batch"]] if t["full_batch"].any() else t
     note = ("full-batch runs only" if t["full_batch"].any() else
@@ -129,7 +129,7 @@ def eos_verdict(history: pd.DataFrame, *, tol: float = 0.2, min_fraction: float 
             note += (f"; {len(used) - len(reached)} of {len(used)} runs never reached {thr} "
                      f"(lr {', '.join(f'{x:g}' for x in missing)}) and are not counted")
     table = used.drop(columns=[c for c in ("name", "quantity") if used[c].nunique(dropna=False) <= 1])
-    return Verdict("edge_of_stability", claim, verdict, tol_text,
+    return Verdict(finding, claim, verdict, tol_text,
                    tuple(sorted(int(s) for s in used["seed"].dropna().unique())),
                    {"runs": len(used), "runs_reaching": len(reached), "fraction_hovering": frac,
                     "median_ratio_after_reach": float(reached["median_ratio_after"].median())

@@ -12,8 +12,13 @@ from record_factory import eval_rows, make_record, synthetic_sweep, write_record
 from analysis.findings.goyal import goyal_verdict
 from analysis.findings.keskar import keskar_verdicts
 from analysis.findings.shallue import no_degradation_verdict, regimes_verdict
-from analysis.stability import eos_table, eos_verdict
+from analysis.stability import eos_table
+from analysis.stability import eos_verdict as _eos_verdict
 from analysis.verdicts import Verdict, directional_verdict
+
+
+def eos_verdict(history, **kw):
+    return _eos_verdict(history, finding="edge_of_stability", **kw)
 
 
 def shallue_verdicts(history, runs, *, goal):

@@ -27,10 +27,11 @@ class EdgeOfStability(Finding):
                        "cohen2021 (claim)", ("cohen2021/claim/edge_of_stability",))
 
     def verdicts(self, runs, history, *, tol=0.2, **_):
+        label = EdgeOfStability.name  # the variants' verdicts carry the rule's name
         names = sorted(history["name"].dropna().unique()) if "name" in history else []
         if len(names) < 2:
-            return [eos_verdict(history, tol=tol)]
-        return [eos_verdict(history, tol=tol, arm=name) for name in names]
+            return [eos_verdict(history, finding=label, tol=tol)]
+        return [eos_verdict(history, finding=label, tol=tol, arm=name) for name in names]
 
     def figures(self, runs, history, out, **_) -> FigureBuilders:
         return {"edge_of_stability": lambda: edge_of_stability_figure(history)}
