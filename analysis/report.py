@@ -32,6 +32,10 @@ from analysis.report_format import fmt, md_table
 from analysis.verdicts import Verdict
 
 COMPARISON_COLUMNS = ("quantity", "ours", "published", "source")
+CONFIDENCE_RANK = {"high": 0, "medium": 1, "recalled": 2}  # published.yaml's, most to least sure
+PROVISIONAL_NOTE = ("A row marked **provisional** compares with a published number that is not confirmed "
+                    "in the paper or the authors' code (published.yaml confidence below high): it is not "
+                    "a settled comparison.")
 
 
 def published_section(finding: Finding, bl: pd.DataFrame) -> str:
@@ -55,6 +59,27 @@ def comparison(finding: Finding, verdicts: list[Verdict], bl: pd.DataFrame) -> p
     """Rows ``quantity, ours, published, source``: our number beside the published one."""
     rows = [{c: getattr(row, c) for c in COMPARISON_COLUMNS} for row in finding.comparison(verdicts, bl)]
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+def published_confidence(entries: Sequence[str], bl: pd.DataFrame) -> str:
+    """The confidence of the published side of a comparison row: the least confident of its
+    published.yaml entries (ids, or prefixes ending in ``/``). Anything but ``high`` (or no
+    entry found) is marked provisional: the comparison is not settled."""
+    ids = bl["id"].astype(str)
+    hit = pd.Series(False, index=bl.index)
+    for e in entries:
+        hit |= ids.str.startswith(e) if e.endswith("/") else ids == e
+    levels = sorted(bl.loc[hit, "confidence"], key=lambda c: CONFIDENCE_RANK.get(c, len(CONFIDENCE_RANK)))
+    if not levels:
+        return "**provisional** (no published.yaml entry)"
+    return "high" if levels[-1] == "high" else f"**provisional** ({levels[-1]})"
+
+
+def comparison_table(finding: Finding, verdicts: list[Verdict], bl: pd.DataFrame) -> pd.DataFrame:
+    """The comparison rows as shown: each with the confidence of its published number."""
+    rows = finding.comparison(verdicts, bl)
+    table = comparison(finding, verdicts, bl)
+    return table.assign(confidence=[published_confidence(r.entries, bl) for r in rows])
 
 
 def verdict_block(v: Verdict) -> str:
@@ -101,7 +126,7 @@ def render(finding: Finding, verdicts: list[Verdict], runs: pd.DataFrame, bl: pd
         f"Results: `{results}` ({len(runs)} run records). Generated "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `analysis.report`.", "",
         md_table(summary), published_section(finding, bl),
-        "## Ours beside published", "", md_table(comparison(finding, verdicts, bl)),
+        "## Ours beside published", "", PROVISIONAL_NOTE, "", md_table(comparison_table(finding, verdicts, bl)),
         "## Verdicts", "", *[verdict_block(v) for v in verdicts], figures, excluded_runs(runs)])
 
 
