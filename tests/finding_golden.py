@@ -11,11 +11,14 @@ Rewriting is a deliberate change of results: say so in the commit.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import re
+import shutil
 import sys
 import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +86,20 @@ def computed(finding: str, root: Path) -> dict[str, Any]:
             "report": re.sub(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "Generated <time> UTC", report).splitlines()}
 
 
-def text(finding: str) -> str:
-    """The canonical JSON text of ``computed`` on freshly written records."""
+@cache
+def records_dir(finding: str) -> Path:
+    """A directory of the finding's constructed records, written once per process."""
     from finding_records import RECORDS
 
-    with tempfile.TemporaryDirectory() as tmp:
-        RECORDS[finding](Path(tmp))
-        return json.dumps(canon(computed(finding, Path(tmp))), indent=1, ensure_ascii=False) + "\n"
+    root = Path(tempfile.mkdtemp(prefix=f"finding-{finding}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    RECORDS[finding](root)
+    return root
+
+
+def text(finding: str) -> str:
+    """The canonical JSON text of ``computed`` on the constructed records."""
+    return json.dumps(canon(computed(finding, records_dir(finding))), indent=1, ensure_ascii=False) + "\n"
 
 
 def main() -> int:
