@@ -25,14 +25,14 @@ from typing import Any
 import pandas as pd
 
 from analysis.aggregate import select_runs
-from analysis.baselines import baselines_table
+from analysis.baselines import CONFIDENCES, baselines_table
 from analysis.findings import Finding, get, names
 from analysis.load import load_tables
 from analysis.report_format import fmt, md_table
 from analysis.verdicts import Verdict
 
 COMPARISON_COLUMNS = ("quantity", "ours", "published", "source")
-CONFIDENCE_RANK = {"high": 0, "medium": 1, "recalled": 2}  # published.yaml's, most to least sure
+CONFIDENCE_RANK = {c: i for i, c in enumerate(CONFIDENCES)}  # published.yaml's, most to least sure
 PROVISIONAL_NOTE = ("A row marked **provisional** compares with a published number that is not confirmed "
                     "in the paper or the authors' code (published.yaml confidence below high): it is not "
                     "a settled comparison.")
