@@ -197,3 +197,28 @@ def test_run_ids_resume_only_the_same_configuration(tmp_path):
 def test_none_logger_writes_nothing(tmp_path):
     run(small_config(logger={"name": "none"}), tmp_path)
     assert not (tmp_path / "wandb").exists()
+
+
+class _OfflineRun:
+    """An offline run as the ``wandb.apis.public.Run`` fields analysis.load reads."""
+
+    def __init__(self, wb):
+        self.id, self.state, self.config = wb["id"], "finished", wb["config"]
+        self.summary_metrics = wb["summary"]
+        self._history = wb["history"]
+
+    def scan_history(self):
+        return iter(self._history)
+
+
+def test_analysis_load_reads_each_wandb_run_back_as_its_record(sweep_job):
+    from analysis.load import records_from_wandb_run
+
+    records, runs = sweep_job
+    for record in records:
+        (back,) = records_from_wandb_run(_OfflineRun(runs[record["run_id"]]))
+        assert back["run_id"] == record["run_id"] and back["replica"] == record["replica"]
+        assert back["status"] == "finished"
+        assert [h["step"] for h in back["history"]] == [h["step"] for h in record["history"]]
+        assert back["final"]["test_accuracy"] == pytest.approx(record["final"]["test_accuracy"])
+        assert back["convergence"]["steps_to_target"] == record["convergence"]["steps_to_target"]
