@@ -125,6 +125,14 @@ def log_report(results: Path | str, *, project: str | None = None, entity: str |
     return run_dir
 
 
+def maybe_log_report(results: Path | str) -> Path | None:
+    """The report run of ``results`` when its training runs logged to W&B (a ``logger=none``
+    reproduction has none to join): what ``analysis.reproduce`` calls after its analysis."""
+    if not any(Path(results).rglob(f"wandb/{IDS_FILE}")):
+        return None
+    return log_report(results)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="a reproduction's --out or a directory of records")

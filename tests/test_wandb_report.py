@@ -81,3 +81,13 @@ def test_report_run_holds_figures_and_tables_in_the_training_group(tmp_path):
     # logging it again resumes the same report run
     wandb_report.log_report(results)
     assert {r["id"] for r in read_runs(results / "wandb")} == {run["id"]}
+
+
+def test_no_report_run_without_training_runs_on_wandb(tmp_path):
+    results = _results(tmp_path)
+    assert wandb_report.maybe_log_report(results) is not None
+    for ids in results.rglob("batch_bench.json"):
+        ids.unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert wandb_report.maybe_log_report(empty) is None and not (empty / "wandb").exists()
