@@ -6,6 +6,7 @@ AdamW / SGD equal to optax's own, and evaluation at the schedule-free averaged p
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +47,22 @@ def rmsprop():
 
 
 def _tiny_transformer_params():
-    model = Transformer(vocab_size=16, context=8, num_layers=1, d_model=8, num_heads=2,
-                        rngs=nnx.Rngs(0))
-    return split_model(model)[1]
+    """Random values in the transformer's parameter tree (its shapes, abstractly: fast)."""
+    model = nnx.eval_shape(lambda: Transformer(vocab_size=16, context=8, num_layers=1, d_model=8,
+                                               num_heads=2, rngs=nnx.Rngs(0)))
+    return _grads_like(split_model(model)[1], seed=0)
+
+
+@partial(jax.jit, static_argnums=0)
+def _normals(shapes, key):
+    keys = jax.random.split(key, len(shapes))
+    return [jax.random.normal(k, shape, dtype) for k, (shape, dtype) in zip(keys, shapes)]
 
 
 def _grads_like(params, seed=1):
+    """A random tree with the structure and shapes of ``params`` (one compiled call)."""
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return treedef.unflatten([jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    return treedef.unflatten(_normals(tuple((x.shape, x.dtype) for x in leaves), jax.random.key(seed)))
 
 
 def _one_step(tx, params, grads, lr=LR):
