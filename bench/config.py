@@ -220,6 +220,8 @@ def validate(cfg: Config, *, num_devices: int = 1, run: bool = False, data: Any 
     if micro % ghost:
         raise ConfigError(f"model.ghost_batch_size={ghost} must divide the microbatch size {micro}")
     cfg.batch_schedule.check_with(cfg, batch_quantum(cfg, num_devices))
+    cfg.optimizer.check_with(cfg)
+    cfg.scaling.check_with(cfg)
     if cfg.metrics.preconditioned and cfg.optimizer.name not in PRECONDITIONED_OPTIMIZERS:
         raise ConfigError(f"metrics.preconditioned=true measures Adam's preconditioned sharpness; use "
                           f"optimizer={'|'.join(PRECONDITIONED_OPTIMIZERS)} (got optimizer={cfg.optimizer.name})")
