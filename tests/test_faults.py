@@ -240,13 +240,16 @@ def test_a_second_command_on_a_locked_output_dir_stops_with_one_line(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    lock = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+    (out / ".lock").write_text(lock)
     proc = _train(out, tmp_path / "cache")
     assert proc.returncode == 2
     assert _error_lines(proc) == [f"error: {out} is in use by pid {os.getpid()} on "
                                   f"{socket.gethostname()}: wait for it to end, or use another "
                                   "output_dir"]
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    # Hydra's own run files (.hydra/, train.log) are written before bench.train runs
+    assert sorted(p.name for p in out.iterdir() if p.name not in (".hydra", "train.log")) == [".lock"]
+    assert (out / ".lock").read_text() == lock
 
 
 @pytest.mark.slow
