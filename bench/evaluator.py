@@ -16,6 +16,7 @@ from bench.data.source import SPLITS, DataSource
 from bench.data.text import bits_per_byte
 from bench.metrics.generalization import generalization_gap
 from bench.metrics.probe import CurvatureProbe
+from bench.optim import evaluation_params
 from bench.parallel import global_array, replicated
 from bench.record import EvalRow
 from bench.rng import RngStream
@@ -48,8 +49,9 @@ class Evaluator:
 
     def eval_params(self, state: TrainState) -> Any:
         """The weights evaluated: the exponentially weighted average with ``eval.ewa_decay``, else
-        the trained ones (where an optimizer's own evaluation weights would be chosen)."""
-        return state.params if state.ewa is None else state.ewa
+        the trained ones; then the optimizer's own evaluation weights (schedule-free: x)."""
+        params = state.params if state.ewa is None else state.ewa
+        return evaluation_params(self.setup.cfg.optimizer, params, state.opt_state)
 
     def metrics(self, state: TrainState) -> dict[str, np.ndarray]:
         """``{split}_loss``, ``{split}_accuracy`` [K] on the train and test sets."""

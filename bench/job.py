@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -51,12 +51,13 @@ class Replica:
                 "peak_lr": self.peak_lr, "hyperparams": dict(self.hyperparams)}
 
 
-def replica_grid(cfg: Config, hyperparams: dict[str, float]) -> list[Replica]:
+def replica_grid(cfg: Config, hyperparams_at: Callable[[float], dict[str, float]]) -> list[Replica]:
     """LR values x seeds, LR-major; LRs are base LRs, scaled by the batch-size rule;
-    ``hyperparams``: the optimizer's other hyperparameters as the rules set them at ``batch_size``."""
+    ``hyperparams_at(base_lr)``: the optimizer's other hyperparameters as the rules set them at
+    ``batch_size``."""
     lrs = cfg.replicas.lr if cfg.replicas.lr is not None else (cfg.optimizer.lr,)
     seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
-    return [Replica(i, int(seed), float(lr), cfg.scaling.peak_lr(lr, cfg.batch_size), hyperparams)
+    return [Replica(i, int(seed), float(lr), cfg.scaling.peak_lr(lr, cfg.batch_size), hyperparams_at(lr))
             for i, (lr, seed) in enumerate(itertools.product(lrs, seeds))]
 
 
@@ -67,20 +68,25 @@ class Setup:
         maybe_initialize_distributed(cfg.distributed)
         compile_cache.enable(cfg.compile_cache_dir)  # before anything compiles
         self.mesh = make_mesh()
-        self.cfg = cfg = validate(cfg, num_devices=self.mesh.size)
+        self.cfg = cfg = validate(cfg, num_devices=self.mesh.size, run=True, data=data)
         self.policy = ExecutionPolicy.for_backend()
         self.data = data if data is not None else open_dataset(cfg.dataset)
-        tokens = self.data.tokens_per_example
-        # Adam's b1, b2, eps per batch size when a rule sets them (sde, half-lives): computed
-        # once per B, for every B of the plan, so an impossible value fails before compiling
-        rules = {cfg.batch_size: adaptive_hyperparams(cfg.optimizer, cfg.scaling, cfg.batch_size, tokens)}
-        self.replicas = replica_grid(cfg, rules[cfg.batch_size][0])
-        self.plan = make_plan(cfg, self.data.num_train, self.mesh.size, [r.seed for r in self.replicas],
-                              tokens_per_example=tokens)
-        for b in self.plan.sizes():
-            if b not in rules:
-                rules[b] = adaptive_hyperparams(cfg.optimizer, cfg.scaling, b, tokens)
-        self.hyperparams_by_batch = {b: rules[b][0] for b in self.plan.sizes() if rules[b][1]}
+        tokens, n = self.data.tokens_per_example, self.data.num_train
+        # Adam's b1, b2, eps per (batch size, base LR) when a rule sets them (sde, half-lives,
+        # timescales): computed once each, for every B of the plan, so an impossible value fails
+        # before anything compiles
+        rules: dict[tuple[int, float], tuple[dict[str, float], bool]] = {}
+
+        def rule(b: int, lr: float) -> tuple[dict[str, float], bool]:
+            if (b, lr) not in rules:
+                rules[b, lr] = adaptive_hyperparams(cfg.optimizer, cfg.scaling, b, tokens, base_lr=lr,
+                                                    peak_lr=cfg.scaling.peak_lr(lr, cfg.batch_size), num_train=n)
+            return rules[b, lr]
+
+        self.replicas = replica_grid(cfg, lambda lr: rule(cfg.batch_size, lr)[0])
+        self.plan = make_plan(cfg, n, self.mesh.size, [r.seed for r in self.replicas], tokens_per_example=tokens)
+        first = self.replicas[0].base_lr  # rules that read the LR (timescale) allow one LR per job
+        self.hyperparams_by_batch = {b: rule(b, first)[0] for b in self.plan.sizes() if rule(b, first)[1]}
         self.timings = Timings()
         self.programs = Programs(self.timings)
         graphdef, params, _ = split_model(nnx.eval_shape(lambda: self.build_model(jax.random.key(0))))
@@ -116,7 +122,7 @@ class Job:
 
     # names read through to the part that owns them
     _OWNERS = {"setup": ("cfg", "data", "mesh", "plan", "replicas", "policy", "fns", "timings",
-                         "num_params", "compiled_keys", "build_model"),
+                         "num_params", "compiled_keys", "build_model", "hyperparams_by_batch"),
                "program": ("train_fns", "tx", "lr_multiplier", "init_state", "initial_lrs")}
 
     def __getattr__(self, name: str) -> Any:

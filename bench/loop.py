@@ -28,7 +28,7 @@ from bench.data.stream import StreamDataset
 from bench.evaluator import CurvatureMeter, Evaluator
 from bench.job import Setup
 from bench.parallel import same_on_all_processes
-from bench.preemption import PreemptionFlag, requeue_if_slurm
+from bench.preemption import PreemptionFlag, mark_saved, mark_unsaved, requeue_if_slurm
 from bench.program import TrainProgram
 from bench.progress import Progress
 from bench.record import RunRecord
@@ -96,6 +96,7 @@ def run(cfg: Config, output_dir: Path | str, *,
     # Resume: a requeued or restarted job continues from its latest checkpoint.
     if (latest := ckpt.latest_step()) is not None:
         state, step, lrs = _resume(ckpt, latest, state, records, meter, source)
+    mark_saved()  # nothing to lose yet: a signal from here stops the process at once
 
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
     tracker = _tracker(setup, records, output_dir) if records.primary else None
@@ -116,6 +117,7 @@ def run(cfg: Config, output_dir: Path | str, *,
                 break
             count = cadence.steps_in_next_call(step)
             state, metrics = train(state, step, count)
+            mark_unsaved()  # from here a signal waits for the next poll (bench.preemption)
             step, lrs = step + count, metrics["lr"][-1]
             progress.advance(count, metrics)
             if flag.any_process_requested():  # preemption or time limit: save, then requeue
@@ -157,6 +159,8 @@ def _save(ckpt: Checkpointer, step: int, state: TrainState, records: RunRecords,
     ckpt.save(step, state, extra, force=force, data=source.pipeline)
     if force:
         ckpt.wait_until_finished()
+    else:
+        mark_saved(ckpt.wait_until_finished)
     records.write()
 
 

@@ -11,7 +11,7 @@ full batch N). Options: ``--memory-gb`` (budget, GiB = 2**30 bytes), ``--out`` (
 ``--steps`` (fused steps per timed call), ``--warmup`` and ``--repeats`` (timed calls),
 ``--saturation`` (throughput fraction, default 0.9).
 
-For each B the program builds the job's own training call through :class:`bench.loop.Job`
+For each B the program builds the job's own training call through :class:`bench.job.Job`
 (same model, optimizer, sharding and ``lax.scan``-fused steps as training; no second step
 implementation), compiles it ahead of time and measures
 
