@@ -11,7 +11,7 @@ loss and accuracy. Curvature rows add the Hessian's eigenvalue density as a W&B 
 each list of numbers (the top eigenvalues) as one series per entry (``hessian_eigenvalues/0``).
 
 Runs of one sweep share a group: ``logger.group`` when set, else the finding of a paper
-preset (``bench.reproduce.plan.FINDINGS``), else the Hydra multirun's sweep directory, else
+preset (``analysis.findings``), else the Hydra multirun's sweep directory, else
 the job. ``job_type`` is the preset (a finding's arm); tags name the finding, the preset and
 the job's config hash.
 
@@ -92,10 +92,12 @@ def finding_of(preset: str | None) -> str | None:
     """The finding whose offline or paper presets include ``preset`` (None: no finding)."""
     if not preset:
         return None
-    from bench.reproduce.plan import FINDINGS  # imported late: it imports bench.config
+    # imported late and only for presets: the registry imports the analysis stack (pandas,
+    # matplotlib), which a plain run does not need
+    from analysis.findings import registry
 
-    return next((name for name, f in FINDINGS.items()
-                 if preset in (*f.offline_presets, *f.paper)), None)
+    return next((name for name, f in registry().items()
+                 if preset in {arm.preset for arm in (*f.offline, *f.paper)}), None)
 
 
 def hydra_sweep_dir() -> str | None:
