@@ -167,11 +167,11 @@ def test_per_replica_splits_the_prefixed_summary():
 
 def test_grouping_defaults_and_overrides(monkeypatch):
     logger = tracking.WandbLogger(name="wandb")
+    reproduced = tracking.WandbLogger(name="wandb", finding="batch_warmup")  # as analysis.reproduce sets it
     paper = {"name": "merrill_small", "batch_size": 128}
-    g = tracking.grouping(logger, paper, "abc123", "merrill_small")
+    g = tracking.grouping(reproduced, paper, "abc123", "merrill_small")
     assert g == {"group": "batch_warmup", "job_type": "merrill_small",
                  "tags": ["finding:batch_warmup", "preset:merrill_small", "config:abc123"]}
-    assert tracking.grouping(logger, {"name": "keskar_offline"}, "h", "n")["group"] == "keskar"
     monkeypatch.setattr(tracking, "hydra_sweep_dir", lambda: "multirun/2026-12-03/11-49-41")
     plain = {"name": None, "batch_size": 32}
     g = tracking.grouping(logger, plain, "h", "B32-mnist1d-cnn")

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from bench.hydra_conf import CONF_DIR, compose_config
 
 from analysis.findings import Finding, get
+from analysis.wandb_report import maybe_log_report
 from analysis.load import load_records, load_tables
 from analysis.plotting import save_figures
 from analysis.report import build_report
@@ -44,7 +45,8 @@ def run_jobs(plan: Plan, records_dir: Path, extra: Sequence[str] = ()) -> list[d
     data_cache: dict[str, Any] = {}
     done = []
     for i, job in enumerate(plan.jobs, 1):
-        cfg = compose_config([f"+experiment={job.preset or plan.preset}", *job.overrides, *extra])
+        cfg = compose_config([f"+experiment={job.preset or plan.preset}", *job.overrides,
+                              f"logger.finding={plan.finding}", *extra])
         job_dir = records_dir / job.name
         if check_reuse(job_dir, cfg) == "finished":
             _log(f"[{i}/{len(plan.jobs)}] {job.name}: finished records exist, skipped")
@@ -99,6 +101,8 @@ def analyze(finding: Finding, records_dir: Path, out: Path, *, options: dict[str
     body = build_report(records_dir, [finding.name], out=out / "report.md", figures_dir=out / "figures",
                         **options)
     (out / "report.md").write_text(header + body + ("\n" + footer if footer else ""))
+    if (run_dir := maybe_log_report(out)) is not None:  # only when the jobs logged to W&B
+        _log(f"W&B report run: {run_dir}")
     return {name: (r if isinstance(r, str) else [str(p) for p in r]) for name, r in figs.items()}
 
 
