@@ -21,13 +21,15 @@ divide afterwards, as the paper advises.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from bench.metrics.hessian import Batch, LossFn, PyTree, jit_loss, num_examples
+from bench.metrics.registry import Cost, Float, Measurement, Metric, num
+from bench.schema import frozen, param
 
 __all__ = ["NoiseScaleEMA", "NoiseScaleEstimate", "gradient_noise_scale", "two_batch_estimates", "update"]
 
@@ -111,3 +113,39 @@ def update(state: NoiseScaleEMA | None, grad_norm_sq: float, trace_sigma: float,
         trace_sigma=decay * state.trace_sigma + (1.0 - decay) * trace_sigma,
         weight=decay * state.weight + (1.0 - decay),
     )
+
+
+# The curvature-suite entry (bench.metrics.registry): microbatches drawn from all the probe's
+# data; the EMA state is carried per replica (``Measurement.state``).
+KEY_NOISE = 7
+
+
+@frozen
+class NoiseScaleKeys:
+    noise_scale: bool = param(True, help="McCandlish gradient noise scale B_simple")
+    noise_small_batch: int = param(32, ge=1)
+    noise_num_small: int = param(16, ge=2)
+    noise_ema: float = param(0.9, ge=0, lt=1)
+
+
+def _measure(cfg: Any, m: Measurement) -> dict[str, Any]:
+    est = gradient_noise_scale(m.loss_fn, m.params, m.data, m.key(KEY_NOISE),
+                               small_batch=cfg.noise_small_batch, num_small=cfg.noise_num_small)
+    g2, tr = float(est.grad_norm_sq), float(est.trace_sigma)
+    ema = m.state["noise_scale"] = update(m.state.get("noise_scale"), g2, tr, decay=cfg.noise_ema)
+    return {"grad_norm_sq": num(g2), "trace_sigma": num(tr),
+            "noise_scale_simple": num(tr / g2) if g2 != 0 else None,
+            "grad_norm_sq_ema": num(ema.smoothed_grad_norm_sq),
+            "trace_sigma_ema": num(ema.smoothed_trace_sigma),
+            "noise_scale_simple_ema": num(ema.b_simple) if ema.grad_norm_sq != 0 else None}
+
+
+NOISE_SCALE = Metric(
+    "noise_scale", NoiseScaleKeys,
+    record={"grad_norm_sq": Float, "trace_sigma": Float,  # this draw's unbiased |G|^2, tr(Sigma)
+            "noise_scale_simple": Float,  # trace_sigma / grad_norm_sq of this draw (noisy)
+            "grad_norm_sq_ema": Float, "trace_sigma_ema": Float,  # bias-corrected EMAs
+            "noise_scale_simple_ema": Float},  # trace_sigma_ema / grad_norm_sq_ema
+    measure=_measure, enabled=lambda cfg: cfg.noise_scale,
+    cost=lambda cfg, m: Cost(grad_examples=cfg.noise_num_small * cfg.noise_small_batch),
+    folds=(KEY_NOISE,))

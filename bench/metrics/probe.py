@@ -23,10 +23,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bench.config import MetricsConfig
+from bench import execution
 from bench.metrics.curvature import KEY_SUBSET, measure, select_subset
 from bench.metrics.noise_scale import NoiseScaleEMA
-from bench.metrics.operator import HessianOperator, LossFn, rolled_loops
+from bench.metrics.operator import HessianOperator, LossFn
+from bench.metrics.suite import MetricsConfig
 from bench.metrics.preconditioned import adam_preconditioner
 from bench.models.matmul_conv import with_matmul_convs
 from bench.parallel import batch_sharded, global_array, replicated
@@ -37,9 +38,11 @@ Convs = Literal["lax", "matmul"]
 
 class CurvatureProbe:
     def __init__(self, cfg: MetricsConfig, fns: ModelFns, x_train: np.ndarray, y_train: np.ndarray,
-                 probe_keys: list[jax.Array], mesh, *, convs: Convs = "lax"):
+                 probe_keys: list[jax.Array], mesh, *, convs: Convs = "lax",
+                 policy: execution.ExecutionPolicy | None = None):
         self.cfg, self.fns, self.keys = cfg, fns, probe_keys
         self.convs = convs
+        self.rolled = (policy or execution.current()).rolled_curvature_loops
         self._curvature_fns: ModelFns | None = None
         # Sharded over the data axis when it divides evenly (HVPs then run data-parallel).
         shard = len(x_train) % mesh.size == 0
@@ -47,12 +50,8 @@ class CurvatureProbe:
             sharding = batch_sharded(mesh, 0, a.ndim) if shard else replicated(mesh)
             return global_array(a, sharding)
         self.data = {"x": place(x_train), "y": place(y_train)}
-        self.ema: list[NoiseScaleEMA | None] = [None] * len(probe_keys)
-
-    def due(self, step: int, total_steps: int) -> bool:
-        if not self.cfg.hessian:
-            return False
-        return step == total_steps or (self.cfg.every is not None and step % self.cfg.every == 0)
+        # each replica's carried metric state (metric name -> value, e.g. the noise-scale EMA)
+        self.states: list[dict[str, Any]] = [{} for _ in probe_keys]
 
     def curvature_fns(self, params: Any, stats: Any) -> ModelFns:
         """The model functions curvature is measured with (built once: the same object keeps the
@@ -75,18 +74,19 @@ class CurvatureProbe:
         params, stats = self.replica(state, k)
         subset = select_subset(self.data, jax.random.fold_in(self.keys[k], KEY_SUBSET), self.cfg.subset_size)
         return HessianOperator.of(self.loss_fn(params, stats), params, subset, self.cfg.chunk_size or None,
-                                  rolled_loops() if rolled is None else rolled)
+                                  self.rolled if rolled is None else rolled)
 
     def measure(self, state: TrainState, k: int, lr: float, *, adam: dict[str, float] | None = None,
-                batch_size: int | None = None) -> dict[str, Any]:
+                batch_size: int | None = None, step: int | None = None, on_metric: Any = None) -> dict[str, Any]:
         """All enabled statistics of replica ``k`` at its current parameters. ``adam``: the b1, b2,
         eps of an Adam optimizer (values injected into its state take precedence), for the
-        preconditioned sharpness; ``batch_size``: the run's minibatch size, for batch sharpness."""
+        preconditioned sharpness; ``batch_size``: the run's minibatch size, for batch sharpness;
+        ``step``: the training step (fresh noise-scale draws at each); ``on_metric``: progress."""
         params, stats = self.replica(state, k)
-        out, self.ema[k] = measure(self.cfg, self.loss_fn(params, stats), params, self.data,
-                                   self.keys[k], lr=lr, ema_state=self.ema[k],
-                                   preconditioner=self.preconditioner(state, k, adam),
-                                   batch_size=batch_size)
+        out, self.states[k] = measure(self.cfg, self.loss_fn(params, stats), params, self.data,
+                                      self.keys[k], step=step, lr=lr, state=self.states[k],
+                                      rolled=self.rolled, preconditioner=self.preconditioner(state, k, adam),
+                                      batch_size=batch_size, on_metric=on_metric)
         return out
 
     def preconditioner(self, state: TrainState, k: int, adam: dict[str, float] | None) -> Any:
@@ -100,7 +100,8 @@ class CurvatureProbe:
         return adam_preconditioner(opt, **hyper)
 
     def state_dict(self) -> list[dict[str, float] | None]:
-        return [None if e is None else dataclasses.asdict(e) for e in self.ema]
+        """What a checkpoint keeps: each replica's noise-scale EMA (None before the first)."""
+        return [None if "noise_scale" not in s else dataclasses.asdict(s["noise_scale"]) for s in self.states]
 
     def load_state_dict(self, saved: list[dict[str, float] | None]) -> None:
-        self.ema = [None if e is None else NoiseScaleEMA(**e) for e in saved]
+        self.states = [{} if e is None else {"noise_scale": NoiseScaleEMA(**e)} for e in saved]
