@@ -19,11 +19,11 @@ from bench.metrics.sharpness import SHARPNESS
 from bench.metrics.spectrum import DENSITY, HUTCHINSON, LANCZOS, POWER
 from bench.schema import frozen, param
 
-__all__ = ["METRICS", "MetricsConfig", "ProbeKeys", "RECORD_KEYS", "record_keys", "summary_columns"]
+__all__ = ["METRICS", "MetricsConfig", "ProbeKeys", "RECORD_KEYS", "metrics_config", "record_keys",
+           "summary_columns"]
 
 METRICS: tuple[Metric, ...] = (LANCZOS, POWER, HUTCHINSON, DENSITY, SHARPNESS, NOISE_SCALE,
                                PRECONDITIONED, BATCH_SHARPNESS)
-check_registry(METRICS)
 
 
 @frozen
@@ -39,24 +39,29 @@ class ProbeKeys:
     chunk_size: int = param(1000, ge=1, help="examples per Hessian-vector-product chunk")
 
 
-_SECTIONS = (ProbeKeys, *(m.keys for m in METRICS))
+def metrics_config(metrics: tuple[Metric, ...]) -> type:
+    """The ``metrics`` config section of these metrics: ``ProbeKeys`` and every metric's keys in
+    one flat frozen dataclass, so users type ``metrics.lanczos_iters=20`` and stored configs
+    keep their shape (config hashes and reuse unchanged)."""
+    check_registry(metrics)
+    sections = (ProbeKeys, *(m.keys for m in metrics))
+
+    def check(self: Any, where: str) -> None:  # each section's rules (e.g. top_k <= lanczos_iters)
+        for section in sections:
+            if "check" in vars(section):
+                section.check(self, where)
+
+    # Bases in reverse: dataclasses collect fields from the last base first, so the keys come
+    # in registry order.
+    return dataclasses.make_dataclass(
+        "MetricsConfig", [], bases=tuple(reversed(sections)), frozen=True,
+        namespace={"check": check, "__module__": __name__,
+                   "__doc__": "Curvature and gradient-noise measurements (bench.metrics.suite); "
+                              "off unless hessian."})
 
 
-def _check(self: Any, where: str) -> None:
-    """Each section's rules that relate its keys (e.g. top_k <= lanczos_iters)."""
-    for section in _SECTIONS:
-        if "check" in vars(section):
-            section.check(self, where)
+MetricsConfig = metrics_config(METRICS)
 
-
-# One flat section, so users type ``metrics.lanczos_iters=20`` and stored configs keep their
-# shape (config hashes and reuse unchanged). Bases in reverse: dataclasses collect fields from
-# the last base first, so the keys come in registry order.
-MetricsConfig = dataclasses.make_dataclass(
-    "MetricsConfig", [], bases=tuple(reversed(_SECTIONS)), frozen=True,
-    namespace={"check": _check, "__doc__": "Curvature and gradient-noise measurements "
-                                           "(bench.metrics.suite); off unless hessian.",
-               "__module__": __name__})
 
 # Keys every measured row has beyond the metrics' own (stability thresholds: from the optimizer,
 # ``OptimizerConfig.stability_thresholds``, added by the run records).
@@ -68,19 +73,19 @@ RECORD_KEYS: dict[str, Any] = {
 }
 
 
-def record_keys(cfg: Any | None = None) -> dict[str, Any]:
+def record_keys(cfg: Any | None = None, metrics: tuple[Metric, ...] = METRICS) -> dict[str, Any]:
     """Every key a measured history row can add to ``bench.record.EvalRow``, with its type;
     with a ``MetricsConfig``, templates expanded for it (else left as ``..._eps{eps}``)."""
     out = dict(RECORD_KEYS)
-    for metric in METRICS:
+    for metric in metrics:
         for key, tp in metric.record.items():
             out.update(dict.fromkeys(expand([key], cfg) if cfg is not None else [key], tp))
     return out
 
 
-def summary_columns(cfg: Any | None = None) -> tuple[str, ...]:
+def summary_columns(cfg: Any | None = None, metrics: tuple[Metric, ...] = METRICS) -> tuple[str, ...]:
     """Summary-table columns of the final curvature (``curvature_<key>``, analysis.load's
     naming), for the default config unless given."""
     cfg = MetricsConfig() if cfg is None else cfg
-    return tuple(f"curvature_{k}" for m in METRICS for k in expand(m.summary, cfg))
+    return tuple(f"curvature_{k}" for m in metrics for k in expand(m.summary, cfg))
 
