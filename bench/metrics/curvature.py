@@ -68,6 +68,7 @@ def measure(
     rolled: bool | None = None,
     preconditioner: PyTree | None = None,
     batch_size: int | None = None,
+    positions: dict[str, float] | None = None,
     metrics: Iterable[Metric] = METRICS,
     on_metric: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -75,7 +76,8 @@ def measure(
 
     Returns (flat JSON-able dict, the metrics' carried state: metric name -> value, a new dict;
     ``state`` itself is not changed). ``step``: the training step (metrics that draw fresh
-    samples at each measurement fold it in). ``rolled``: loop style (bench.metrics.operator;
+    samples at each measurement fold it in); ``positions``: the same point in other units
+    ("examples", "tokens"). ``rolled``: loop style (bench.metrics.operator;
     default by backend), same numbers up to round-off. ``preconditioner``: Adam's P
     (params-shaped) for ``cfg.preconditioned``; ``batch_size``: the run's minibatch size for batch
     sharpness. ``on_metric(name, seconds)``: called after each metric (progress).
@@ -83,7 +85,7 @@ def measure(
     start = time.perf_counter()
     subset = select_subset(data, jax.random.fold_in(key, KEY_SUBSET), cfg.subset_size)
     m = Measurement(loss_fn, params, subset, data, key, cfg.chunk_size or None, rolled, step, lr,
-                    preconditioner, batch_size, dict(state or {}))
+                    preconditioner, batch_size, dict(state or {}), dict(positions or {}))
     out: dict[str, Any] = {"curvature_subset_size": num_examples(subset)}
     for metric in enabled_metrics(cfg, metrics):
         t = time.perf_counter()

@@ -25,7 +25,7 @@ from flax import nnx
 
 from bench import execution
 from bench.metrics.curvature import KEY_SUBSET, measure, select_subset
-from bench.metrics.noise_scale import NoiseScaleEMA
+from bench.metrics.noise_tracking import NoiseScaleEMA
 from bench.metrics.operator import HessianOperator, LossFn
 from bench.metrics.suite import MetricsConfig
 from bench.metrics.preconditioned import adam_preconditioner
@@ -39,8 +39,9 @@ Convs = Literal["lax", "matmul"]
 class CurvatureProbe:
     def __init__(self, cfg: MetricsConfig, fns: ModelFns, x_train: np.ndarray, y_train: np.ndarray,
                  probe_keys: list[jax.Array], mesh, *, convs: Convs = "lax",
-                 policy: execution.ExecutionPolicy | None = None):
+                 policy: execution.ExecutionPolicy | None = None, plan: Any = None):
         self.cfg, self.fns, self.keys = cfg, fns, probe_keys
+        self.plan = plan  # the BatchPlan: training positions in examples and tokens (else steps only)
         self.convs = convs
         self.rolled = (policy or execution.current()).rolled_curvature_loops
         self._curvature_fns: ModelFns | None = None
@@ -83,10 +84,26 @@ class CurvatureProbe:
         preconditioned sharpness; ``batch_size``: the run's minibatch size, for batch sharpness;
         ``step``: the training step (fresh noise-scale draws at each); ``on_metric``: progress."""
         params, stats = self.replica(state, k)
+        step = self.step_of(state, k) if step is None else step
         out, self.states[k] = measure(self.cfg, self.loss_fn(params, stats), params, self.data,
                                       self.keys[k], step=step, lr=lr, state=self.states[k],
+                                      positions=self.positions(step),
                                       rolled=self.rolled, preconditioner=self.preconditioner(state, k, adam),
                                       batch_size=batch_size, on_metric=on_metric)
+        return out
+
+    @staticmethod
+    def step_of(state: TrainState, k: int) -> int:
+        """Steps replica ``k`` has taken."""
+        steps = np.asarray(jax.device_get(state.step)).reshape(-1)
+        return int(steps[k] if steps.size > 1 else steps[0])
+
+    def positions(self, step: int) -> dict[str, float]:
+        if self.plan is None:
+            return {}
+        out = {"examples": float(self.plan.examples(step))}
+        tokens = self.plan.tokens(step)
+        out["tokens"] = float(out["examples"] if tokens is None else tokens)  # classifiers: examples
         return out
 
     def preconditioner(self, state: TrainState, k: int, adam: dict[str, float] | None) -> Any:
@@ -104,4 +121,7 @@ class CurvatureProbe:
         return [None if "noise_scale" not in s else dataclasses.asdict(s["noise_scale"]) for s in self.states]
 
     def load_state_dict(self, saved: list[dict[str, float] | None]) -> None:
-        self.states = [{} if e is None else {"noise_scale": NoiseScaleEMA(**e)} for e in saved]
+        # a checkpoint of an older smoothing state (other fields) restarts the smoothing
+        fields = {f.name for f in dataclasses.fields(NoiseScaleEMA)}
+        self.states = [{"noise_scale": NoiseScaleEMA(**e)} if e is not None and set(e) == fields else {}
+                       for e in saved]

@@ -52,7 +52,8 @@ class Measurement:
 
     ``subset``: the fixed curvature subset; ``data``: all training data the probe holds;
     ``state``: per-metric state carried between measurements of this replica (metric name ->
-    value; a metric reads its previous value and stores the new one).
+    value; a metric reads its previous value and stores the new one). ``step``: the training
+    step (None outside training: 0 for metrics that fold it into their keys).
     """
 
     loss_fn: Callable
@@ -67,9 +68,19 @@ class Measurement:
     preconditioner: PyTree | None = None
     batch_size: int | None = None
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # where in training this is, per unit ("steps", and "examples" / "tokens" when known)
+    positions: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def key(self, fold: int) -> jax.Array:
         return jax.random.fold_in(self.root_key, fold)
+
+    def position(self, unit: str) -> float:
+        if unit == "steps":
+            return float(self.step or 0)
+        if unit not in self.positions:
+            raise ValueError(f"the training position in {unit} is not known to this measurement "
+                             f"(known: steps{''.join(', ' + u for u in self.positions)})")
+        return float(self.positions[unit])
 
     @property
     def num_params(self) -> int:

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from bench.metrics.batch_sharpness import BATCH_SHARPNESS
-from bench.metrics.noise_scale import NOISE_SCALE
+from bench.metrics.noise_tracking import NOISE_SCALE
 from bench.metrics.preconditioned import PRECONDITIONED
 from bench.metrics.registry import Metric, check_registry, expand
 from bench.metrics.sharpness import SHARPNESS
