@@ -17,14 +17,20 @@ the numbers agree to float round-off.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+import time
+from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from flax import nnx
 
 from bench import execution
-from bench.metrics.curvature import KEY_SUBSET, measure, select_subset
+from bench.metrics.curvature import KEY_SUBSET, estimated_cost, measure, select_subset
+from bench.metrics.hessian import num_examples
+from bench.metrics.registry import Cost, Measurement
+from bench.metrics.sharpness import loss_and_grad_at
 from bench.metrics.noise_tracking import NoiseScaleEMA
 from bench.metrics.operator import HessianOperator, LossFn
 from bench.metrics.suite import MetricsConfig
@@ -34,6 +40,30 @@ from bench.parallel import batch_sharded, global_array, replicated
 from bench.step import ModelFns, TrainState, split_model
 
 Convs = Literal["lax", "matmul"]
+
+
+class CostEstimate(NamedTuple):
+    """What one measurement will cost, before it runs (``CurvatureProbe.estimate``)."""
+
+    seconds: dict[str, float]  # per enabled metric
+    work: dict[str, Cost]  # per enabled metric: HVP and gradient example passes
+    hvp_seconds: float  # one HVP of the curvature subset
+    grad_seconds: float  # one gradient of it
+    subset_size: int
+
+    def line(self) -> str:
+        hvps = sum(c.hvp_examples for c in self.work.values()) / self.subset_size
+        parts = ", ".join(f"{name} {sec:.1f} s" for name, sec in self.seconds.items())
+        return (f"curvature: ~{sum(self.seconds.values()):.1f} s per measurement ({hvps:.0f} HVPs of "
+                f"{self.subset_size} examples at {self.hvp_seconds * 1e3:.1f} ms, gradient "
+                f"{self.grad_seconds * 1e3:.1f} ms; {parts})")
+
+
+def _seconds(fn: Any) -> float:
+    jax.block_until_ready(fn())  # compile (the measurement reuses the program)
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t
 
 
 class CurvatureProbe:
@@ -91,6 +121,26 @@ class CurvatureProbe:
                                       rolled=self.rolled, preconditioner=self.preconditioner(state, k, adam),
                                       batch_size=batch_size, on_metric=on_metric)
         return out
+
+    def estimate(self, state: TrainState, k: int = 0, *, batch_size: int | None = None) -> CostEstimate:
+        """Seconds one measurement of replica ``k`` will take: each enabled metric's HVP and
+        gradient example passes (its ``cost``) x the measured seconds per example of one HVP and
+        one gradient of the curvature subset (each timed once after its compile, which the
+        measurement reuses: the same chunk programs)."""
+        params, stats = self.replica(state, k)
+        subset = select_subset(self.data, jax.random.fold_in(self.keys[k], KEY_SUBSET), self.cfg.subset_size)
+        m = Measurement(self.loss_fn(params, stats), params, subset, self.data, self.keys[k],
+                        self.cfg.chunk_size or None, self.rolled, batch_size=batch_size)
+        costs = estimated_cost(self.cfg, m)
+        op = self.operator(state, k)
+        flat = ravel_pytree(params)[0]
+        n = num_examples(subset)
+        hvp = _seconds(lambda: op.matvec(op.place(jnp.ones_like(flat)))) / n
+        zero = jnp.zeros_like(flat)
+        grad = _seconds(lambda: loss_and_grad_at(m.loss_fn, params, subset, None, zero,
+                                                 chunk_size=m.chunk_size, rolled=self.rolled)) / n
+        return CostEstimate({name: c.hvp_examples * hvp + c.grad_examples * grad for name, c in costs.items()},
+                            costs, hvp * n, grad * n, n)
 
     @staticmethod
     def step_of(state: TrainState, k: int) -> int:
