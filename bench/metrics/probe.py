@@ -72,6 +72,10 @@ class CurvatureProbe:
                  policy: execution.ExecutionPolicy | None = None, plan: Any = None):
         self.cfg, self.fns, self.keys = cfg, fns, probe_keys
         self.plan = plan  # the BatchPlan: training positions in examples and tokens (else steps only)
+        # where progress lines go (e.g. bench.progress.Progress.note); None: silent. When set,
+        # the first measurement is preceded by its cost estimate, and each metric reports its time.
+        self.report: Any = None
+        self._estimated = False
         self.convs = convs
         self.rolled = (policy or execution.current()).rolled_curvature_loops
         self._curvature_fns: ModelFns | None = None
@@ -115,6 +119,11 @@ class CurvatureProbe:
         ``step``: the training step (fresh noise-scale draws at each); ``on_metric``: progress."""
         params, stats = self.replica(state, k)
         step = self.step_of(state, k) if step is None else step
+        if self.report is not None and not self._estimated:
+            self._estimated = True
+            self.report(self.estimate(state, k, batch_size=batch_size).line())
+        if self.report is not None and on_metric is None:
+            on_metric = lambda name, sec: self.report(f"curvature step {step}, replica {k}: {name} {sec:.1f} s")  # noqa: E731
         out, self.states[k] = measure(self.cfg, self.loss_fn(params, stats), params, self.data,
                                       self.keys[k], step=step, lr=lr, state=self.states[k],
                                       positions=self.positions(step),
