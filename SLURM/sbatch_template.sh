@@ -45,13 +45,13 @@ SWEEP_DIR=${2:-results/sbatch_${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}}
 TASK_ID=${SLURM_ARRAY_TASK_ID:-0}
 PYTHON=${PYTHON:-python}
 
-mapfile -t LINES < <(grep -vE '^[[:space:]]*(#|$)' "$JOBS_FILE")
-if (( TASK_ID >= ${#LINES[@]} )); then
-    echo "array task $TASK_ID: $JOBS_FILE has only ${#LINES[@]} job lines" >&2
-    exit 1
-fi
-# The line is split like a shell command line, so quoted values keep their spaces.
-eval "OVERRIDES=(${LINES[$TASK_ID]})"
+# The line is split like a shell command line (quoted values keep their spaces) by
+# bench.jobs_file, the parser bench.status uses too; nothing in it is expanded or run:
+# $(...), backticks, ; and $VAR reach bench.train as the text they are.
+ARGS_FILE=$(mktemp)
+trap 'rm -f "$ARGS_FILE"' EXIT
+"$PYTHON" -m bench.jobs_file args "$JOBS_FILE" "$TASK_ID" > "$ARGS_FILE"
+mapfile -d '' -t OVERRIDES < "$ARGS_FILE"
 
 # Record the expected jobs for `python -m bench.status` (atomic rename; same content
 # from every task).

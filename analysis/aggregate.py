@@ -9,6 +9,7 @@ Conventions used by figures and verdicts:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -109,3 +110,62 @@ def reference_lr_per_rule(runs: pd.DataFrame, value: str = "final_test_accuracy"
         lr = stats["base_lr"].iloc[0]
         keep.append(r[r["base_lr"].isna() if pd.isna(lr) else r["base_lr"] == lr])
     return pd.concat(keep) if keep else runs.iloc[0:0]
+
+
+# --------------------------------------------------------------- per-arm LR tables
+def lr_table(runs: pd.DataFrame, value: str = "test_loss") -> pd.DataFrame:
+    """Per (name, batch_size, base_lr): mean, std, n of the final ``value`` over seeds of the
+    finished runs; a diverged or failed run counts as +inf (the LR is unusable there), so a
+    setting with any such seed has mean +inf. ``name`` is the arm (the preset's name)."""
+    cols = ["name", "batch_size", "base_lr", "peak_lr", "mean", "std", "n", "seeds"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    v = metric(runs, value).where(runs["status"] == "finished", math.inf)
+    data = runs.assign(_v=v)
+    rows = []
+    for (name, b, lr), g in data.groupby(["name", "batch_size", "base_lr"], sort=True, dropna=False):
+        vals = g["_v"].astype(float)
+        ok = np.isfinite(vals).all()
+        rows.append({"name": name, "batch_size": b, "base_lr": lr, "peak_lr": g["peak_lr"].iloc[0],
+                     "mean": float(vals.mean()) if ok else math.inf,
+                     "std": float(vals.std(ddof=1)) if ok and len(vals) > 1 else math.nan,
+                     "n": int(len(vals)),
+                     "seeds": tuple(sorted(int(s) for s in g["seed"].dropna().unique())) if "seed" in g else ()})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def best_per_batch(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (name, batch_size) of an ``lr_table``: the best LR row (lowest mean) plus the LR
+    sensitivity band: ``band_low`` / ``band_high`` (lowest and highest finite mean over the LR
+    grid) and ``band_width`` (their difference); ``lr_at_grid_edge``: the best LR is the grid's end."""
+    rows = []
+    for (name, b), g in table.groupby(["name", "batch_size"], sort=True):
+        g = g.sort_values("mean", kind="stable")
+        best = g.iloc[0].to_dict()
+        ok = g["mean"][np.isfinite(g["mean"].astype(float))]
+        best.update(band_low=float(ok.min()) if len(ok) else math.nan,
+                    band_high=float(ok.max()) if len(ok) else math.nan,
+                    n_lrs=len(g), n_lrs_finite=len(ok),
+                    lr_at_grid_edge=bool(best["base_lr"] in (g["base_lr"].min(), g["base_lr"].max())))
+        best["band_width"] = best["band_high"] - best["band_low"]
+        rows.append(best)
+    cols = [*table.columns, "band_low", "band_high", "n_lrs", "n_lrs_finite", "lr_at_grid_edge", "band_width"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def arm_row(best: pd.DataFrame, name: str, b: float) -> dict | None:
+    """The ``best_per_batch`` row of arm ``name`` at batch size ``b`` (None if absent)."""
+    r = best[(best["name"] == name) & (best["batch_size"] == b)]
+    return None if r.empty else r.iloc[0].to_dict()
+
+
+def best_lr_curves(history: pd.DataFrame, best: pd.DataFrame, name: str,
+                   x: str = "tokens") -> dict[float, pd.Series]:
+    """{B: seed-mean test loss vs ``x`` (tokens or step)} of each B's best LR in arm ``name``."""
+    out = {}
+    for r in best[best["name"] == name].to_dict("records"):
+        h = history[(history["name"] == name) & (history["batch_size"] == r["batch_size"])
+                    & np.isclose(history["base_lr"].astype(float), float(r["base_lr"]))]
+        if len(h):
+            out[float(r["batch_size"])] = h.groupby(x)["test_loss"].mean().sort_index()
+    return out

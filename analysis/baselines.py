@@ -19,7 +19,7 @@ import yaml
 DEFAULT_PATH = Path(__file__).resolve().parent / "baselines" / "published.yaml"
 SCHEMA = "batch-bench/published-baselines/v1"
 KINDS = ("result", "claim", "recipe", "definition", "goal")
-CONFIDENCES = ("high", "medium", "recalled")
+CONFIDENCES = ("high", "medium", "unconfirmed", "recalled")  # recalled: older files only
 SOURCE_FIELDS = ("authors", "year", "title", "venue")
 # Fields each kind needs, beyond the common ones (id, source, kind, where, setting, confidence).
 KIND_FIELDS = {
@@ -71,8 +71,8 @@ def validate(doc: dict[str, Any], origin: str = "published.yaml") -> dict[str, A
             raise BaselineError(f"{origin}: {name} has no setting")
         if e.get("confidence") not in CONFIDENCES:
             raise BaselineError(f"{origin}: {name} confidence {e.get('confidence')!r} not in {CONFIDENCES}")
-        if e["confidence"] == "recalled" and not e.get("note"):
-            raise BaselineError(f"{origin}: {name} is 'recalled' but has no note saying where it comes from")
+        if e["confidence"] in ("recalled", "unconfirmed") and not e.get("note"):
+            raise BaselineError(f"{origin}: {name} is '{e['confidence']}' but has no note saying where it comes from")
         missing = [f for f in KIND_FIELDS[e["kind"]] if f not in e]
         if missing:
             raise BaselineError(f"{origin}: {name} ({e['kind']}) is missing {missing}")

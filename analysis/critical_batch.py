@@ -1,9 +1,9 @@
-"""The critical batch size (Zhang et al. 2024): pure functions of the history / cell tables.
+"""The critical batch size (Zhang et al. 2024): pure functions of the history tables.
 
 ``critical_batch_size`` is the B where steps to a target loss exceed perfect linear scaling
 from the smallest B by ``overhead`` (20%), computed per (model, data size) cell from each
-seed's first crossing of the target (``crossing_steps``); ``zhang_verdicts`` judges that it
-grows with data size and hardly moves with model size. Conventions as ``analysis.lm_verdicts``.
+seed's first crossing of the target (``crossing_steps``; ``cbs_cell``). Statistics over seeds
+as in ``analysis.verdicts``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from analysis.steps_to_result import Goal
-from analysis.verdicts import Verdict
 
 
 def critical_batch_size(table: pd.DataFrame, overhead: float = 0.2) -> dict[str, Any]:
@@ -105,73 +104,3 @@ def cbs_cell(history: pd.DataFrame, goal: Goal, overhead: float = 0.2) -> dict[s
     finite = [v for v in seeds.values() if math.isfinite(v)]
     return {**overall, "per_seed": seeds, "seed_min": min(finite) if finite else math.nan,
             "seed_max": max(finite) if finite else math.nan, "table": mean}
-
-
-def zhang_verdicts(cells: pd.DataFrame, *, growth: float = 1.2, model_factor: float = 2.0,
-                   seeds: tuple[int, ...] = ()) -> list[Verdict]:
-    """``cells``: one row per (model, data) cell with ``model`` (a label), ``num_params``,
-    ``tokens`` (data size D), ``cbs``, ``seed_min``, ``seed_max`` (per-seed CBS range).
-
-    Data: at each model size the CBS at the largest D exceeds ``growth`` x the CBS at the
-    smallest D and the per-seed ranges do not overlap (reversed if it is lower by that factor
-    with non-overlapping ranges); ``growth`` 1.2 keeps the interpolation error between grid
-    points (a few percent) from counting as growth.
-    Model: at each D the CBS of the largest and smallest model differ by at most a factor
-    ``model_factor`` (one step of a doubling grid). The mean |log ratio| of both effects is
-    reported beside (which one dominates is read from them, not a verdict)."""
-    c = cells.dropna(subset=["cbs"])
-    seeds_note = "per-seed CBS from each seed's best LR per B; spread = [min, max] over seeds"
-    out = []
-    data_effects, model_effects = [], []
-    rows = []
-    for model, g in c.groupby("model", sort=False):
-        g = g.sort_values("tokens")
-        if len(g) < 2:
-            continue
-        lo, hi = g.iloc[0], g.iloc[-1]
-        ratio = float(hi["cbs"]) / float(lo["cbs"]) if lo["cbs"] > 0 else math.nan
-        separated = hi["seed_min"] > lo["seed_max"] and ratio > growth
-        below = hi["seed_max"] < lo["seed_min"] and ratio < 1 / growth
-        rows.append({"model": model, "d_small": lo["tokens"], "d_large": hi["tokens"], "cbs_small_d": lo["cbs"],
-                     "cbs_large_d": hi["cbs"], "ratio": ratio, "seed_ranges_separate": bool(separated or below),
-                     "direction": "grows" if separated else "falls" if below else (
-                         "higher, within the seed spread" if ratio > growth else
-                         "lower, within the seed spread" if ratio < 1 / growth else "flat (within 1.2x)")})
-        data_effects.append(abs(math.log(ratio)) if ratio > 0 and math.isfinite(ratio) else math.nan)
-    dt = pd.DataFrame(rows)
-    if dt.empty:
-        out.append(Verdict("zhang_cbs", "CBS grows with data size at fixed model size", "inconclusive",
-                           "", seeds, details="needs >= 2 data sizes with a finite CBS per model"))
-    else:
-        dirs = set(dt["direction"])
-        verdict = ("reproduced" if dirs == {"grows"} else "reversed" if dirs == {"falls"} else "not reproduced")
-        numbers = {f"{r['model']}: CBS ratio D {r['d_large']:g} / {r['d_small']:g}": r["ratio"] for r in rows}
-        numbers.update({f"{r['model']}: direction": r["direction"] for r in rows})
-        out.append(Verdict("zhang_cbs", "the critical batch size grows with data size at fixed model size",
-                           verdict, f"at every model size: CBS(largest D) > {growth:g} x CBS(smallest D) with the "
-                           f"per-seed ranges separate; {seeds_note}", seeds, numbers, "", dt))
-    rows = []
-    for tokens, g in c.groupby("tokens", sort=True):
-        if len(g) < 2:
-            continue
-        g = g.sort_values("num_params")
-        lo, hi = g.iloc[0], g.iloc[-1]
-        ratio = float(hi["cbs"]) / float(lo["cbs"]) if lo["cbs"] > 0 else math.nan
-        rows.append({"tokens": tokens, "small_model": lo["model"], "large_model": hi["model"],
-                     "cbs_small_model": lo["cbs"], "cbs_large_model": hi["cbs"], "ratio": ratio})
-        model_effects.append(abs(math.log(ratio)) if ratio > 0 and math.isfinite(ratio) else math.nan)
-    mt = pd.DataFrame(rows)
-    if mt.empty:
-        out.append(Verdict("zhang_cbs", "CBS roughly constant in model size at fixed data size", "inconclusive",
-                           "", seeds, details="needs >= 2 model sizes with a finite CBS per data size"))
-    else:
-        within = bool((mt["ratio"].between(1 / model_factor, model_factor)).all())
-        out.append(Verdict(
-            "zhang_cbs", "the critical batch size hardly changes with model size at fixed data size",
-            "reproduced" if within else "not reproduced",
-            f"at every data size the CBS ratio largest/smallest model within [1/{model_factor:g}, "
-            f"{model_factor:g}] (one step of a doubling grid)", seeds,
-            {"mean_abs_log_ratio_model": float(np.nanmean(model_effects)) if model_effects else math.nan,
-             "mean_abs_log_ratio_data": float(np.nanmean(data_effects)) if data_effects else math.nan},
-            "", mt))
-    return out

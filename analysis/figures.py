@@ -35,7 +35,8 @@ from analysis.aggregate import (finished, has_metric, metric, reference_lr_per_r
 from analysis.load import load_profile, load_tables
 from analysis.plotting import (FORMATS, NoData, errorbar_line, log2_batch_axis, new_figure,
                                no_data, save_figures, seeds_note)
-from analysis.steps_to_result import (Goal, fit_mccandlish, perfect_scaling_max_b,
+from analysis.stability import stability_columns
+from analysis.steps_to_result import (Goal, fit_mccandlish, perfect_scaling_max_b, resolve_goal,
                                       steps_to_result)
 
 SHARPNESS_KEYS = {
@@ -244,12 +245,10 @@ def _eos_panel(ax, loss_ax, h: pd.DataFrame, ids: Sequence[str], title: str) -> 
 def edge_of_stability_figure(history: pd.DataFrame, *, run_ids: Sequence[str] | None = None,
                              max_runs: int = 5) -> Figure:
     """Sharpness vs step against the optimizer's own stability threshold (dashed, same colour;
-    ``analysis.verdicts.stability_columns``: 2/lr for GD, (2 + 2β)/lr heavy ball, Adam's
+    ``analysis.stability.stability_columns``: 2/lr for GD, (2 + 2β)/lr heavy ball, Adam's
     preconditioned sharpness against (2 + 2β1)/((1 − β1) lr); 2/lr for older records), with the
     training loss below (Cohen et al. 2021, 2022). One column per preset (records' ``name``)
     when the history holds several (a finding's arms)."""
-    from analysis.verdicts import stability_columns
-
     h = _require(history, ["run_id", "step", "hessian_top_eigenvalue"], "edge of stability")
     if "two_over_lr" not in h and "lr" not in h and "stability_threshold" not in h:
         raise NoData("edge of stability: history has neither a stability threshold nor lr")
@@ -304,14 +303,11 @@ def profile_figure(profile: pd.DataFrame) -> Figure:
 
 # ----------------------------------------------------------------------------- CLI
 def _goal(runs: pd.DataFrame, target_accuracy: float | None, goal_error: float | None) -> Goal:
-    if goal_error is not None:
-        return Goal.error(goal_error)
-    if target_accuracy is not None:
-        return Goal.accuracy(target_accuracy)
-    if "target_test_accuracy" in runs and runs["target_test_accuracy"].notna().any():
-        return Goal.accuracy(float(runs["target_test_accuracy"].median()))
-    raise NoData("steps-to-result: no goal (pass --target-accuracy or --goal-error, or record "
-                 "convergence.target_test_accuracy)")
+    goal = resolve_goal(runs, target_accuracy, goal_error)
+    if goal is None:
+        raise NoData("steps-to-result: no goal (pass --target-accuracy or --goal-error, or record "
+                     "convergence.target_test_accuracy)")
+    return goal
 
 
 def make_figures(results: Path | str, out: Path | str | None = None, *,

@@ -89,3 +89,8 @@ def save_figures(builders: dict[str, Callable[[], Figure]], out_dir: Path | str,
         except NoData as exc:
             done[name] = f"skipped: {exc}"
     return done
+
+
+def arm_label(name: str) -> str:
+    """A short legend label for an arm's preset name: 'marek_offline_beta2' -> 'beta2'."""
+    return str(name).split("offline_")[-1]

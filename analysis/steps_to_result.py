@@ -72,6 +72,19 @@ class Goal:
         return f"{self.metric} {'>=' if self.higher_is_better else '<='} {self.target:g}"
 
 
+def resolve_goal(runs: pd.DataFrame, target_accuracy: float | None = None,
+                 goal_error: float | None = None) -> Goal | None:
+    """The goal asked for (an error goal first), else the records' own target
+    (``convergence.target_test_accuracy``, median over runs), else None."""
+    if goal_error is not None:
+        return Goal.error(goal_error)
+    if target_accuracy is not None:
+        return Goal.accuracy(target_accuracy)
+    if "target_test_accuracy" in runs and runs["target_test_accuracy"].notna().any():
+        return Goal.accuracy(float(runs["target_test_accuracy"].median()))
+    return None
+
+
 def trials(history: pd.DataFrame, goal: Goal) -> pd.DataFrame:
     """One row per run: its identity and ``steps`` (first eval step meeting the goal, NaN
     if never) and ``examples`` (examples seen then, when the history logs them)."""

@@ -1,4 +1,5 @@
-"""Batch-size scaling rules for Adam / RMSprop hyperparameters beyond the learning rate.
+"""Batch-size scaling rules for Adam / RMSprop hyperparameters beyond the learning rate, and
+AdamW's weight-decay timescale.
 
 Pure Python, no JAX: the values go into the config and the run record.
 
@@ -94,3 +95,20 @@ def sde_scaling(batch_size: int, base_batch_size: int, base: AdamHyperparams) ->
         scaled[name] = new
     return AdamHyperparams(lr=math.sqrt(kappa) * base.lr, b1=scaled["b1"], b2=scaled["b2"],
                            eps=base.eps / math.sqrt(kappa))
+
+
+def timescale(batch: float, lr: float, weight_decay: float, dataset: float) -> float:
+    """AdamW's EMA timescale tau = B / (lr * wd * D) (Wang & Aitchison 2024, arXiv:2405.13698;
+    Bergsma et al. 2025, arXiv:2505.13738): decoupled decay makes the weights an EMA of the
+    updates over 1 / (lr * wd) steps, each of B examples (or tokens); D in the same unit sets
+    what tau counts (D = N examples: epochs)."""
+    if not (batch > 0 and lr > 0 and weight_decay > 0 and dataset > 0):
+        raise ValueError(f"timescale needs positive B, lr, wd, D; got {batch}, {lr}, {weight_decay}, {dataset}")
+    return batch / (lr * weight_decay * dataset)
+
+
+def weight_decay_for_timescale(tau: float, batch: float, lr: float, dataset: float) -> float:
+    """The weight decay wd = B / (lr * tau * D) whose timescale is ``tau`` (see :func:`timescale`)."""
+    if not (tau > 0 and batch > 0 and lr > 0 and dataset > 0):
+        raise ValueError(f"weight decay needs positive tau, B, lr, D; got {tau}, {batch}, {lr}, {dataset}")
+    return batch / (lr * tau * dataset)

@@ -17,6 +17,15 @@ PRNG keys: typed keys (``jax.random.key``, any impl) and raw ``uint32`` key data
 round-trip bit-identically with orbax-checkpoint 0.12 (tested); pass the abstract state
 with the same key dtype (``key<fry>`` or ``uint32``) that was saved.
 
+Checksums: once a step is on disk, process 0 writes ``<step>/sha256.json`` (the SHA-256 of
+every file of the step). Opening a directory verifies every step: a step whose files do not
+match (flipped bytes, truncated or missing files) is moved to ``<directory>.rejected/`` with
+a message, and the run resumes from the newest step that verifies. The checksums are written
+in orbax's finalize callback, before the step is renamed into place (its commit), so a step
+without one was not written by this code to the end (its checksum failed, e.g. a full disk,
+or it predates checksums): it is rejected the same way. A checkpoint is never restored
+when its bytes are not the ones saved.
+
 Multi-process (``jax.distributed``): every process must call ``save``/``restore`` with
 the same step; orbax writes each shard once and synchronizes the processes. Every process
 writes its own iterator file; a run saved on N processes restores on M != N from process 0's
@@ -26,6 +35,10 @@ file (the position is the step; each process re-derives its own rows, bench.data
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +50,56 @@ from grain.checkpoint import CheckpointHandler as GrainCheckpointHandler
 STATE = "state"
 EXTRA = "extra"
 DATA = "data"
+MANIFEST = "sha256.json"
+#: written or rewritten by orbax's commit, after the checksums: its commit marker and step
+#: metadata (times, handler names); not the saved state
+UNSUMMED = frozenset({MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored (one line, for the user)."""
+
+
+def _file_sums(step_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``step_dir`` (but the manifest), by relative path."""
+    sums = {}
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(step_dir).as_posix()
+        if rel in UNSUMMED:
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        sums[rel] = digest.hexdigest()
+    return sums
+
+
+def seal(step_dir: Path) -> None:
+    """Write ``step_dir``'s manifest (atomically: a reader sees all of it or none)."""
+    from bench.record import atomic_write_text
+
+    atomic_write_text(step_dir / MANIFEST, json.dumps({"sha256": _file_sums(step_dir)}, indent=0))
+
+
+def verify(step_dir: Path) -> str | None:
+    """None if ``step_dir`` matches its manifest, else what is wrong (``"no checksum"`` when
+    it has none)."""
+    try:
+        want = json.loads((step_dir / MANIFEST).read_text())["sha256"]
+    except FileNotFoundError:
+        return "no checksum"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable checksum file ({err})"
+    have = _file_sums(step_dir)
+    for rel in sorted(set(want) | set(have)):
+        if rel not in have:
+            return f"{rel} is missing"
+        if rel not in want:
+            return f"{rel} was not saved"
+        if have[rel] != want[rel]:
+            return f"{rel} does not match its checksum (damaged or truncated)"
+    return None
 
 
 class IteratorHandler(GrainCheckpointHandler):
@@ -113,9 +176,71 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = Path(directory).absolute()
         self.every_steps = every_steps
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._seal_error: Exception | None = None
+        # checksums right after orbax's commit, in its finalize thread: the window in which a
+        # killed process leaves a committed step without one is as short as it can be
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal_in_background))
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, EXTRA, DATA))
+        self.rejected: dict[int, str] = {}   # step -> why (moved to <directory>.rejected)
+        self._verify_steps()
+
+    def _verify_steps(self) -> None:
+        """Reject the steps whose files are not the ones saved (see the module docstring)."""
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            if (why := verify(self.directory / str(step))) is not None:
+                self.rejected[step] = why
+        if not self.rejected:
+            return
+        if jax.process_index() == 0:
+            aside = self.directory.with_name(self.directory.name + ".rejected")
+            aside.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step, why in sorted(self.rejected.items()):
+                target = aside / f"{step}-{stamp}"
+                (self.directory / str(step)).rename(target)
+                print(f"checkpoint step {step} rejected: {why}; moved to {target}",
+                      file=sys.stderr)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("bench.checkpoint: rejected steps moved")
+        self._manager.reload()
+        latest = self._manager.latest_step()
+        print(f"checkpoint: resuming from step {latest}" if latest is not None
+              else "checkpoint: no verified step left; starting from the beginning",
+              file=sys.stderr)
+
+    def _seal_finished(self) -> None:
+        """Checksum every committed step that has none yet (after its save finished): the
+        step directories orbax has renamed into place (its commit). Process 0 only."""
+        if jax.process_index() != 0:
+            return
+        for step_dir in self.directory.iterdir():
+            if step_dir.name.isdigit() and not (step_dir / MANIFEST).exists():
+                try:
+                    seal(step_dir)
+                except FileNotFoundError:   # deleted meanwhile (max_to_keep)
+                    continue
+
+    def _seal_in_background(self) -> None:
+        """orbax's post-finalization callback: the step is written but not yet renamed into
+        place (its commit), so the checksum is in the step as soon as the step exists."""
+        if jax.process_index() != 0:
+            return
+        try:
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                if tmp.is_dir() and tmp.name.split(".")[0].isdigit():
+                    seal(tmp)
+        except Exception as err:   # noqa: BLE001 -- raised in the main thread by the next wait
+            self._seal_error = err
+
+    def _raise_seal_error(self) -> None:
+        if (err := self._seal_error) is not None:
+            self._seal_error = None
+            raise err
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or ``None``."""
@@ -147,6 +272,7 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
+        self.wait_until_finished()   # orbax would wait for the previous save anyway; seal it
         items = {STATE: ocp.args.StandardSave(state_pytree),
                  EXTRA: ocp.args.JsonSave(_json_builtin(dict(extra)))}
         if data is not None:
@@ -169,7 +295,14 @@ class Checkpointer:
                  EXTRA: ocp.args.JsonRestore()}
         if data is not None and self.has_data(step):
             items[DATA] = IteratorRestore(data)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as err:   # noqa: BLE001 -- orbax raises many kinds; one line for the user
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be restored "
+                f"({type(err).__name__}: {first[:300]}); move that step directory away to resume "
+                "from an earlier one") from err
         return restored[STATE], dict(restored[EXTRA] or {})
 
     def has_data(self, step: int) -> bool:
@@ -177,12 +310,14 @@ class Checkpointer:
         return (self.directory / str(step) / DATA).is_dir()
 
     def wait_until_finished(self) -> None:
-        """Block until every started save is on disk (committed)."""
+        """Block until every started save is on disk (committed) and checksummed."""
         self._manager.wait_until_finished()
+        self._raise_seal_error()
+        self._seal_finished()
 
     def close(self) -> None:
         """Finish pending saves and release the manager's resources."""
-        self._manager.wait_until_finished()
+        self.wait_until_finished()
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

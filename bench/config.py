@@ -5,9 +5,8 @@ bench.data.batch_schedules, bench.tracking).
 Hydra composes ``conf/`` on top of these defaults (``bench.hydra_conf`` registers them);
 :func:`from_dict` turns the composed dict into frozen dataclasses, refusing unknown keys, wrong
 types and out-of-range values, and :func:`validate` checks the rules that relate keys, all with
-one-line :class:`ConfigError` messages before anything is compiled. Checks that need the data
-(B larger than the training set, warmup longer than training) are made where the numbers are
-known, by ``bench.data.batch_schedules.make_plan``.
+one-line :class:`ConfigError` messages before anything is compiled; with ``run=True`` it also
+runs bench.preflight's checks of the data's metadata and the output paths.
 """
 
 from __future__ import annotations
@@ -37,6 +36,11 @@ GROUPS: dict[str, Registry] = {
 # Optimizers whose step is theta -= lr P^-1 m with Adam's diagonal P (metrics.preconditioned);
 # LAMB rescales each layer's step by a trust ratio, so P^-1 H is not its stability operator.
 PRECONDITIONED_OPTIMIZERS = ("adam", "adamw")
+# Seeds feed numpy's SeedSequence (non-negative) and JAX's int64 PRNG keys.
+MAX_SEED = 2**63 - 1
+# Fused steps per call: beyond this a call's compile time (its scan is unrolled on CPU) grows
+# with no gain, the host overhead per step being already negligible.
+MAX_STEPS_PER_CALL = 1000
 # Root keys that are metadata of a preset or sweep, not settings of a job.
 NOT_SETTINGS = ("sweep", "hydra", "reproduce")
 
@@ -74,7 +78,7 @@ class TargetConfig:
 class ReplicasConfig:
     """K replicas trained at once (vmap): base LRs x seeds."""
     lr: tuple[float, ...] | None = param(None, gt=0, help="base LRs (before the scaling rule)")
-    seeds: tuple[int, ...] | None = param(None)
+    seeds: tuple[int, ...] | None = param(None, ge=0, le=MAX_SEED)
 
     def check(self, where: str) -> None:
         for key in ("lr", "seeds"):
@@ -122,14 +126,17 @@ class Config:
     metrics: MetricsConfig = section(MetricsConfig)
     checkpoint: CheckpointConfig = section(CheckpointConfig, results=False)
     distributed: DistributedConfig = section(DistributedConfig, results=False)
-    seed: int = param(0, help="root seed of the replica (init, dropout, data order, probes)")
+    seed: int = param(0, ge=0, le=MAX_SEED,
+                      help="root seed of the replica (init, dropout, data order, probes)")
     loss: str = param("cross_entropy", choices=("cross_entropy", "mse"),
                       help="mse: Cohen et al.'s 0.5 ||f(x) - onehot(y)||^2 per example")
     batch_size: int = param(128, ge=1, help="examples per step (the peak B with batch_schedule)")
     budget: str = param("40epochs", help="training length: <n>steps, <n>epochs, <n>examples or "
                                          "<n>tokens (language data)")
     accumulate: int = param(1, ge=1, help="microbatches per step (gradient accumulation)")
-    steps_per_call: int = param(25, ge=1, help="training steps fused into one jitted call")
+    steps_per_call: int = param(25, ge=1, le=MAX_STEPS_PER_CALL,
+                                help="training steps fused into one jitted call (at most up to "
+                                     "the next evaluation)")
     save_params: bool = param(False, help="store final params beside the record")
     output_dir: str | None = param(None, results=False, help="default: Hydra's run directory")
     progress: bool = param(True, results=False, help="progress bar and eval lines")
@@ -159,9 +166,11 @@ def from_hydra(cfg: Any) -> Config:
     return from_dict({k: plain(cfg[k]) for k in cfg if k not in NOT_SETTINGS})
 
 
-def validate(cfg: Config, *, num_devices: int = 1) -> Config:
+def validate(cfg: Config, *, num_devices: int = 1, run: bool = False, data: Any = None) -> Config:
     """The rules that relate keys of different sections (types and ranges were checked when the
-    Config was built). Raises ConfigError with one clear line."""
+    Config was built) and bench.preflight's checks; ``run``: also those of the data's metadata
+    and the output paths, before a job runs (``data``: the dataset already loaded, else
+    described from ``cfg.dataset``). Raises ConfigError with one clear line."""
     if cfg.batch_size % cfg.accumulate:
         raise ConfigError(f"accumulate={cfg.accumulate} must divide batch_size={cfg.batch_size}")
     micro = cfg.batch_size // cfg.accumulate
@@ -173,6 +182,8 @@ def validate(cfg: Config, *, num_devices: int = 1) -> Config:
     if micro % ghost:
         raise ConfigError(f"model.ghost_batch_size={ghost} must divide the microbatch size {micro}")
     cfg.batch_schedule.check_with(cfg, batch_quantum(cfg, num_devices))
+    cfg.optimizer.check_with(cfg)
+    cfg.scaling.check_with(cfg)
     if cfg.metrics.preconditioned and cfg.optimizer.name not in PRECONDITIONED_OPTIMIZERS:
         raise ConfigError(f"metrics.preconditioned=true measures Adam's preconditioned sharpness; use "
                           f"optimizer={'|'.join(PRECONDITIONED_OPTIMIZERS)} (got optimizer={cfg.optimizer.name})")
@@ -184,6 +195,12 @@ def validate(cfg: Config, *, num_devices: int = 1) -> Config:
         if both:
             raise ConfigError(f"scaling={cfg.scaling.name} and optimizer.{both[0]} both set "
                               f"b{both[0][4]}; choose one rule")
+    from bench import preflight
+    from bench.data.base import data_info
+
+    streamed = getattr(cfg.dataset, "loader", "memory") == "stream"
+    info = None if not run else cfg.dataset.describe() if data is None else data_info(data, streamed)
+    preflight.run(cfg, num_devices=num_devices, data=info)
     return cfg
 
 

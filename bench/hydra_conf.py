@@ -27,8 +27,12 @@ ROOT_NODE = "_schema_root"
 
 
 def register_schema() -> None:
-    """Store every option's defaults and the root defaults in Hydra's ConfigStore (idempotent)."""
+    """Store every option's defaults and the root defaults in Hydra's ConfigStore, and the
+    resolver of ``hydra.run.dir`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("bench_run_dir", run_dir, replace=True)
 
     store = ConfigStore.instance()
     for key, registry in GROUPS.items():
@@ -37,6 +41,11 @@ def register_schema() -> None:
     root = {k: v for k, v in to_dict(Config()).items() if k not in GROUPS}
     defaults: list[Any] = [{key: registry.default} for key, registry in GROUPS.items()]
     store.store(name=ROOT_NODE, node={"defaults": [*defaults, "_self_"], **root})
+
+
+def run_dir(output_dir: str | None, default: str) -> str:
+    """Hydra's run directory: ``output_dir`` when set, so nothing is written elsewhere."""
+    return str(output_dir) if output_dir else default
 
 
 def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False) -> Any:
@@ -125,8 +134,8 @@ def preflight(overrides: Sequence[str], *, multirun: bool) -> str | None:
     for job in jobs:
         try:
             cfg = compose(job)
-            if not multirun:
-                validate(from_hydra(cfg))
+            if not multirun:  # with the data's metadata and the output paths
+                validate(from_hydra(cfg), run=True)
         except ConfigError as err:
             return str(err)
         except Exception as err:  # noqa: BLE001 -- Hydra/OmegaConf composition errors

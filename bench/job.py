@@ -29,7 +29,7 @@ from bench.data.batch_schedules import make_plan
 from bench.data.stream import LocalSlice, StreamDataset, TrainStream, eval_chunks
 from bench.metrics.probe import CurvatureProbe
 from bench.models.im2col import im2col_for_replicas, with_im2col_convs
-from bench.optim import adaptive_hyperparams, make_optimizer
+from bench.optim import adaptive_hyperparams, evaluation_params, make_optimizer
 from bench.parallel import (batch_sharded, global_array, make_mesh, maybe_initialize_distributed,
                             process_local_array, put_replicated, replicated)
 from bench.record import Replica as ReplicaDict
@@ -53,13 +53,16 @@ class Replica:
                 "peak_lr": self.peak_lr, "hyperparams": dict(self.hyperparams)}
 
 
-def replica_grid(cfg: Config, tokens_per_example: int | None = None) -> list[Replica]:
+def replica_grid(cfg: Config, tokens_per_example: int | None = None,
+                 num_train: int | None = None) -> list[Replica]:
     """LR values x seeds, LR-major; LRs are base LRs, scaled by the batch-size rule; the
     optimizer's other hyperparameters as the rules set them at ``batch_size``."""
     lrs = cfg.replicas.lr if cfg.replicas.lr is not None else (cfg.optimizer.lr,)
     seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
-    hyper, _ = adaptive_hyperparams(cfg.optimizer, cfg.scaling, cfg.batch_size, tokens_per_example)
-    return [Replica(i, int(seed), float(lr), cfg.scaling.peak_lr(lr, cfg.batch_size), hyper)
+    peak = {lr: cfg.scaling.peak_lr(lr, cfg.batch_size) for lr in lrs}
+    hyper = {lr: adaptive_hyperparams(cfg.optimizer, cfg.scaling, cfg.batch_size, tokens_per_example,
+                                      base_lr=lr, peak_lr=peak[lr], num_train=num_train)[0] for lr in lrs}
+    return [Replica(i, int(seed), float(lr), peak[lr], hyper[lr])
             for i, (lr, seed) in enumerate(itertools.product(lrs, seeds))]
 
 
@@ -119,16 +122,19 @@ class Job:
         maybe_initialize_distributed(cfg.distributed)
         compile_cache.enable(cfg.compile_cache_dir)  # before anything compiles
         self.mesh = make_mesh()
-        self.cfg = validate(cfg, num_devices=self.mesh.size)
+        self.cfg = validate(cfg, num_devices=self.mesh.size, run=True, data=data)
         self.data = data if data is not None else open_dataset(cfg.dataset)
         self.streamed = isinstance(self.data, StreamDataset)
         tokens = self.data.tokens_per_example
-        self.replicas = replica_grid(cfg, tokens)
+        self.replicas = replica_grid(cfg, tokens, self.data.num_train)
         self.plan = make_plan(cfg, self.data.num_train, self.mesh.size, [r.seed for r in self.replicas],
                               tokens_per_example=tokens)
         # Adam's b1, b2, eps per batch size when a rule sets them (sde, half-lives); checked now,
         # for every B of the plan, so an impossible value fails before anything compiles
-        rules = {b: adaptive_hyperparams(cfg.optimizer, cfg.scaling, b, tokens) for b in self.plan.sizes()}
+        first = self.replicas[0]  # rules that read the LR (timescale) allow one LR per job
+        rules = {b: adaptive_hyperparams(cfg.optimizer, cfg.scaling, b, tokens, base_lr=first.base_lr,
+                                         peak_lr=first.peak_lr, num_train=self.data.num_train)
+                 for b in self.plan.sizes()}
         self.hyperparams_by_batch = {b: v for b, (v, changed) in rules.items() if changed}
         self.timings = Timings()
         self._compiled: dict[Any, Callable] = {}
@@ -278,6 +284,7 @@ class Job:
         """Loss and accuracy [K] of every replica on the whole train and test sets (of the
         weights' exponentially weighted average with ``eval.ewa_decay``)."""
         params = state.params if state.ewa is None else state.ewa
+        params = evaluation_params(self.cfg.optimizer, params, state.opt_state)  # schedule-free: x
         if self.streamed:
             return self._evaluate_streamed(params, state.stats)
         out = {}

@@ -19,7 +19,7 @@ from bench.data.plan import BatchPlan
 from bench.data.stream import StreamDataset
 from bench.job import Job
 from bench.parallel import same_on_all_processes
-from bench.preemption import PreemptionFlag, requeue_if_slurm
+from bench.preemption import PreemptionFlag, mark_saved, mark_unsaved, requeue_if_slurm
 from bench.progress import Progress
 from bench.record import RunRecord
 from bench.run_records import RunRecords
@@ -82,6 +82,7 @@ def run(cfg: Config, output_dir: Path | str, *,
     if (latest := ckpt.latest_step()) is not None:
         state, extra = ckpt.restore(latest, state, data=job.stream)  # + input position
         step, lrs = latest, records.restore(extra, latest)
+    mark_saved()  # nothing to lose yet: a signal from here stops the process at once
 
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
     tracker = _tracker(job, records, output_dir) if records.primary else None
@@ -103,6 +104,7 @@ def run(cfg: Config, output_dir: Path | str, *,
                 break
             count = cadence.steps_in_next_call(step)
             state, metrics = job.train(state, step, count)
+            mark_unsaved()  # from here a signal waits for the next poll (bench.preemption)
             step, lrs = step + count, metrics["lr"][-1]
             progress.advance(count, metrics)
             if flag.any_process_requested():  # preemption or time limit: save, then requeue
@@ -115,6 +117,7 @@ def run(cfg: Config, output_dir: Path | str, *,
                 return records.records
             if ckpt.should_save(step):
                 ckpt.save(step, state, records.checkpoint_extra(lrs), data=job.stream)
+                mark_saved(ckpt.wait_until_finished)
                 records.write()
 
     # Finish: statuses and convergence, final parameters, the records, the tracker's summary.

@@ -2,22 +2,31 @@
 
 ``optimizer=<name>`` picks a registered section (its keys and its optax transformation);
 ``scaling=<name>`` picks the rule that turns the base LR into the peak LR for the job's batch
-size. The learning rate is an injected hyperparameter (``optax.inject_hyperparams``), so each
-vectorized replica carries its own value in its optimizer state; per step,
-``lr(step) = peak_lr * multiplier(step)`` with the multiplier from bench.schedules.
+size (and, for ``timescale``, the weight decay). The learning rate is an injected
+hyperparameter (``optax.inject_hyperparams``), so each vectorized replica carries its own value
+in its optimizer state; per step, ``lr(step) = peak_lr * multiplier(step)`` with the multiplier
+from bench.schedules.
 
-Adding an optimizer: one registered section here (keys + ``transform``) and
-``conf/optimizer/<name>.yaml``.
+Adding an optimizer: one registered section (keys + ``undecayed``, the contract is
+:class:`OptimizerConfig`'s docstring) and ``conf/optimizer/<name>.yaml``. Muon and the
+schedule-free optimizers live in bench.optim_contrib.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import TYPE_CHECKING, Any
 
+import jax
 import optax
 
-from bench.adam_scaling import AdamHyperparams, beta_from_half_life, sde_scaling
+from bench.adam_scaling import (AdamHyperparams, beta_from_half_life, sde_scaling,
+                                weight_decay_for_timescale)
+from bench.adam_scaling import timescale as ema_timescale
 from bench.schema import ConfigError, Registry, frozen, param
+
+if TYPE_CHECKING:  # type hints only: bench.config imports this module
+    from bench.config import Config
 
 OPTIMIZERS: Registry["OptimizerConfig"] = Registry("optimizer", default="momentum")
 SCALING_RULES: Registry["ScalingConfig"] = Registry("scaling", default="none")
@@ -27,13 +36,52 @@ _BETA = {"ge": 0.0, "lt": 1.0}
 
 @frozen
 class OptimizerConfig:
+    """An optimizer: its keys and its optax transformation.
+
+    The contract. A subclass writes ``undecayed(learning_rate, **hyper)``: the optimizer
+    *without* weight decay. ``learning_rate`` is a scalar the train step sets every step;
+    ``hyper`` holds hyperparameters a batch-size rule may set per batch size (Adam's b1, b2,
+    eps: None means the section's own value). A subclass never
+    sees the weight-decay mask: :meth:`transform` (what :func:`make_optimizer` injects) wraps
+    ``undecayed`` with ``weight_decay`` on the parameters the model's mask selects (transformer
+    and ResNet-50 exempt biases and norms; no mask: every parameter), as ``weight_decay_kind``
+    says:
+
+    - ``"decoupled"`` (the default): after the update, theta -= lr * wd * theta
+      (Loshchilov & Hutter 2019, optax.adamw's convention: the decay follows the LR schedule);
+    - ``"coupled"``: wd * theta is added to the gradient first (L2; SGD, momentum, Adam).
+
+    Optimizers whose library call applies the decay itself (optax's adamw, lamb, lars, the
+    schedule-free wrappers) override :meth:`transform` instead and hand it weight_decay and
+    mask, so ``weight_decay`` is honoured by every optimizer. ``weight_decay`` is an argument
+    of ``transform`` (default: the key) because a rule (``scaling=timescale``) may set it per
+    batch size. ``eval_params`` gives the parameters to evaluate (identity; schedule-free: its
+    averaged sequence); ``check_with`` refuses settings this optimizer cannot honour.
+    """
     name: str = param("momentum", help="optimizer=<name> selects the option")
     lr: float = param(0.05, gt=0, help="base LR, defined at scaling.base_batch_size")
-    weight_decay: float = param(0.0, ge=0)
+    weight_decay: float = param(0.0, ge=0, help="on the model's decayed parameters (its mask)")
+    weight_decay_kind = "decoupled"  # class attribute, not a key
 
-    def transform(self, learning_rate: Any, mask: Any = None) -> optax.GradientTransformation:
-        """The optax optimizer; ``mask``: the parameters weight decay applies to (None: all)."""
+    def undecayed(self, learning_rate: Any, **hyper: Any) -> optax.GradientTransformation:
+        """The optax optimizer without weight decay (see the class docstring)."""
         raise NotImplementedError
+
+    def transform(self, learning_rate: Any, mask: Any = None, weight_decay: Any = None,
+                  **hyper: Any) -> optax.GradientTransformation:
+        """The whole optimizer: ``undecayed`` plus weight decay on ``mask`` (None: all)."""
+        wd = self.weight_decay if weight_decay is None else weight_decay
+        inner = self.undecayed(learning_rate, **hyper)
+        if self.weight_decay_kind == "coupled":
+            return optax.chain(optax.add_decayed_weights(wd, mask), inner)
+        return optax.chain(inner, optax.add_decayed_weights(-learning_rate * wd, mask))
+
+    def eval_params(self, params: Any, opt_state: Any) -> Any:
+        """The parameters to evaluate, of one replica (vmapped over replicas by the caller)."""
+        return params
+
+    def check_with(self, cfg: "Config") -> None:
+        """Rules that relate this section to the rest of the config."""
 
     def stability_thresholds(self, lr: float) -> dict[str, float]:
         """Where full-batch training with this optimizer at LR ``lr`` turns unstable along the
@@ -48,9 +96,10 @@ class OptimizerConfig:
 class SGDConfig(OptimizerConfig):
     """Plain SGD (no momentum), L2 weight decay added to the gradient."""
     lr: float = param(0.1, gt=0, help="base LR, defined at scaling.base_batch_size")
+    weight_decay_kind = "coupled"
 
-    def transform(self, learning_rate, mask=None):
-        return optax.chain(optax.add_decayed_weights(self.weight_decay, mask), optax.sgd(learning_rate))
+    def undecayed(self, learning_rate):
+        return optax.sgd(learning_rate)
 
     def stability_thresholds(self, lr):
         return {"stability_threshold": 2.0 / lr}
@@ -62,10 +111,10 @@ class MomentumConfig(OptimizerConfig):
     """Heavy-ball (or Nesterov) momentum SGD, L2 weight decay added to the gradient."""
     momentum: float = param(0.9, **_BETA)
     nesterov: bool = param(False)
+    weight_decay_kind = "coupled"
 
-    def transform(self, learning_rate, mask=None):
-        return optax.chain(optax.add_decayed_weights(self.weight_decay, mask),
-                           optax.sgd(learning_rate, momentum=self.momentum, nesterov=self.nesterov))
+    def undecayed(self, learning_rate):
+        return optax.sgd(learning_rate, momentum=self.momentum, nesterov=self.nesterov)
 
     def stability_thresholds(self, lr):
         # heavy ball: (2 + 2 beta) / lr (Cohen et al. 2021, appendix); Nesterov's differs: not stated
@@ -96,51 +145,54 @@ class AdamFamily(OptimizerConfig):
 @frozen
 class AdamConfig(AdamFamily):
     """Adam with L2 weight decay added to the gradient (coupled)."""
+    weight_decay_kind = "coupled"
 
-    def transform(self, learning_rate, mask=None, b1=None, b2=None, eps=None):
-        return optax.chain(optax.add_decayed_weights(self.weight_decay, mask),
-                           optax.adam(learning_rate, *_betas(self, b1, b2, eps)))
+    def undecayed(self, learning_rate, b1=None, b2=None, eps=None):
+        return optax.adam(learning_rate, *_betas(self, b1, b2, eps))
 
 
 @OPTIMIZERS.register("adamw")
 @frozen
 class AdamWConfig(AdamFamily):
-    """AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
-    weight_decay: float = param(1e-4, ge=0)
+    """AdamW (decoupled weight decay, Loshchilov & Hutter 2019): optax.adamw."""
+    weight_decay: float = param(1e-4, ge=0, help="on the model's decayed parameters (its mask)")
 
-    def transform(self, learning_rate, mask=None, b1=None, b2=None, eps=None):
+    def transform(self, learning_rate, mask=None, weight_decay=None, b1=None, b2=None, eps=None):
         b1, b2, eps = _betas(self, b1, b2, eps)
-        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=self.weight_decay,
-                           mask=mask)
+        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, mask=mask,
+                           weight_decay=self.weight_decay if weight_decay is None else weight_decay)
 
 
 @OPTIMIZERS.register("lamb")
 @frozen
 class LambConfig(AdamFamily):
-    """LAMB (You et al. 2019)."""
+    """LAMB (You et al. 2019): the decay enters before the layer-wise trust ratio."""
     lr: float = param(0.002, gt=0, help="base LR, defined at scaling.base_batch_size")
-    weight_decay: float = param(1e-4, ge=0)
+    weight_decay: float = param(1e-4, ge=0, help="on the model's decayed parameters (its mask)")
+    weight_decay_kind = "trust_ratio"
 
-    def transform(self, learning_rate, mask=None, b1=None, b2=None, eps=None):
+    def transform(self, learning_rate, mask=None, weight_decay=None, b1=None, b2=None, eps=None):
         b1, b2, eps = _betas(self, b1, b2, eps)
-        return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=self.weight_decay,
-                          mask=mask)
+        return optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, mask=mask,
+                          weight_decay=self.weight_decay if weight_decay is None else weight_decay)
 
 
 @OPTIMIZERS.register("lars")
 @frozen
 class LarsConfig(OptimizerConfig):
-    """LARS (You et al. 2017)."""
+    """LARS (You et al. 2017): the decay enters before the layer-wise trust ratio."""
     lr: float = param(1.0, gt=0, help="base LR, defined at scaling.base_batch_size")
-    weight_decay: float = param(1e-4, ge=0)
+    weight_decay: float = param(1e-4, ge=0, help="on the model's decayed parameters (its mask)")
     momentum: float = param(0.9, **_BETA)
     nesterov: bool = param(False)
     trust_coefficient: float = param(0.001, gt=0)
+    weight_decay_kind = "trust_ratio"
 
-    def transform(self, learning_rate, mask=None):
-        return optax.lars(learning_rate, weight_decay=self.weight_decay,
-                          trust_coefficient=self.trust_coefficient, momentum=self.momentum,
-                          nesterov=self.nesterov, weight_decay_mask=True if mask is None else mask)
+    def transform(self, learning_rate, mask=None, weight_decay=None):
+        return optax.lars(learning_rate, trust_coefficient=self.trust_coefficient,
+                          weight_decay=self.weight_decay if weight_decay is None else weight_decay,
+                          momentum=self.momentum, nesterov=self.nesterov,
+                          weight_decay_mask=True if mask is None else mask)
 
 
 def _betas(cfg: AdamFamily, b1: Any, b2: Any, eps: Any) -> tuple[Any, Any, Any]:
@@ -150,42 +202,67 @@ def _betas(cfg: AdamFamily, b1: Any, b2: Any, eps: Any) -> tuple[Any, Any, Any]:
 
 def make_optimizer(cfg: OptimizerConfig, *, mask: Any = None,
                    injected: dict[str, float] | None = None) -> optax.GradientTransformation:
-    """The optimizer with its LR injected (placeholder 1.0; the train step sets it every step),
-    and ``injected`` hyperparameters (b1, b2, eps) that the train step sets per batch size."""
-    if mask is None:
-        return optax.inject_hyperparams(cfg.transform)(learning_rate=1.0, **(injected or {}))
+    """``cfg.transform`` with its LR injected (placeholder 1.0; the train step sets it every
+    step) and the ``injected`` hyperparameters (b1, b2, eps, weight_decay) that the train step
+    sets per batch size; ``mask``: the model's weight-decay mask (None: every parameter)."""
+    injected = dict(injected or {})
+
+    def factory(**kwargs: Any) -> optax.GradientTransformation:
+        return cfg.transform(**kwargs)
+    # inject_hyperparams reads the factory's signature: name exactly the arguments passed
+    factory.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
+         for n in ("learning_rate", "mask", *injected)])
     # the mask is a function of the params: static (inject_hyperparams takes callables for schedules)
-    return optax.inject_hyperparams(cfg.transform, static_args=("mask",))(
-        learning_rate=1.0, mask=mask, **(injected or {}))
+    return optax.inject_hyperparams(factory, static_args=("mask",))(
+        learning_rate=1.0, mask=mask, **injected)
 
 
 def adaptive_hyperparams(opt: OptimizerConfig, scaling: "ScalingConfig", batch_size: int,
-                         tokens_per_example: int | None) -> tuple[dict[str, float], bool]:
-    """(b1, b2, eps used at ``batch_size``, whether any batch-size rule changed them).
+                         tokens_per_example: int | None, *, base_lr: float | None = None,
+                         peak_lr: float | None = None,
+                         num_train: int | None = None) -> tuple[dict[str, float], bool]:
+    """(hyperparameters used at ``batch_size``, whether any batch-size rule changed them).
 
-    ``scaling=sde`` (Malladi et al. 2022) scales them from ``scaling.base_batch_size``; a
-    ``beta*_half_life`` (Marek et al. 2025) fixes b = 0.5 ** (tokens per step / half-life), tokens
-    per step = B x T (B for classifiers; the whole optimizer batch when accumulating). Empty
-    for optimizers without betas. Raises ConfigError when a rule leaves (0, 1).
+    Adam's b1, b2, eps (empty for optimizers without betas): ``scaling=sde`` (Malladi et al.
+    2022) scales them from ``scaling.base_batch_size``; a ``beta*_half_life`` (Marek et al.
+    2025) fixes b = 0.5 ** (tokens per step / half-life), tokens per step = B x T (B for
+    classifiers; the whole optimizer batch when accumulating). ``scaling=timescale`` adds
+    ``weight_decay`` from the run's ``peak_lr`` (and ``base_lr``, ``num_train``: see
+    :class:`TimescaleScaling`). Raises ConfigError when a rule leaves its range.
     """
-    if not isinstance(opt, AdamFamily):
-        return {}, False
-    values = {"b1": opt.b1, "b2": opt.b2, "eps": opt.eps}
+    values: dict[str, float] = {}
     changed = False
-    if scaling.scales_adam:
-        try:
-            scaled = sde_scaling(batch_size, scaling.base_batch_size,
-                                 AdamHyperparams(opt.lr, opt.b1, opt.b2, opt.eps))
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        values.update(b1=scaled.b1, b2=scaled.b2, eps=scaled.eps)
-        changed = True
-    tokens = batch_size * (tokens_per_example or 1)
-    for key, half_life in (("b1", opt.beta1_half_life), ("b2", opt.beta2_half_life)):
-        if half_life is not None:
-            values[key] = beta_from_half_life(half_life, tokens)
+    if isinstance(opt, AdamFamily):
+        values = {"b1": opt.b1, "b2": opt.b2, "eps": opt.eps}
+        if scaling.scales_adam:
+            try:
+                scaled = sde_scaling(batch_size, scaling.base_batch_size,
+                                     AdamHyperparams(opt.lr, opt.b1, opt.b2, opt.eps))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            values.update(b1=scaled.b1, b2=scaled.b2, eps=scaled.eps)
             changed = True
+        tokens = batch_size * (tokens_per_example or 1)
+        for key, half_life in (("b1", opt.beta1_half_life), ("b2", opt.beta2_half_life)):
+            if half_life is not None:
+                values[key] = beta_from_half_life(half_life, tokens)
+                changed = True
+    if isinstance(scaling, TimescaleScaling):
+        if peak_lr is None or base_lr is None:
+            raise ValueError("scaling=timescale needs the run's base_lr and peak_lr")
+        values["weight_decay"] = scaling.weight_decay(opt, batch_size, base_lr, peak_lr,
+                                                      tokens_per_example, num_train)
+        changed = True
     return values, changed
+
+
+def evaluation_params(opt: OptimizerConfig, params: Any, opt_state: Any) -> Any:
+    """``opt.eval_params`` of every replica (params and state stacked over replicas); the
+    params themselves, untouched, for optimizers that evaluate their iterate."""
+    if type(opt).eval_params is OptimizerConfig.eval_params:
+        return params
+    return jax.vmap(opt.eval_params)(params, opt_state)
 
 
 # ------------------------------------------------------------------------- LR scaling rules
@@ -201,6 +278,9 @@ class ScalingConfig:
 
     def peak_lr(self, base_lr: float, batch_size: int) -> float:
         return float(base_lr) * (batch_size / self.base_batch_size) ** self.alpha
+
+    def check_with(self, cfg: "Config") -> None:
+        """Rules that relate this section to the rest of the config."""
 
 
 @SCALING_RULES.register("none")
@@ -231,3 +311,73 @@ class SDEScaling(ScalingConfig):
     lr x sqrt(kappa), 1 - b1 and 1 - b2 x kappa, eps / sqrt(kappa) (bench.adam_scaling)."""
     alpha = 0.5
     scales_adam = True
+
+
+@SCALING_RULES.register("timescale")
+@frozen
+class TimescaleScaling(ScalingConfig):
+    """AdamW's EMA timescale held fixed as B and the LR change (Wang & Aitchison 2024,
+    arXiv:2405.13698; Bergsma et al. 2025, arXiv:2505.13738): with decoupled decay the weights
+    are an EMA of the updates over tau_iter = 1 / (lr * wd) steps, i.e.
+    tau = B / (lr * wd * D) in units of D. ``unit=epochs``: D = the training set (N examples),
+    tau in epochs (Wang & Aitchison's tau_epoch); ``unit=tokens``: D = one token (one example
+    for classifiers), tau in tokens (Bergsma et al.'s tau is this over the run's tokens).
+    The weight decay at batch size B is wd = B / (lr * tau * D), lr the run's peak LR (the
+    schedule multiplies lr * wd as in AdamW); it is stored in each replica's hyperparams."""
+    alpha: float = param(0.0, ge=0, le=1, help="peak LR = optimizer.lr * (B / base_batch_size) ** alpha")
+    tau: float | None = param(
+        None, gt=0, help="the timescale (in scaling.unit); null: the one optimizer.lr and "
+                         "optimizer.weight_decay give at base_batch_size")
+    unit: str = param("epochs", choices=("epochs", "tokens"),
+                      help="tau in epochs of the training set or in tokens (examples for classifiers)")
+
+    def _per_step(self, batch_size: int, tokens_per_example: int | None,
+                  num_train: int | None) -> tuple[float, float]:
+        """(B, D) in the unit's terms: (examples, N) for epochs, (tokens, 1) for tokens."""
+        if self.unit == "tokens":
+            return float(batch_size * (tokens_per_example or 1)), 1.0
+        if num_train is None:
+            raise ValueError("scaling.unit=epochs needs the training-set size")
+        return float(batch_size), float(num_train)
+
+    def timescale(self, opt: OptimizerConfig, base_lr: float, tokens_per_example: int | None,
+                  num_train: int | None) -> float:
+        """tau: the key, or that of optimizer.weight_decay at base_batch_size and base LR."""
+        if self.tau is not None:
+            return self.tau
+        b, d = self._per_step(self.base_batch_size, tokens_per_example, num_train)
+        return ema_timescale(b, base_lr, opt.weight_decay, d)
+
+    def weight_decay(self, opt: OptimizerConfig, batch_size: int, base_lr: float, peak_lr: float,
+                     tokens_per_example: int | None, num_train: int | None) -> float:
+        tau = self.timescale(opt, base_lr, tokens_per_example, num_train)
+        b, d = self._per_step(batch_size, tokens_per_example, num_train)
+        return weight_decay_for_timescale(tau, b, peak_lr, d)
+
+    def check_with(self, cfg):
+        opt = cfg.optimizer
+        if opt.weight_decay_kind != "decoupled":
+            raise ConfigError(
+                f"scaling=timescale sets decoupled weight decay (theta -= lr * wd * theta); "
+                f"optimizer={opt.name} applies it {opt.weight_decay_kind.replace('_', ' ')}; use "
+                f"optimizer={'|'.join(decoupled_optimizers())}")
+        if self.tau is None and not opt.weight_decay > 0:
+            raise ConfigError("scaling=timescale with optimizer.weight_decay=0 has no timescale to "
+                              "keep; set optimizer.weight_decay or scaling.tau")
+        if self.tau is not None and opt.weight_decay != OPTIMIZERS.create(opt.name).weight_decay:
+            raise ConfigError(f"scaling.tau={self.tau:g} sets the weight decay; remove "
+                              f"optimizer.weight_decay={opt.weight_decay:g} or scaling.tau")
+        lrs = cfg.replicas.lr
+        if lrs is not None and len(set(lrs)) > 1:
+            raise ConfigError(f"scaling=timescale sets the weight decay from the LR, shared by the "
+                              f"replicas of a job; replicas.lr={list(lrs)} needs one job per LR "
+                              f"(a sweep: -m optimizer.lr=...)")
+
+
+def decoupled_optimizers() -> list[str]:
+    """Optimizers whose weight decay is decoupled (what scaling=timescale needs)."""
+    return [n for n in OPTIMIZERS.names if OPTIMIZERS.create(n).weight_decay_kind == "decoupled"]
+
+
+# Muon and the schedule-free optimizers register into OPTIMIZERS (they import this module).
+from bench import optim_contrib  # noqa: E402,F401

@@ -8,7 +8,9 @@ import re
 from typing import Any
 
 
-def _config_hash(records: list[dict[str, Any]]) -> str | None:
+def records_config_hash(records: list[dict[str, Any]]) -> str | None:
+    """The config hash the records state (``config_hash``, else their ``run_id`` prefix);
+    ``"a,b"`` when they disagree, None when none states one."""
     hashes = []
     for r in records:
         h = r.get("config_hash") or re.sub(r"-r\d+$", "", str(r.get("run_id") or "")) or None

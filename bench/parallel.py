@@ -29,8 +29,12 @@ def maybe_initialize_distributed(cfg=None, environ: Mapping[str, str] | None = N
         # CPU collectives across processes (only the CPU backend reads this; no backend may be
         # initialized before jax.distributed.initialize, so don't ask which one is in use)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        from bench.coordinator import COORDINATOR_TIMEOUT_S, wait_for_coordinator
+
+        wait_for_coordinator(cfg.coordinator, cfg.process_id)  # bounded, one line (not an abort)
         jax.distributed.initialize(coordinator_address=cfg.coordinator,
-                                   num_processes=cfg.num_processes, process_id=cfg.process_id)
+                                   num_processes=cfg.num_processes, process_id=cfg.process_id,
+                                   initialization_timeout=COORDINATOR_TIMEOUT_S)
     elif (args := slurm_distributed_args(os.environ if environ is None else environ)) is not None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only nodes
         jax.distributed.initialize(**args)

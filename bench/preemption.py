@@ -74,6 +74,21 @@ signal" may run in a handler, from the first line of the job to its last:
 
 Without ``arm()`` the windows before and after the loop keep whatever handler was there
 (submitit's, or the default action: terminate).
+
+Stopping at once when nothing is unsaved. A Python handler runs only when the main thread
+gets back to bytecode: during an XLA compile (220 s for one curvature program) it does not
+run at all, and the loop acts only at its next poll. So ``arm()`` also starts a watchdog
+thread that learns of every signal from C (``signal.set_wakeup_fd``). The loop tells it
+whether anything would be lost: :func:`mark_unsaved` after each training call,
+:func:`mark_saved` after each checkpoint (nothing is unsaved at the start, or right after a
+restore). A signal that arrives while nothing is unsaved -- loading, compiling, restoring,
+evaluating or measuring curvature at the start or at a checkpointed step -- is acted on by
+the watchdog at once: it waits for a checkpoint still being written, requeues like
+``requeue_if_slurm``, runs the :func:`at_stop` callbacks (the output lock) and ends the
+process (exit 0, as a stop at a poll). The same command resumes from the checkpoint and
+repeats the step's evaluation, so the record is the uninterrupted one. With unsaved
+training steps the loop saves at its next poll, as above. SIGINT (Ctrl-C) is one of the
+signals (a stop, never a requeue); a second SIGINT ends the process without saving.
 """
 
 from __future__ import annotations
@@ -81,12 +96,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
+                                               signal.SIGUSR2)
 #: signals sent before the time limit: the job should come back (requeue)
 REQUEUE_SIGNALS: frozenset[int] = frozenset({signal.SIGUSR1, signal.SIGUSR2})
 #: sent along with SIGTERM (requeue, scancel); submitit logs it from its handler. Ours does
@@ -109,6 +126,121 @@ def _armed_handler(signum: int, frame: types.FrameType | None) -> None:
         _Armed.signum = signum
 
 
+class _Watchdog:
+    """What the watchdog thread knows: whether training steps are unsaved, how to wait for
+    a checkpoint being written, what to run before the process ends."""
+
+    thread: threading.Thread | None = None
+    fds: tuple[int, int] | None = None
+    unsaved = False
+    wait_for_save: Callable[[], None] | None = None
+    at_stop: list[Callable[[], None]] = []
+    acting = threading.Lock()   # held by whoever stops the process: watchdog or loop
+    seen: list[int] = []
+    fork_hook = False
+
+
+def mark_unsaved() -> None:
+    """The loop ran training steps that no checkpoint holds yet."""
+    _Watchdog.unsaved = True
+
+
+def mark_saved(wait_for_save: Callable[[], None] | None = None) -> None:
+    """Every training step is in a checkpoint (``wait_for_save`` blocks until it is on disk)."""
+    _Watchdog.wait_for_save, _Watchdog.unsaved = wait_for_save, False
+
+
+def at_stop(callback: Callable[[], None]) -> None:
+    """Run ``callback`` before the watchdog ends the process (e.g. release the output lock)."""
+    _Watchdog.at_stop.append(callback)
+
+
+def _stop_now(signum: int) -> None:
+    """End the process from the watchdog thread: nothing is unsaved (see module docstring)."""
+    name = signal.Signals(signum).name
+    print(f"{name}: nothing unsaved since the last checkpoint (or the start); stopping now. "
+          "The same command resumes.", file=sys.stderr, flush=True)
+    code = 0
+    try:
+        if _Watchdog.wait_for_save is not None:
+            _Watchdog.wait_for_save()
+        _requeue(signum, _Armed.previous.get(signal.Signals(signum)))
+    except SystemExit as exc:    # submitit's handler requeued and exits
+        code = exc.code if isinstance(exc.code, int) else 1
+    except Exception as err:     # noqa: BLE001 -- the process ends either way: say why
+        print(f"error: {name}: stopping: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        code = 1
+    for callback in _Watchdog.at_stop:
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 -- best effort: a stale lock is taken over later
+            pass
+    os._exit(code)
+
+
+def _watch(read_fd: int, signals: frozenset[int]) -> None:
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:   # disarm() closed the pipe
+            return
+        for signum in data:
+            if signum not in signals:
+                continue
+            if signum == signal.SIGINT and signal.SIGINT in _Watchdog.seen:
+                print("SIGINT again: stopping without saving", file=sys.stderr, flush=True)
+                os._exit(130)
+            _Watchdog.seen.append(signum)
+            if not _Watchdog.unsaved and _Watchdog.acting.acquire(blocking=False):
+                _stop_now(signum)
+
+
+def _forked_child() -> None:
+    """A forked child (e.g. an input worker) inherits the wakeup fd but not the thread: a
+    signal sent to the child alone (a pool terminating its workers) must not reach the
+    parent's watchdog."""
+    if _Watchdog.fds is None:
+        return
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:   # forked from another thread: that thread is not the child's main
+        pass
+    for fd in _Watchdog.fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _Watchdog.thread = _Watchdog.fds = None
+
+
+def _start_watchdog(signals: frozenset[int]) -> None:
+    if _Watchdog.thread is not None:
+        return
+    if not _Watchdog.fork_hook:
+        os.register_at_fork(after_in_child=_forked_child)
+        _Watchdog.fork_hook = True
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)   # the C handler must never block
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    _Watchdog.fds = (read_fd, write_fd)
+    _Watchdog.thread = threading.Thread(target=_watch, args=(read_fd, signals),
+                                        name="bench-preemption-watchdog", daemon=True)
+    _Watchdog.thread.start()
+
+
+def _stop_watchdog() -> None:
+    if _Watchdog.thread is None or _Watchdog.fds is None:
+        return
+    signal.set_wakeup_fd(-1)
+    os.close(_Watchdog.fds[1])          # the thread reads EOF and returns
+    _Watchdog.thread.join(timeout=5)
+    os.close(_Watchdog.fds[0])
+    _Watchdog.thread = _Watchdog.fds = None
+    _Watchdog.seen, _Watchdog.unsaved, _Watchdog.wait_for_save = [], False, None
+
+
 def _quiet_handler(signum: int, frame: types.FrameType | None) -> None:
     """Nothing runs for a QUIET_SIGNALS signal (instead of, e.g., submitit's logging)."""
 
@@ -119,8 +251,10 @@ def _require_main_thread(what: str) -> None:
                            "handlers only there)")
 
 
-def arm(signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
+def arm(signals: Iterable[int] = DEFAULT_SIGNALS, *, stop_when_saved: bool = True) -> None:
     """Make ``signals`` only record themselves for the rest of the process (idempotent).
+    With ``stop_when_saved``, a signal arriving while nothing is unsaved ends the process at
+    once (the watchdog; see the module docstring).
 
     Call first thing in the entry point, before data loading and the first compile. A
     signal received while armed is picked up by the next ``PreemptionFlag`` entered (the
@@ -128,17 +262,21 @@ def arm(signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
     ``requeue_if_slurm`` still hands the signal to them.
     """
     _require_main_thread("arm()")
-    for s in map(signal.Signals, signals):
+    signals = tuple(map(signal.Signals, signals))
+    for s in signals:
         if s not in _Armed.previous:
             _Armed.previous[s] = signal.signal(s, _armed_handler)
     for s in QUIET_SIGNALS:
         if s not in _Armed.previous:
             _Armed.previous[s] = signal.signal(s, _quiet_handler)
+    if stop_when_saved:
+        _start_watchdog(frozenset(int(s) for s in signals))
 
 
 def disarm() -> None:
     """Put back the handlers ``arm()`` replaced and forget a recorded signal (tests)."""
     _require_main_thread("disarm()")
+    _stop_watchdog()
     for s, old in _Armed.previous.items():
         signal.signal(s, old if old is not None else signal.SIG_DFL)
     _Armed.previous = {}
@@ -274,7 +412,16 @@ def requeue_if_slurm(flag: PreemptionFlag, *, max_requeues: int | None = None) -
     signum = flag.signum
     if signum is None:
         return False
-    previous = flag.previous_handler(signum)
+    if not _Watchdog.acting.acquire(blocking=False):   # the watchdog is stopping the process
+        threading.Event().wait()
+    try:
+        return _requeue(signum, flag.previous_handler(signum), max_requeues=max_requeues)
+    finally:
+        _Watchdog.acting.release()
+
+
+def _requeue(signum: int, previous: Handler, *, max_requeues: int | None = None) -> bool:
+    """``requeue_if_slurm`` for ``signum``, whose handler before ours was ``previous``."""
     if _submitit_requeue_handler(previous):
         previous(signum, None)  # type: ignore[operator]  # rank 0: requeue + SystemExit
         return True

@@ -40,7 +40,7 @@ class Replica(TypedDict):
     seed: int
     base_lr: float        # before the batch-size scaling rule
     peak_lr: float        # after it, before the LR schedule
-    hyperparams: dict[str, float]  # Adam's b1, b2, eps at batch_size (after sde / half-life rules)
+    hyperparams: dict[str, float]  # at batch_size: Adam's b1, b2, eps (sde / half-life rules), weight_decay (timescale)
 
 
 class Experiment(TypedDict):

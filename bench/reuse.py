@@ -16,14 +16,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.config import Config, ConfigError, from_dict, result_config
-from bench.record import config_hash, find_records, read_record
+from bench.record import config_hash
+from bench.status import load_records, record_files, replicas_done
 
 Reuse = Literal["new", "finished", "resume"]
-DONE = ("finished", "diverged")
 
 
 class StaleResults(ConfigError):
     """The output directory holds results of a different configuration."""
+
+
+class UnreadableRecords(StaleResults):
+    """The output directory holds a record file that cannot be read (truncated, ...): nothing
+    in it is reused or overwritten until the user moves that file away."""
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -62,13 +67,14 @@ def check_reuse(output_dir: Path | str, cfg: Config) -> Reuse:
     (records or checkpoints of an interrupted run of this config). Raises StaleResults when
     the directory holds records of another configuration."""
     output_dir = Path(output_dir)
-    records = []
-    for path in find_records(output_dir):
-        if path.parent == output_dir:  # a sweep root is not a job
-            try:
-                records.append(read_record(path))
-            except (OSError, ValueError):
-                continue
+    # only records directly in output_dir: a sweep root is not a job
+    records, unreadable = load_records(record_files(output_dir, recursive=False))
+    if unreadable:
+        named = "; ".join(f"{p.name}: {why}" for p, why in unreadable.items())
+        raise UnreadableRecords(
+            f"{output_dir} holds unreadable records ({named}); nothing was changed: move "
+            f"{'them' if len(unreadable) > 1 else 'it'} away and rerun (a checkpoint there "
+            "resumes the run)")
     if not records:
         return "resume" if (output_dir / "checkpoints").is_dir() else "new"
     want = config_hash(result_config(cfg))
@@ -80,7 +86,4 @@ def check_reuse(output_dir: Path | str, cfg: Config) -> Reuse:
             raise StaleResults(
                 f"{output_dir} holds records of a different configuration ({'; '.join(diff)});"
                 f" use another output_dir, or delete that directory to start over")
-    expected = max((r.get("replica", {}).get("count") or 0 for r in records), default=0)
-    if len(records) >= expected and all(r.get("status") in DONE for r in records):
-        return "finished"
-    return "resume"
+    return "finished" if replicas_done(records) else "resume"

@@ -5,7 +5,7 @@ warmup over ``plan.warmup_steps`` (from 0, or from the unscaled LR with ``warmup
 Goyal et al. 2017), then the option's shape. Every epoch is turned into steps by the job's
 :class:`~bench.data.plan.BatchPlan` (``step_at_epoch``), which owns all step counts; with
 Smith et al.'s ``batch_schedule=increase`` the step schedule's decays become the plan's LR
-factors (1 while B absorbs the decay).
+factors (1 while B absorbs the decay), and with Seesaw the cuts where B doubles (1/sqrt(2)).
 
 Adding a schedule: one registered section here (keys + ``after_warmup``) and
 ``conf/schedule/<name>.yaml``.
@@ -70,13 +70,45 @@ class StepSchedule(ScheduleConfig):
     decay_factor: float = param(0.1, gt=0, le=1)
 
     def after_warmup(self, plan, warmup):
-        pairs = (plan.lr_factor_steps() if plan.lr_factors else
-                 [(plan.step_at_epoch(e), self.decay_factor) for e in self.decay_epochs])
-        boundaries: dict[int, float] = {}
-        for step, factor in pairs:  # boundaries count from the end of warmup
-            key = max(step - warmup, 0)
-            boundaries[key] = boundaries.get(key, 1.0) * factor
-        return optax.piecewise_constant_schedule(1.0, boundaries)
+        return piecewise(warmup, [(plan.step_at_epoch(e), self.decay_factor) for e in self.decay_epochs])
+
+
+@SCHEDULES.register("wsd")
+@frozen
+class WSDSchedule(ScheduleConfig):
+    """Warmup-stable-decay (Hägele et al. 2024, arXiv:2405.18392): the peak LR, then a cooldown
+    to ``final_fraction`` of it over the last ``decay_fraction`` of the steps. With s the
+    cooldown's progress in [0, 1): linear 1 - (1 - f) s, 1-sqrt f + (1 - f)(1 - sqrt(s))."""
+    decay_fraction: float = param(0.2, gt=0, le=1, help="cooldown length as a fraction of training")
+    cooldown: str = param("linear", choices=("linear", "1-sqrt"), help="the cooldown's shape")
+    final_fraction: float = param(0.0, ge=0, lt=1, help="LR at the end as a fraction of the peak")
+
+    def cooldown_start(self, plan: BatchPlan) -> int:
+        """The first step of the cooldown (steps count from 0, warmup included)."""
+        return plan.total_steps - max(int(round(self.decay_fraction * plan.total_steps)), 1)
+
+    def after_warmup(self, plan, warmup):
+        start = self.cooldown_start(plan)
+        if start < warmup:
+            raise ConfigError(f"schedule.decay_fraction={self.decay_fraction:g}: the cooldown "
+                              f"(from step {start}) overlaps the warmup ({warmup} steps)")
+        length, f = plan.total_steps - start, self.final_fraction
+
+        def multiplier(count):  # count: steps since the end of warmup
+            s = jnp.clip((count + warmup - start) / length, 0.0, 1.0)
+            shape = s if self.cooldown == "linear" else jnp.sqrt(s)
+            return 1.0 - (1.0 - f) * shape
+        return multiplier
+
+
+def piecewise(warmup: int, pairs: list[tuple[int, float]]) -> Multiplier:
+    """Piecewise constant: multiplied by each factor from its step on (steps count from 0;
+    boundaries inside the warmup act at its end)."""
+    boundaries: dict[int, float] = {}
+    for step, factor in pairs:  # optax counts from the end of warmup
+        key = max(step - warmup, 0)
+        boundaries[key] = boundaries.get(key, 1.0) * factor
+    return optax.piecewise_constant_schedule(1.0, boundaries)
 
 
 def lr_multiplier(schedule: ScheduleConfig, plan: BatchPlan, peak_over_base: float = 1.0) -> Multiplier:
@@ -86,7 +118,9 @@ def lr_multiplier(schedule: ScheduleConfig, plan: BatchPlan, peak_over_base: flo
     unscaled LR instead of zero.
     """
     warmup = plan.warmup_steps
-    after = schedule.after_warmup(plan, warmup)
+    # a batch schedule's LR factors (increase, seesaw) replace the schedule's own decay
+    after = (piecewise(warmup, plan.lr_factor_steps()) if plan.lr_factors
+             else schedule.after_warmup(plan, warmup))
     if warmup == 0:
         return after
     start = (1.0 / peak_over_base) if schedule.warmup_from == "base" else 0.0

@@ -149,15 +149,20 @@ def _type_name(tp: Any) -> str:
 _PLURAL = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
 
 
+def _num(x: float) -> str:
+    """A bound as written: integers exactly (2**63 - 1, not 9.22337e+18)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _range_text(meta: Mapping[str, Any]) -> str:
     lo = ("[", meta["ge"]) if meta.get("ge") is not None else ("(", meta.get("gt"))
     hi = ("]", meta["le"]) if meta.get("le") is not None else (")", meta.get("lt"))
     if lo[1] is not None and hi[1] is not None:
-        return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+        return f"in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
     if lo[1] is not None:
-        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+        return f"{'>=' if lo[0] == '[' else '>'} {_num(lo[1])}"
     if hi[1] is not None:
-        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]:g}"
+        return f"{'<=' if hi[0] == ']' else '<'} {_num(hi[1])}"
     return ""
 
 

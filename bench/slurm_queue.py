@@ -36,10 +36,11 @@ def sweep_slurm_ids(sweep_dir: Path, records: list[dict[str, Any]]
     ids_file = sweep_dir / ".slurm_array_ids"
     if ids_file.is_file():
         arrays |= {t for t in ids_file.read_text().split() if t.isdigit()}
-    raw = {str(r.get("environment", {}).get("slurm_job_id")) for r in records
-           if str(r.get("environment", {}).get("slurm_job_id") or "").isdigit()}
-    arrays |= {str(r.get("environment", {}).get("slurm_array_job_id")) for r in records
-               if str(r.get("environment", {}).get("slurm_array_job_id") or "").isdigit()}
+    envs = [r.get("environment") for r in records]
+    envs = [e for e in envs if isinstance(e, dict)]   # a damaged record has none
+    raw = {str(e.get("slurm_job_id")) for e in envs if str(e.get("slurm_job_id") or "").isdigit()}
+    arrays |= {str(e.get("slurm_array_job_id")) for e in envs
+               if str(e.get("slurm_array_job_id") or "").isdigit()}
     return arrays, singles, raw
 
 

@@ -12,9 +12,12 @@ comes from the records of all its replicas:
     missing    no record: a job directory without records, or a job that
                ``multirun.yaml`` (sweeper params + sweep overrides) or ``jobs.txt``
                (``SLURM/sbatch_template.sh``) expects but that has no directory yet
+    unreadable some record file cannot be read (truncated, not JSON, not a run record, no
+               or an unknown status): the error column names it; nothing is reused
 
-``is_finished(output_dir)`` is what the training entry point calls to skip jobs that are
-done, so re-running the same sweep command into the same sweep dir only runs the rest.
+``is_finished(output_dir)`` and ``bench.reuse.check_reuse`` (what the training entry point
+calls to skip jobs that are done) share :func:`replicas_done`, so re-running the same sweep
+command into the same sweep dir only runs the rest.
 
 Also shown per job:
 
@@ -32,22 +35,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.record import find_records, read_record
-from bench.overrides import _config_hash, config_mismatches
+from bench.jobs_file import job_lines
+from bench.record import STATUSES, read_record
+from bench.overrides import config_mismatches, records_config_hash
 from bench.slurm_queue import squeue, sweep_slurm_ids
 
-JOB_STATUSES = ("finished", "diverged", "failed", "running", "missing")
+JOB_STATUSES = ("finished", "diverged", "failed", "running", "missing", "unreadable")
+#: record statuses of a replica that is done: a rerun skips it
 DONE = frozenset({"finished", "diverged"})
 _STYLE = {"finished": "green", "diverged": "yellow", "failed": "red", "running": "cyan",
-          "missing": "magenta"}
+          "missing": "magenta", "unreadable": "bold red"}
+RECORD_GLOB = "record_r*.json"
 
 
 @dataclass
@@ -67,26 +73,61 @@ class JobStatus:
     queue: str | None = None             # squeue state: PENDING, RUNNING, REQUEUED, ...
     queue_reason: str | None = None      # squeue reason, e.g. BeginTime after a requeue
     restarts: int | None = None          # SLURM restart count (requeues), when squeue says
+    unreadable: list[str] = field(default_factory=list)  # "<record file>: why it can't be read"
 
 
-def _load_records(paths: list[Path]) -> list[dict[str, Any]]:
-    out = []
+def field_of(record: dict[str, Any], key: str) -> dict[str, Any]:
+    """``record[key]`` when it is a dict, else ``{}`` (a damaged record must not crash us)."""
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def load_records(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[Path, str]]:
+    """``(records, unreadable)``: the run records among ``paths``, and for every other path
+    why it is not one (truncated or invalid JSON, another schema, no or an unknown status)."""
+    records, unreadable = [], {}
     for p in paths:
         try:
-            out.append(read_record(p))
-        except (OSError, ValueError):
-            continue
-    return out
+            record = read_record(p)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            if record.get("status") not in STATUSES:
+                raise ValueError(f"status {record.get('status')!r} is not one of "
+                                 f"{', '.join(STATUSES)}")
+            records.append(record)
+        except (OSError, ValueError, AttributeError) as err:
+            unreadable[p] = str(err) or type(err).__name__
+    return records, unreadable
+
+
+def record_files(directory: Path, *, recursive: bool = True) -> list[Path]:
+    """Every file named like a run record under ``directory`` (readable or not)."""
+    found = directory.rglob(RECORD_GLOB) if recursive else directory.glob(RECORD_GLOB)
+    return sorted(found)
 
 
 def _expected_count(records: list[dict[str, Any]]) -> int | None:
-    counts = [r.get("replica", {}).get("count") for r in records]
+    counts = [field_of(r, "replica").get("count") for r in records]
     counts = [c for c in counts if isinstance(c, int) and c > 0]
     return max(counts) if counts else None
 
 
-def aggregate_status(statuses: list[str], expected_replicas: int | None = None) -> str:
+def replicas_done(records: list[dict[str, Any]], unreadable: dict[Path, str] | None = None) -> bool:
+    """True if ``records`` cover every replica of the job (``replica.count``), each one
+    done (``DONE``), and no record file was unreadable."""
+    if not records or unreadable:
+        return False
+    expected = _expected_count(records)
+    if expected is not None and len(records) < expected:
+        return False
+    return all(r["status"] in DONE for r in records)
+
+
+def aggregate_status(statuses: list[str], expected_replicas: int | None = None, *,
+                     unreadable: bool = False) -> str:
     """A job's status from its replicas' record statuses (see module docstring)."""
+    if unreadable:
+        return "unreadable"
     if not statuses:
         return "missing"
     if "running" in statuses or (expected_replicas and len(statuses) < expected_replicas):
@@ -95,7 +136,9 @@ def aggregate_status(statuses: list[str], expected_replicas: int | None = None) 
         return "failed"
     if all(s == "diverged" for s in statuses):
         return "diverged"
-    return "finished"
+    if all(s in DONE for s in statuses):
+        return "finished"
+    return "unreadable"   # a status that no run record may have
 
 
 def is_finished(output_dir: Path | str) -> bool:
@@ -104,13 +147,9 @@ def is_finished(output_dir: Path | str) -> bool:
     ("running") jobs, and directories without records, are not finished. Only records
     directly in ``output_dir`` count (a sweep root is not a job)."""
     output_dir = Path(output_dir)
-    records = _load_records([p for p in find_records(output_dir) if p.parent == output_dir])
-    if not records:
+    if not output_dir.is_dir():
         return False
-    expected = _expected_count(records)
-    if expected is not None and len(records) < expected:
-        return False
-    return all(r.get("status") in DONE for r in records)
+    return replicas_done(*load_records(record_files(output_dir, recursive=False)))
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -145,9 +184,10 @@ def expected_jobs(sweep_dir: Path | str) -> list[tuple[str | None, list[str]]]:
     sweep_dir = Path(sweep_dir)
     jobs_txt = sweep_dir / "jobs.txt"
     if jobs_txt.is_file():
-        lines = [ln.strip() for ln in jobs_txt.read_text().splitlines()]
-        lines = [ln for ln in lines if ln and not ln.startswith("#")]
-        return [(str(i), shlex.split(ln)) for i, ln in enumerate(lines)]
+        try:   # the parser SLURM/sbatch_template.sh runs, so this is what the tasks ran
+            return [(str(i), args) for i, args in enumerate(job_lines(jobs_txt))]
+        except (OSError, ValueError):
+            return []
     multirun = sweep_dir / "multirun.yaml"
     if not multirun.is_file():
         return []
@@ -186,7 +226,7 @@ def _attach_queue(sweep_dir: Path, jobs: list[JobStatus],
     by_raw: dict[str, tuple[str, str | None]] = {}   # job id -> (job name, array task)
     for name, recs in records.items():
         for r in recs:
-            env = r.get("environment", {})
+            env = field_of(r, "environment")
             if env.get("slurm_job_id"):
                 task = env.get("slurm_array_task_id")
                 by_raw[str(env["slurm_job_id"])] = (name, None if task is None else str(task))
@@ -240,13 +280,13 @@ def sweep_status(sweep_dir: Path | str, *, queue: bool = True) -> list[JobStatus
 
 
 def sweep_report(sweep_dir: Path | str, *, queue: bool = True) -> tuple[list[JobStatus], str | None]:
-    """``(jobs, note)``: note says why the SLURM queue was not checked (else None)."""
-    """One ``JobStatus`` per job found or expected under ``sweep_dir``."""
+    """``(jobs, note)``: one ``JobStatus`` per job found or expected under ``sweep_dir``;
+    note says why the SLURM queue was not checked (else None)."""
     sweep_dir = Path(sweep_dir).absolute()
     job_dirs = _job_dirs(sweep_dir)
     records_by_job: dict[Path, list[Path]] = {d: [] for d in job_dirs}
     hydra_jobs = set(job_dirs)
-    for rec in find_records(sweep_dir):
+    for rec in record_files(sweep_dir):
         owner = next((d for d in (rec.parent, *rec.parent.parents) if d in hydra_jobs),
                      rec.parent)  # the deepest job dir holding the record
         records_by_job.setdefault(owner, []).append(rec)
@@ -254,28 +294,32 @@ def sweep_report(sweep_dir: Path | str, *, queue: bool = True) -> tuple[list[Job
     jobs: list[JobStatus] = []
     loaded: dict[str, list[dict[str, Any]]] = {}
     for job_dir, paths in records_by_job.items():
-        records = _load_records(paths)
-        statuses = [str(r.get("status")) for r in records]
+        records, bad = load_records(paths)
+        statuses = [r["status"] for r in records]
         expected = _expected_count(records)
-        steps = [r["final"].get("step") for r in records if isinstance(r.get("final"), dict)]
-        accs = [r["final"].get("test_accuracy") for r in records if isinstance(r.get("final"), dict)]
+        steps = [field_of(r, "final").get("step") for r in records]
+        accs = [field_of(r, "final").get("test_accuracy") for r in records]
         accs = [a for a in accs if isinstance(a, (int, float))]
-        errors = [r.get("error") for r in records if r.get("error")]
+        unreadable = [f"{p.relative_to(sweep_dir).as_posix()}: {why}" for p, why in bad.items()]
+        errors = [f"unreadable record {u}" for u in unreadable]
+        errors += [str(r.get("error")) for r in records if r.get("error")]
         rel = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
         overrides = _read_overrides(job_dir)
         mismatch = sorted({m for r in records
-                           for m in config_mismatches(overrides, r.get("config") or {})})
+                           for m in config_mismatches(overrides, field_of(r, "config"))})
         if not overrides and records:
-            overrides = list(records[0].get("config", {}).get("overrides", []) or [])
+            stored = field_of(records[0], "config").get("overrides")
+            overrides = [str(o) for o in stored] if isinstance(stored, list) else []
         loaded[rel] = records
         jobs.append(JobStatus(
-            job=rel, status=aggregate_status(statuses, expected), overrides=overrides,
-            replicas=dict(Counter(statuses)), expected_replicas=expected,
+            job=rel, status=aggregate_status(statuses, expected, unreadable=bool(bad)),
+            overrides=overrides, replicas=dict(Counter(statuses)), expected_replicas=expected,
             step=max((s for s in steps if isinstance(s, int)), default=None),
             test_accuracy=max(accs) if accs else None,
-            error=str(errors[0]) if errors else None,
+            error=errors[0] if errors else None,
             records=[p.relative_to(sweep_dir).as_posix() for p in paths],
-            config_hash=_config_hash(records), config_mismatch=mismatch))
+            config_hash=records_config_hash(records), config_mismatch=mismatch,
+            unreadable=unreadable))
 
     present_names = {j.job for j in jobs}
     present_overrides = {tuple(sorted(j.overrides)) for j in jobs if j.overrides}
@@ -310,12 +354,19 @@ def live_line(jobs: list[JobStatus]) -> str | None:
             "live: do not re-submit into this directory until squeue no longer lists them.")
 
 
+def printable(text: str) -> str:
+    """``text`` with control and other non-printing characters written as escapes (``\\x1b``),
+    so that a record's strings cannot drive the terminal."""
+    return "".join(c if c == " " or not unicodedata.category(c).startswith(("C", "Z"))
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def print_table(sweep_dir: Path | str, jobs: list[JobStatus], note: str | None = None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"batch-bench sweep {sweep_dir}")
+    table = Table(title=f"batch-bench sweep {escape(printable(str(sweep_dir)))}")
     cols = ["job", "status", "replicas", "step", "test acc", "config", "overrides"]
     cols += ["SLURM"] * any(j.queue for j in jobs) + ["error"]
     for col in cols:
@@ -325,16 +376,19 @@ def print_table(sweep_dir: Path | str, jobs: list[JobStatus], note: str | None =
         if j.expected_replicas and sum(j.replicas.values()) < j.expected_replicas:
             replicas += f" (of {j.expected_replicas})"
         status = "running/interrupted" if j.status == "running" else j.status
-        overrides = escape(" ".join(j.overrides))
+        overrides = escape(printable(" ".join(j.overrides)))
         if j.config_mismatch:
-            overrides += "\n[red]records differ: " + escape("; ".join(j.config_mismatch)) + "[/]"
-        row = [j.job, f"[{_STYLE[j.status]}]{status}[/]", replicas or "-",
-               "-" if j.step is None else str(j.step),
+            overrides += ("\n[red]records differ: " + escape(printable("; ".join(j.config_mismatch)))
+                          + "[/]")
+        row = [escape(printable(j.job)), f"[{_STYLE[j.status]}]{status}[/]",
+               escape(printable(replicas)) or "-", "-" if j.step is None else str(j.step),
                "-" if j.test_accuracy is None else f"{j.test_accuracy:.4f}",
-               j.config_hash or "-", overrides]
+               escape(printable(j.config_hash or "-")), overrides]
         if "SLURM" in cols:
-            row.append(f"[bold]{queue_label(j)}[/] {j.slurm_job}" if j.queue else "")
-        table.add_row(*row, escape((j.error or "")[:80]))
+            row.append(f"[bold]{escape(queue_label(j))}[/] {escape(str(j.slurm_job))}"
+                       if j.queue else "")
+        error = j.error or ""
+        table.add_row(*row, escape(printable(error if j.unreadable else error[:80])))
     console = Console()
     if not console.is_terminal:   # logs, pipes: wide enough for the overrides
         console = Console(width=160)
@@ -342,7 +396,7 @@ def print_table(sweep_dir: Path | str, jobs: list[JobStatus], note: str | None =
     console.print(summary_line(jobs))
     for line in (live_line(jobs), note):
         if line:
-            console.print(escape(line), style="bold red" if line != note else "yellow")
+            console.print(escape(printable(line)), style="bold red" if line != note else "yellow")
 
 
 def main(argv: list[str] | None = None) -> int:

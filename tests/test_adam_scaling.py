@@ -85,3 +85,14 @@ def test_sde_rule_impossible_combinations():
         sde_scaling(0, 32, BASE)
     with pytest.raises(ValueError, match="learning rate must be > 0, got -0.1"):
         sde_scaling(64, 32, AdamHyperparams(-0.1, 0.9, 0.999, 1e-8))
+
+
+def test_timescale_definition_round_trip_and_errors():
+    from bench.adam_scaling import timescale, weight_decay_for_timescale
+    # Wang & Aitchison's example scale: B = 128 of N = 50000, lr 1e-3, wd 0.1 -> tau_iter 1e4 steps
+    tau = timescale(128, 1e-3, 0.1, 50000)
+    assert tau == pytest.approx(1e4 * 128 / 50000)               # tau_iter / (iterations per epoch)
+    assert weight_decay_for_timescale(tau, 128, 1e-3, 50000) == pytest.approx(0.1)
+    assert weight_decay_for_timescale(tau, 256, 1e-3, 50000) == pytest.approx(0.2)   # wd follows B
+    with pytest.raises(ValueError, match="timescale needs positive"):
+        timescale(128, 1e-3, 0.0, 50000)

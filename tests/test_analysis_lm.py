@@ -1,4 +1,4 @@
-"""Language-model verdicts on constructed data with known answers (analysis.lm_verdicts)."""
+"""Language-model verdicts on constructed data with known answers (analysis.findings.*)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.critical_batch import cbs_cell, critical_batch_size, zhang_verdicts
-from analysis.lm_verdicts import (best_per_batch, lr_table, marek_verdicts, shallue_lm_verdicts,
-                                  warmup_verdicts)
+from analysis.aggregate import best_per_batch, lr_table
+from analysis.critical_batch import cbs_cell, critical_batch_size
+from analysis.findings.batch_warmup import warmup_verdicts
+from analysis.findings.marek import marek_verdicts
+from analysis.findings.shallue_lm import shallue_lm_verdicts
+from analysis.findings.zhang_cbs import zhang_verdicts
 from analysis.load import history_table, runs_table
 from analysis.steps_to_result import Goal
 from lm_record_factory import lm_record, lm_rows

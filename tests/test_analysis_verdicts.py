@@ -9,8 +9,20 @@ import pytest
 from analysis.load import load_history, load_records
 from analysis.steps_to_result import Goal
 from record_factory import eval_rows, make_record, synthetic_sweep, write_records
-from analysis.verdicts import (Verdict, directional_verdict, eos_table, eos_verdict,
-                               goyal_verdict, keskar_verdicts, shallue_verdicts)
+from analysis.findings.goyal import goyal_verdict
+from analysis.findings.keskar import keskar_verdicts
+from analysis.findings.shallue import no_degradation_verdict, regimes_verdict
+from analysis.stability import eos_table
+from analysis.stability import eos_verdict as _eos_verdict
+from analysis.verdicts import Verdict, directional_verdict
+
+
+def eos_verdict(history, **kw):
+    return _eos_verdict(history, finding="edge_of_stability", **kw)
+
+
+def shallue_verdicts(history, runs, *, goal):
+    return [regimes_verdict(history, runs, goal=goal), no_degradation_verdict(runs)]
 
 
 def _final(test_acc: float) -> list[dict]:

@@ -10,7 +10,7 @@ import pytest
 
 import bench.loop
 from bench.config import ConfigError, validate
-from bench.data.batch_schedules import increase_stages, make_plan, warmup_stages
+from bench.data.batch_schedules import halving_levels, increase_stages, make_plan, warmup_stages
 from bench.data.plan import BatchPlan, epoch_permutation
 from bench.schedules import lr_multiplier
 from conftest import small_config
@@ -150,6 +150,53 @@ def test_examples_and_epoch_budgets_count_plan_steps():
     assert plan.steps_for_budget(7, "steps") == 7
 
 
+def _seesaw(schedule, budget="8epochs", batch_size=64, n=4096, **batch_schedule):
+    cfg = validate(small_config(batch_size=batch_size, budget=budget, schedule=schedule,
+                                batch_schedule={"name": "seesaw", **batch_schedule}))
+    return cfg, make_plan(cfg, n)
+
+
+def test_seesaw_turns_each_lr_halving_into_a_doubling_with_lr_over_sqrt2():
+    # a step schedule halving at epochs 2, 4, 6 (N = 4096, B = 64: 64 steps per epoch):
+    # Seesaw doubles B there and cuts the LR by 1/sqrt(2); same 8 epochs, fewer steps
+    cfg, plan = _seesaw({"name": "step", "decay_epochs": [2, 4, 6], "decay_factor": 0.5})
+    assert plan.stages == [(0, 64), (2, 128), (4, 256), (6, 512)]
+    assert plan.total_steps == 2 * 64 + 2 * 32 + 2 * 16 + 2 * 8
+    assert plan.examples(plan.total_steps) == 8 * 4096
+    hand = np.concatenate([np.full(128, 1.0), np.full(64, 2 ** -0.5), np.full(32, 0.5), np.full(16, 2 ** -1.5)])
+    shape = lr_multiplier(cfg.schedule, plan)
+    np.testing.assert_allclose([float(shape(jnp.asarray(t))) for t in range(plan.total_steps)], hand, rtol=1e-6)
+    # the rule's invariant: lr x sqrt(B) is unchanged by every cut
+    for (_, b0), (_, b1), f in zip(plan.stages, plan.stages[1:], [f for _, f in plan.lr_factors]):
+        assert f * np.sqrt(b1 / b0) == pytest.approx(1.0)
+
+
+def test_seesaw_several_halvings_at_once_and_the_cap():
+    # x0.25 at epoch 2 is two halvings: B x 4, LR x 1/2; past max_batch_size the LR takes the cut
+    _, plan = _seesaw({"name": "step", "decay_epochs": [2, 4], "decay_factor": 0.25}, max_batch_size=512)
+    assert plan.stages == [(0, 64), (2, 256), (4, 512)]
+    assert [f for _, f in plan.lr_factors] == pytest.approx([0.5, 2 ** -0.5 * 0.5])
+
+
+def test_seesaw_on_cosine_cuts_where_the_cosine_crosses_powers_of_one_half():
+    # warmup 10, cosine to 0.1 over the other S = 502 steps of the constant-B run (512 steps):
+    # 0.1 + 0.9 (1 + cos(pi s / S)) / 2 <= 2^-k  <=>  s >= S / pi * arccos(2 (2^-k - 0.1) / 0.9 - 1)
+    sched = {"name": "cosine", "final_fraction": 0.1, "warmup_steps": 10}
+    cfg, plan = _seesaw(sched)
+    cuts = [10 + int(np.ceil(502 / np.pi * np.arccos(2 * (2.0 ** -k - 0.1) / 0.9 - 1))) for k in (1, 2, 3)]
+    assert [e * 4096 / 64 for e, _ in plan.lr_factors] == pytest.approx(cuts)   # reference steps
+    assert [b for _, b in plan.stages] == [64, 128, 256, 512]
+    assert plan.steps_to_epoch(plan.lr_factors[0][0]) == cuts[0]                 # B = 64 until then
+    shape = lr_multiplier(cfg.schedule, plan)
+    for k, (e, _) in enumerate(plan.lr_factors, start=1):
+        t = plan.steps_to_epoch(e)
+        assert float(shape(jnp.asarray(t - 1))) == pytest.approx(2 ** (-(k - 1) / 2), rel=1e-6)
+        assert float(shape(jnp.asarray(t))) == pytest.approx(2 ** (-k / 2), rel=1e-6)
+    # same data (drop-last loses less than one batch per epoch), fewer steps than the cosine run
+    assert 8 * 4096 - plan.examples(plan.total_steps) < 8 * 512 and plan.total_steps < 512
+    assert halving_levels(np.array([0.0, 0.3, 1.0, 0.6, 0.5, 0.26, 0.24, 0.3]), 2).tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(batch_schedule={"name": "bigger"}), "unknown batch_schedule 'bigger'"),
     (dict(batch_schedule={"name": "increase"}, schedule={"name": "cosine"}), "use schedule=step"),
@@ -161,6 +208,9 @@ def test_examples_and_epoch_budgets_count_plan_steps():
      "warmup_epochs=0.0 must be > 0"),
     (dict(batch_schedule={"name": "warmup", "start_batch_size": 8, "warmup_epochs": 1, "growth": 1}),
      "growth=1.0 must be > 1"),
+    (dict(batch_schedule={"name": "seesaw"}, schedule={"name": "constant"}), "use a decaying schedule"),
+    (dict(batch_schedule={"name": "seesaw"}, budget="100steps"), "give budget in epochs, examples or tokens"),
+    (dict(batch_schedule={"name": "seesaw", "max_batch_size": 16}), "max_batch_size=16 must be >="),
 ])
 def test_bad_batch_schedules_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:

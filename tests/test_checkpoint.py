@@ -188,3 +188,74 @@ def test_sharded_restore_keeps_sharding_on_4_devices(tmp_path):
     assert out["values_equal"]
     assert out["relayout_sharding"] and out["relayout_equal"]
     assert out["extra"] == {"mesh": [["data", 4]]}
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def _two_steps(directory: Path) -> tuple[dict, dict]:
+    """Steps 10 and 20 of two different states; returns them."""
+    first = _state()
+    second = jax.tree.map(lambda x: x if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x + 1,
+                          first)
+    with Checkpointer(directory, every_steps=None, max_to_keep=5) as ckpt:
+        ckpt.save(10, first, {"at": 10}, force=True)
+        ckpt.save(20, second, {"at": 20}, force=True)
+    return first, second
+
+
+def _largest_file(step_dir: Path) -> Path:
+    return max((p for p in step_dir.rglob("*") if p.is_file() and p.name != "sha256.json"),
+               key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "unsealed"])
+def test_a_damaged_newest_step_falls_back_to_the_previous_verified_one(tmp_path, capsys, damage):
+    """Flipped bytes (same size), a truncated or deleted file, or no checksum (killed after
+    orbax's commit) in the newest step: it is moved aside with a message naming what is
+    wrong, and the previous step is restored bit for bit -- never the damaged one."""
+    first, _ = _two_steps(tmp_path / "ckpt")
+    step_dir = tmp_path / "ckpt" / "20"
+    victim = _largest_file(step_dir)
+    data = victim.read_bytes()
+    if damage == "flip":
+        middle = len(data) // 2
+        victim.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    elif damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        victim.unlink()
+    else:
+        (step_dir / "sha256.json").unlink()
+    capsys.readouterr()
+    ckpt = Checkpointer(tmp_path / "ckpt", every_steps=None)
+    err = capsys.readouterr().err
+    assert ckpt.latest_step() == 10 and list(ckpt.rejected) == [20]
+    assert "checkpoint step 20 rejected: " in err and "resuming from step 10" in err
+    assert not step_dir.exists() and len(list((tmp_path / "ckpt.rejected").iterdir())) == 1
+    state, extra = ckpt.restore(None, first)
+    _assert_bit_identical(state, first)
+    assert extra == {"at": 10}
+    ckpt.close()
+
+
+def test_intact_steps_verify_and_a_rerun_keeps_them(tmp_path, capsys):
+    _, second = _two_steps(tmp_path / "ckpt")
+    with Checkpointer(tmp_path / "ckpt", every_steps=None) as ckpt:
+        assert ckpt.all_steps() == [10, 20] and ckpt.rejected == {}
+        _assert_bit_identical(ckpt.restore(None, second)[0], second)
+    assert "rejected" not in capsys.readouterr().err
+
+
+def test_a_step_that_cannot_be_restored_stops_with_one_line(tmp_path):
+    """A verified step restored onto another state's structure (another model): one
+    CheckpointError line naming the step instead of an orbax traceback."""
+    from bench.checkpoint import CheckpointError
+
+    with Checkpointer(tmp_path / "ckpt", every_steps=None) as ckpt:
+        ckpt.save(10, _state(), {"at": 10}, force=True)
+    ckpt = Checkpointer(tmp_path / "ckpt", every_steps=None)
+    with pytest.raises(CheckpointError, match="checkpoint step 10 .* cannot be restored") as info:
+        ckpt.restore(None, {"other": jnp.zeros((5, 5))})
+    assert "\n" not in str(info.value)
+    ckpt.close()

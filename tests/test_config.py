@@ -76,7 +76,8 @@ def test_option_yaml_holds_only_differences(group):
 def test_composed_options_equal_their_registered_sections():
     """Composing ``group=option`` gives the registered defaults plus the option YAML's keys."""
     needs = {"increase": ["schedule=step"], "tokens": ["dataset.path=tokens.bin"],
-             "arrayrecord": ["dataset.path=exported"], "sde": ["optimizer=adam"]}
+             "arrayrecord": ["dataset.path=exported"], "sde": ["optimizer=adam"],
+             "timescale": ["optimizer=adamw"], "seesaw": ["schedule=cosine"]}
     for group, registry in GROUPS.items():
         for name in registry.names:
             cfg = compose_config([f"{group}={name}", *needs.get(name, [])])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.reproduce.plan import FINDINGS
+from analysis.findings import names
 from conftest import REPO
 
 DOCS = [REPO / "README.md", REPO / "docs" / "results" / "README.md", REPO / "analysis" / "README.md",
@@ -29,7 +29,7 @@ def test_every_relative_link_and_image_exists(doc):
     assert missing == []
 
 
-@pytest.mark.parametrize("finding", sorted(FINDINGS))
+@pytest.mark.parametrize("finding", names())
 def test_every_finding_has_committed_results_linked_from_the_index(finding):
     out = REPO / "docs" / "results" / finding
     report = (out / "report.md").read_text()

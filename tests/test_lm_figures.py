@@ -1,4 +1,4 @@
-"""Figures of the language-model findings from constructed records (analysis.lm_figures)."""
+"""Figures of the language-model findings from constructed records (their modules in analysis.findings)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,19 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.lm_figures import (make_lm_figures, marek_loss_vs_batch_figure, warmup_figure,
-                                 zhang_figure)
-from analysis.plotting import NoData
+from analysis.findings import get
+from analysis.findings.batch_warmup import warmup_figure
+from analysis.findings.marek import marek_loss_vs_batch_figure
+from analysis.findings.zhang_cbs import zhang_figure
+from analysis.load import load_tables
+from analysis.plotting import NoData, save_figures
 from lm_record_factory import lm_record, lm_rows, write_lm
+
+
+def make_lm_figures(results, out, finding, **options):
+    """The finding's figures from the records under ``results``, written to ``out`` as PNG."""
+    runs, history = load_tables(results)
+    return save_figures(get(finding).figures(runs, history, out, **options), out, ("png",))
 
 
 def _curve(final: float, scale: float):
@@ -66,8 +75,7 @@ def test_zhang_cells_from_records_have_the_constructed_cbs(zhang_dir):
     """Tokens to any loss grow as (1 + B / 16): the excess over linear scaling from B = 1 is
     (1 + B/16) / (1 + 1/16), 1.176 at B = 4 and 1.412 at 8, for every target (no growth with D);
     interpolated in log B the CBS is 4 x 2^((1.2 - 1.176) / (1.412 - 1.176)) = 4.29."""
-    from analysis.lm_report import compute_lm_verdicts, zhang_cells
-    from analysis.load import load_tables
+    from analysis.findings.zhang_cbs import zhang_cells
 
     runs, hist = load_tables(zhang_dir)
     cells = zhang_cells(runs, hist, data_sizes=[2048, 8192])
@@ -76,7 +84,7 @@ def test_zhang_cells_from_records_have_the_constructed_cbs(zhang_dir):
     assert len(cells) == 4 and cells["cbs"].to_numpy() == pytest.approx([expected] * 4, rel=0.03)
     assert (cells["bracket_low"] == 4).all() and (cells["bracket_high"] == 8).all()
     assert (cells["b_simple"] == 4.0).all() and (cells["reference_batch"] == 1).all()
-    data, model = compute_lm_verdicts("zhang_cbs", runs, hist, data_sizes=[2048, 8192])
+    data, model = get("zhang_cbs").verdicts(runs, hist, data_sizes=[2048, 8192])
     assert data.verdict == "not reproduced" and model.verdict == "reproduced"   # flat in D and in N
 
 

@@ -8,12 +8,14 @@ import math
 import pytest
 
 from bench.data.batch_schedules import make_plan
-from bench.reproduce.plan import FINDINGS, LM_FINDINGS, preset_meta, read_preset
+from analysis.findings import get
+from analysis.reproduce.plan import preset_meta, read_preset
 from conftest import REPO
 
 EXPERIMENTS = REPO / "conf" / "experiment"
-LM_PRESETS = sorted({p for f in LM_FINDINGS for p in (*FINDINGS[f].offline_presets, *FINDINGS[f].paper)})
-PAPER = sorted({p for f in LM_FINDINGS for p in FINDINGS[f].paper})
+LM_FINDINGS = ("marek", "zhang_cbs", "shallue_lm", "batch_warmup")
+LM_PRESETS = sorted({p for f in LM_FINDINGS for p in (*get(f).offline_presets, *get(f).paper_presets)})
+PAPER = sorted({p for f in LM_FINDINGS for p in get(f).paper_presets})
 
 
 def header(name: str) -> str:
@@ -85,7 +87,7 @@ def test_merrill_warmup_doubles_b_and_steps_the_lr_at_the_papers_fractions():
 
 def test_offline_warmup_arms_see_equal_tokens_and_save_the_stated_steps():
     plans = {}
-    for name in FINDINGS["batch_warmup"].offline_presets:
+    for name in get("batch_warmup").offline_presets:
         cfg, _ = read_preset(name)
         plans[name] = make_plan(cfg, 14279, tokens_per_example=32)   # pydoc, context 32 (Python 3.11)
     steps = {n: p.total_steps for n, p in plans.items()}

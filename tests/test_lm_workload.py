@@ -122,7 +122,7 @@ def test_impossible_combinations_are_one_line_errors(overrides, message):
 
 def test_sde_rule_out_of_range_fails_before_compile():
     cfg = lm_config(batch_size=128, scaling={"name": "sde", "base_batch_size": 8},
-                    dataset={"markov_train": 512})
+                    dataset={"markov_train": 512}, budget="2steps")
     with pytest.raises(ConfigError, match=r"sde scaling: b1 = 0.9 at batch 8 gives b1 = -0.6 at batch"
                                           r" 128 \(kappa = 16\); the rule needs batch < 80"):
         Job(cfg)

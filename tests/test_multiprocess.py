@@ -65,9 +65,9 @@ def test_two_processes_equal_one_in_memory_and_streamed(tmp_path, exported):
     two = tmp_path / "two-streamed"   # with W&B (offline files) on
     run(2, 4, [*ARGS, *streamed(exported), "logger=wandb"], two, env={"WANDB_MODE": "offline"})
     _same(tmp_path / "one", two)
-    # only process 0 writes records and W&B: one record per replica, one W&B run
+    # only process 0 writes records and W&B: one record and one W&B run per replica
     assert sorted(p.name for p in two.glob("record_*")) == ["record_r0.json", "record_r1.json"]
-    assert len(list((two / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((two / "wandb").glob("offline-run-*"))) == 2
     env = records(two)[0]["environment"]
     assert (env["process_count"], env["device_count"], env["local_device_count"]) == (2, 4, 2)
 

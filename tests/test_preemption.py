@@ -221,7 +221,7 @@ def test_sigcont_runs_nothing_while_flag_or_armed(disarmed):
             flag.install()
             _deliver(signal.SIGCONT)
             flag.restore()
-        arm()
+        arm(stop_when_saved=False)
         _deliver(signal.SIGCONT)
         assert seen == [] and armed_signal() is None
         disarm()
@@ -239,8 +239,8 @@ def test_arm_records_early_signal_and_flag_adopts_it(disarmed):
 
     prev = signal.signal(signal.SIGUSR2, submitit_like)
     try:
-        arm()
-        arm()                                      # idempotent: still remembers submitit_like
+        arm(stop_when_saved=False)
+        arm(stop_when_saved=False)                                  # idempotent: still remembers submitit_like
         assert armed_signal() is None
         _deliver(signal.SIGUSR2)                   # e.g. during data loading or the init compile
         _deliver(signal.SIGTERM)                   # later signals keep the first one
@@ -279,7 +279,7 @@ def test_submitit_handler_runs_with_flag_handler_installed(disarmed):
     handler = SignalHandler.__new__(FakeSubmitit)
     prev = signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
     try:
-        arm()
+        arm(stop_when_saved=False)
         with pytest.raises(SystemExit):
             with PreemptionFlag() as flag:
                 _deliver(signal.SIGUSR2)
@@ -290,3 +290,42 @@ def test_submitit_handler_runs_with_flag_handler_installed(disarmed):
     finally:
         disarm()
         signal.signal(signal.SIGUSR2, prev)
+
+
+def test_watchdog_stops_a_clean_process_and_ignores_a_forked_childs_signal(tmp_path):
+    """arm()'s watchdog: a signal while nothing is unsaved ends the process at once, even
+    with the main thread blocked where no Python handler runs; with unsaved steps it waits
+    for the loop; a signal to a forked child never reaches the parent's watchdog."""
+    script = textwrap.dedent("""
+        import os, signal, sys, threading, time
+        from bench.preemption import arm, at_stop, mark_saved, mark_unsaved
+        arm()
+        at_stop(lambda: print("released", flush=True))
+        mark_saved()                             # nothing unsaved
+        ready_r, ready_w = os.pipe()
+        child = os.fork()
+        if child == 0:                           # e.g. an input worker, running
+            os.write(ready_w, b"x")
+            time.sleep(30)
+            os._exit(0)
+        os.read(ready_r, 1)
+        os.kill(child, signal.SIGTERM)           # to the child alone: the parent goes on
+        time.sleep(1.0)
+        print("still here", flush=True)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        mark_unsaved()
+        os.kill(os.getpid(), signal.SIGTERM)     # unsaved: only the flag (the loop saves)
+        time.sleep(1.0)
+        print("still here", flush=True)
+        mark_saved()
+        os.kill(os.getpid(), signal.SIGUSR1)     # nothing unsaved: stop now
+        threading.Event().wait()                 # blocked; the watchdog ends the process
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**{k: v for k, v in os.environ.items()
+                                              if not k.startswith("SLURM_")},
+                                           "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:3] == ["still here", "still here", "released"]
+    assert "SIGUSR1: nothing unsaved" in proc.stderr and "SIGTERM: nothing" not in proc.stderr

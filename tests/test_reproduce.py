@@ -1,21 +1,19 @@
-"""bench.reproduce (alias analysis.reproduce): plans read from the presets, paper-scale Hydra
-commands, a tiny end-to-end run."""
+"""analysis.reproduce: plans read from the presets, paper-scale Hydra commands, a tiny end-to-end run."""
 
 from __future__ import annotations
 
 import json
-import math
 import shlex
 
 import pytest
-from analysis.reproduce import main
+from analysis.findings import get, names
+from analysis.reproduce.__main__ import main
+from analysis.reproduce.plan import offline_plan, paper_commands, read_preset
+from analysis.reproduce.plan import scaled_budget as _scaled_budget
 from bench.hydra_conf import compose
 from bench.hydra_conf import compose_config as compose_overrides
-from bench.reproduce.plan import FINDINGS, offline_plan, paper_commands, read_preset
-from bench.reproduce.plan import scaled_budget as _scaled_budget
-from bench.reproduce.run import publish
 
-PAPER_PRESETS = {name: f.paper for name, f in FINDINGS.items()}
+PAPER_PRESETS = {name: get(name).paper_presets for name in names()}
 IMAGE_FINDINGS = ["edge_of_stability", "goyal", "keskar", "shallue", "edge_of_stability_cohen",
                   "adaptive_edge_of_stability"]   # LM findings: test_reproduce_lm.py
 
@@ -39,7 +37,7 @@ def override(job, key: str) -> str:
 def test_plan_is_read_from_the_preset_and_every_job_composes(finding):
     plan = offline_plan(finding)
     assert plan == offline_plan(finding)                       # deterministic, no side effects
-    assert plan.preset == FINDINGS[finding].offline
+    assert plan.preset == get(finding).offline_presets[0]
     preset, params = read_preset(plan.preset)                  # one home: the preset
     assert plan.lrs == tuple(preset.replicas.lr or (preset.optimizer.lr,))
     assert plan.seeds == tuple(preset.replicas.seeds)
@@ -68,7 +66,7 @@ def test_keskar_plan():
     assert plan.batch_sizes[0] == 32 and plan.batch_sizes[-1] == 400   # LB = 10% of 4,000
     assert plan.seeds == (0, 1, 2, 3, 4)                                 # Keskar: 5 runs
     assert plan.lrs == (0.001,)                                          # Adam, same LR for all B
-    assert plan.report == {"sb": 32, "lb": 400} and plan.interpolation == (32, 400)
+    assert plan.options == {"sb": 32, "lb": 400}
     assert {j.budget for j in plan.jobs} == {"60epochs"}                 # equal epochs for SB and LB
     cfg = compose_config(plan.preset, plan.jobs[-1].overrides)
     assert cfg.save_params and cfg.metrics.hessian and cfg.metrics.sharpness
@@ -80,7 +78,7 @@ def test_shallue_plan():
     bs = plan.batch_sizes
     assert list(bs) == [8 * 2 ** i for i in range(len(bs))] and len(bs) >= 6
     assert len(plan.lrs) >= 5 and max(plan.lrs) / min(plan.lrs) >= 20     # LR tuned per B on a grid
-    assert plan.report["target_accuracy"] == 0.85
+    assert plan.options["target_accuracy"] == 0.85
     assert {j.budget for j in plan.jobs} == {"100000examples"}          # equal epochs at every B
     steps = [100000 // b for b in bs]                                    # small B gets more steps
     cadence = [compose_config(plan.preset, j.overrides).eval.cadence(j.batch_size) for j in plan.jobs]
@@ -163,7 +161,7 @@ def test_paper_dry_run_prints_the_hydra_commands(capsys):
 @pytest.mark.parametrize("launcher", ["slurm_gpu", "local"])
 def test_paper_commands_compose_with_the_launcher(launcher):
     """Each command's overrides (sweeps reduced to their first value) compose, launcher included."""
-    for finding in FINDINGS:
+    for finding in names():
         for cmd in paper_commands(finding, launcher=launcher, seeds=2):
             ov = [o.split(",")[0] if "=" in o and "[" not in o else o for o in cmd[4:]]
             cfg = compose(ov, return_hydra_config=True)
@@ -223,12 +221,9 @@ def test_tiny_keskar_reproduction_with_interpolation_and_sharpness(tmp_path):
 def test_paper_path_runs_the_hydra_sweep_then_reports(tmp_path, monkeypatch):
     """--scale paper without --dry-run, on an offline preset (no TFDS here): the Hydra multirun over
     the preset's sweeper params, then interpolation, figures and report in the sweep dir."""
-    import dataclasses
+    from analysis.findings import Arm
 
-    import bench.reproduce.plan as rp
-
-    monkeypatch.setitem(rp.FINDINGS, "keskar", dataclasses.replace(rp.FINDINGS["keskar"],
-                                                                   paper=("keskar_offline",)))
+    monkeypatch.setattr(type(get("keskar")), "paper", (Arm("keskar_offline"),))
     out = tmp_path / "paper"
     assert main(["keskar", "--scale", "paper", "--launcher", "basic", "--out", str(out), "--seeds", "2",
                  "--override", "batch_size=32,400", "--override", "budget=4steps",

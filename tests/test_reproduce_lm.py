@@ -8,9 +8,12 @@ import shlex
 
 import pytest
 
-from analysis.reproduce import main
+from analysis.findings import get
+from analysis.reproduce.__main__ import main
+from analysis.reproduce.plan import offline_plan, paper_commands, read_preset
 from bench.hydra_conf import compose_config
-from bench.reproduce.plan import FINDINGS, LM_FINDINGS, offline_plan, paper_commands, read_preset
+
+LM_FINDINGS = ("marek", "zhang_cbs", "shallue_lm", "batch_warmup")
 
 
 def job_config(job):
@@ -19,8 +22,8 @@ def job_config(job):
 
 @pytest.mark.parametrize("finding", LM_FINDINGS)
 def test_lm_plan_has_one_job_per_arm_and_batch_size(finding):
-    spec, plan = FINDINGS[finding], offline_plan(finding)
-    assert plan.presets == spec.offline_presets and plan.preset == spec.offline
+    spec, plan = get(finding), offline_plan(finding)
+    assert plan.presets == spec.offline_presets and plan.preset == spec.offline_presets[0]
     expected = []
     for preset in spec.offline_presets:
         cfg, params = read_preset(preset)
@@ -43,7 +46,7 @@ def test_lm_plan_has_one_job_per_arm_and_batch_size(finding):
 
 def test_marek_arms_equal_tokens_and_the_half_life_rule():
     plan = offline_plan("marek")
-    assert plan.report == {"halflife": "marek_offline_halflife", "beta2": "marek_offline_beta2",
+    assert plan.options == {"halflife": "marek_offline_halflife", "beta2": "marek_offline_beta2",
                            "sgd": "marek_offline_sgd", "accum": "marek_offline_accum"}
     cfgs = {j.name: job_config(j) for j in plan.jobs}
     assert {c.budget for c in cfgs.values()} == {"262144tokens"}
@@ -63,7 +66,7 @@ def test_marek_arms_equal_tokens_and_the_half_life_rule():
 
 def test_zhang_cells_and_noise_scale():
     plan = offline_plan("zhang_cbs")
-    assert plan.report["data_sizes"] == [32768, 131072]
+    assert plan.options["data_sizes"] == [32768, 131072]
     n1, n2 = (job_config(j) for j in plan.jobs if j.batch_size == 1)
     assert n2.model.architecture()["d_model"] == 2 * n1.model.architecture()["d_model"]
     for cfg in (n1, n2):
@@ -71,15 +74,15 @@ def test_zhang_cells_and_noise_scale():
         assert cfg.metrics.hessian and cfg.metrics.noise_scale and not cfg.metrics.sharpness
         # the smallest B evaluates (and measures B_simple) exactly at both data sizes
         every = cfg.eval.cadence(1)
-        assert all(d // 32 % every == 0 and d // 32 % cfg.metrics.every == 0 for d in plan.report["data_sizes"])
+        assert all(d // 32 % every == 0 and d // 32 % cfg.metrics.every == 0 for d in plan.options["data_sizes"])
 
 
 def test_shallue_lm_and_warmup_plans():
     plan = offline_plan("shallue_lm")
-    assert plan.report["target_loss"] == 2.6 and plan.batch_sizes == (1, 2, 4, 8, 16, 32, 64)
+    assert plan.options["target_loss"] == 2.6 and plan.batch_sizes == (1, 2, 4, 8, 16, 32, 64)
     assert job_config(plan.jobs[0]).optimizer.nesterov
     plan = offline_plan("batch_warmup")
-    assert plan.report == {"small": "warmup_offline_small", "large": "warmup_offline_large",
+    assert plan.options == {"small": "warmup_offline_small", "large": "warmup_offline_large",
                            "ramps": ["warmup_offline_merrill", "warmup_offline_ramp"]}
     merrill = job_config(next(j for j in plan.jobs if j.preset == "warmup_offline_merrill"))
     assert merrill.batch_schedule.name == "increase" and merrill.batch_schedule.factor == 2
@@ -100,7 +103,7 @@ def test_lm_smoke_plans_shrink_epoch_boundaries():
 def test_lm_paper_commands_run_every_arm():
     for finding in LM_FINDINGS:
         cmds = paper_commands(finding, launcher="slurm_gpu")
-        assert [c[4] for c in cmds] == [f"+experiment={p}" for p in FINDINGS[finding].paper]
+        assert [c[4] for c in cmds] == [f"+experiment={p}" for p in get(finding).paper_presets]
 
 
 def test_paper_dry_run_prints_one_sweep_per_arm(capsys):

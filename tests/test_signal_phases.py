@@ -1,6 +1,6 @@
 """A signal in every phase of a run (compile before and inside the loop, checkpoint save,
-curvature compile) is kept, saved and resumed from: the resumed record equals an uninterrupted
-run's. bench.train runs in a subprocess that sends itself the signal at the chosen moment."""
+curvature compile) is acted on: at once when nothing is unsaved, else saved at the next poll
+and resumed from; the rerun's record equals an uninterrupted run's. bench.train runs in a subprocess that sends itself the signal at the chosen moment."""
 
 from __future__ import annotations
 
@@ -126,40 +126,64 @@ def _check_resumes_to(run: Path, saved_step: int, cache: Path, reference: dict,
     assert interruption_invariant(resumed) == interruption_invariant(reference)
 
 
+def _check_stopped_at_once(tmp: Path, proc, log: list[str], expected_log: str,
+                           signame: str) -> Path:
+    """Exactly one signal, sent in the phase asked for, while nothing was unsaved (no
+    training step yet): the watchdog stopped the process there, exit 0, one line, no
+    checkpoint written (there was nothing new to save), the output lock released."""
+    assert log == [expected_log]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{signame}: nothing unsaved since the last checkpoint (or the start)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    run = tmp / "run"
+    assert not list((run / "checkpoints").glob("[0-9]*")) and not (run / ".lock").exists()
+    return run
+
+
 def test_signal_during_compile_before_the_loop_with_arm(tmp_path, reference_run):
-    """SIGUSR2 (submitit's signal) while JAX compiles, before bench.loop's flag exists
-    (state init): arm()'s handler only records it, the loop adopts it, saves after its first
-    training call (step 10) and stops; the rerun finishes to the uninterrupted record."""
+    """SIGUSR2 (submitit's signal) while JAX compiles the initial state, before bench.loop's
+    flag exists: nothing is unsaved, so the process stops at once (not after the compile and
+    the first training call); the same command then runs to the uninterrupted record."""
     cache, reference = reference_run
     proc, log = _signal_run(tmp_path, "compile-before-loop", "SIGUSR2", TINY)
     assert log and log[0].startswith("SIGUSR2 during compile jit(")
-    run = _check_interrupted(tmp_path, proc, log, log[0], 10)
-    _check_resumes_to(run, 10, cache, reference)
+    run = _check_stopped_at_once(tmp_path, proc, log, log[0], "SIGUSR2")
+    _plain_run(run, cache, TINY)
+    resumed = json.loads((run / "record_r0.json").read_text())
+    assert resumed["timings"]["resumed_at_steps"] == []
+    assert interruption_invariant(resumed) == interruption_invariant(reference)
 
 
 def test_signal_during_compile_in_the_loop(tmp_path):
-    """SIGUSR1 while the loop compiles its first function (the step-0 evaluation): saved at
-    the first poll (step 10). (Resuming from there: the tests above and test_resume.)"""
+    """SIGUSR1 while the loop compiles its first function (the step-0 evaluation): stopped
+    at once as well (bench.train arms the watchdog itself)."""
     proc, log = _signal_run(tmp_path, "compile-in-loop", "SIGUSR1", TINY, armed=False)
     assert log and log[0].startswith("SIGUSR1 during compile jit(")
-    _check_interrupted(tmp_path, proc, log, log[0], 10)
+    _check_stopped_at_once(tmp_path, proc, log, log[0], "SIGUSR1")
 
 
-def test_signal_during_checkpoint_save(tmp_path):
-    """SIGTERM while the periodic checkpoint of step 10 is being written: that save
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_during_checkpoint_save(tmp_path, signame):
+    """SIGTERM or SIGINT (Ctrl-C: a stop like SIGTERM, no KeyboardInterrupt) while the
+    periodic checkpoint of step 10 is being written, with training steps unsaved: that save
     completes, training goes on to the next poll (step 20), saves there and stops."""
-    proc, log = _signal_run(tmp_path, "checkpoint", "SIGTERM", TINY, armed=False)
-    _check_interrupted(tmp_path, proc, log, "SIGTERM during checkpoint save", 20)
+    proc, log = _signal_run(tmp_path, "checkpoint", signame, TINY, armed=False)
+    _check_interrupted(tmp_path, proc, log, f"{signame} during checkpoint save", 20)
+    assert "KeyboardInterrupt" not in proc.stderr
 
 
 @pytest.mark.slow
 def test_signal_during_curvature_compile_then_resume(tmp_path):
-    """SIGUSR2 while the first Hessian (Lanczos) measurement (step 0) compiles."""
+    """SIGUSR2 while the first Hessian (Lanczos) measurement (step 0) compiles: nothing is
+    unsaved, so the process stops during that compile; the rerun ends with the record of an
+    uninterrupted run."""
     args = [*TINY, "metrics.hessian=true", "metrics.every=10", "metrics.subset_size=256"]
     cache = tmp_path / "jax_cache"
     _plain_run(tmp_path / "reference", cache, args)
     reference = json.loads((tmp_path / "reference" / "record_r0.json").read_text())
     proc, log = _signal_run(tmp_path, "compile:lanczos", "SIGUSR2", args, armed=False)
     assert log and log[0].startswith("SIGUSR2 during compile jit(lanczos")
-    _check_resumes_to(_check_interrupted(tmp_path, proc, log, log[0], 10), 10, cache,
-                      reference, args)
+    run = _check_stopped_at_once(tmp_path, proc, log, log[0], "SIGUSR2")
+    _plain_run(run, cache, args)
+    resumed = json.loads((run / "record_r0.json").read_text())
+    assert interruption_invariant(resumed) == interruption_invariant(reference)

@@ -169,3 +169,43 @@ def test_sbatch_template_runs_the_selected_override_line(tmp_path):
     bad = subprocess.run(["bash", str(TEMPLATE), str(jobs), str(sweep)],
                          env={**env, "SLURM_ARRAY_TASK_ID": "2"}, capture_output=True, text=True)
     assert bad.returncode != 0 and "only 2 job lines" in bad.stderr
+
+
+def test_sbatch_template_passes_shell_metacharacters_through_as_text(tmp_path):
+    """A jobs-file line holding $(...), backticks, ; | & > and $VAR runs nothing on the
+    node: every argument reaches bench.train as written, split by bench.jobs_file, the
+    parser bench.status uses for the same file."""
+    from bench.jobs_file import job_lines
+    from bench.status import expected_jobs
+
+    fake = tmp_path / "bin" / "srun"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/bash\n[ "$1" = --unbuffered ] && shift\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    marker = tmp_path / "pwned"
+    line = (f"'name=$(touch {marker})' tag=`touch${{IFS}}{marker}` 'note=a; touch {marker}' "
+            f"x=1;touch y=$HOME z=a|b w=>{marker} \"q=it's\" v=$(id)")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(line + "\n")
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_ARRAY_TASK_ID": "0"}
+    out = subprocess.run(["bash", str(TEMPLATE), str(jobs), str(sweep)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    argv = out[out.index("python") + 3:-1]
+    expected = [f"name=$(touch {marker})", f"tag=`touch${{IFS}}{marker}`",
+                f"note=a; touch {marker}", "x=1;touch", "y=$HOME", "z=a|b", f"w=>{marker}",
+                "q=it's", "v=$(id)"]
+    assert argv == expected
+    assert not marker.exists()
+    assert job_lines(jobs) == [expected]
+    assert expected_jobs(sweep) == [("0", expected)]       # what status reports = what ran
+
+
+def test_jobs_file_cli_errors(tmp_path):
+    from bench.jobs_file import main
+
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a=1 'unclosed\n")
+    assert main(["args", str(jobs), "0"]) == 1
+    assert main(["args", str(jobs)]) == 2

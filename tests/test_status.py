@@ -80,7 +80,7 @@ def test_sweep_statuses(sweep):
     assert jobs["5"].overrides == ["batch_size=256", "seed=0"]   # read from .hydra/overrides.yaml
     assert jobs["7"].expected_replicas == 2 and sum(jobs["7"].replicas.values()) == 1
     assert summary(list(jobs.values())) == {"finished": 2, "diverged": 1, "failed": 1,
-                                            "running": 2, "missing": 2}
+                                            "running": 2, "missing": 2, "unreadable": 0}
 
 
 def test_cli_json_and_table(sweep, capsys):
@@ -268,3 +268,83 @@ def test_expected_jobs_of_a_command_line_sweep(tmp_path):
                   "overrides": {"task": ["model=mlp", "batch_size=32,64"], "hydra": []}}}))
     assert expected_jobs(sweep) == [("0", ["model=mlp", "batch_size=32"]),
                                     ("1", ["model=mlp", "batch_size=64"])]
+
+
+# ---------------------------------------------------------------- damaged records
+
+
+def test_a_truncated_record_is_named_not_skipped(tmp_path, capsys):
+    """A finished run whose only record was cut short: the job is "unreadable", the table
+    and the JSON name the file and why (not "0 jobs: none found"), and it is not finished."""
+    job = tmp_path / "run"
+    _record(job, 0, 1, "finished")
+    path = job / record_filename(0)
+    path.write_text(path.read_text()[:100])
+    jobs, _ = sweep_report(tmp_path)
+    assert [(j.job, j.status) for j in jobs] == [("run", "unreadable")]
+    assert jobs[0].unreadable[0].startswith("run/record_r0.json: ")
+    assert not is_finished(job)
+    assert main([str(tmp_path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "1 jobs: 1 unreadable" in text and "unreadable record run/record_r0.json" in text
+    assert main([str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["unreadable"] == 1
+
+
+@pytest.mark.parametrize("status", [None, "done", "FINISHED", 3])
+def test_an_unknown_or_missing_status_is_not_finished(tmp_path, status):
+    job = tmp_path / "run"
+    _record(job, 0, 1, "finished")
+    path = job / record_filename(0)
+    record = json.loads(path.read_text())
+    if status is None:
+        del record["status"]
+    else:
+        record["status"] = status
+    path.write_text(json.dumps(record))
+    assert not is_finished(job)
+    (j,) = sweep_status(tmp_path)
+    assert j.status == "unreadable" and "status" in j.unreadable[0]
+    assert aggregate_status(["finished", "done"]) == "unreadable"
+
+
+def test_damaged_fields_do_not_crash_the_report(tmp_path, capsys):
+    """`"replica": []`, a list as config, a string as final or environment: the report
+    still comes out (each field read only when it has the right type)."""
+    job = tmp_path / "run"
+    _record(job, 0, 1, "finished")
+    path = job / record_filename(0)
+    record = json.loads(path.read_text())
+    record.update(replica=[], config=[1, 2], final="x", environment="y", run_id=None)
+    path.write_text(json.dumps(record))
+    (j,) = sweep_status(tmp_path)
+    assert j.status == "finished" and j.expected_replicas is None and j.step is None
+    assert is_finished(job)
+    assert main([str(tmp_path)]) == 0 and "1 jobs: 1 finished" in capsys.readouterr().out
+
+
+def test_record_strings_reach_the_terminal_escaped(tmp_path, capsys):
+    """An error or override holding terminal control sequences (ESC, BEL, CR) is printed as
+    escapes, never raw."""
+    job = _hydra_job(tmp_path, 0, ["tag=\x1b]0;pwned\x07x"])
+    _record(job, 0, 1, "failed", error="boom\x1b[2J\rcleared")
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert "boom\\x1b[2J\\rcleared" in out.replace("\n", "").replace(" ", "")
+
+
+def test_reuse_refuses_an_unreadable_record_and_changes_nothing(tmp_path):
+    """A rerun into a directory whose record is truncated stops with one ConfigError naming
+    the file (bench.train prints it as one error: line) and leaves every file as it was."""
+    from bench.config import from_dict
+    from bench.reuse import UnreadableRecords, check_reuse
+
+    job = tmp_path / "run"
+    _record(job, 0, 1, "finished")
+    path = job / record_filename(0)
+    path.write_text(path.read_text()[:50])
+    before = path.read_bytes()
+    with pytest.raises(UnreadableRecords, match="record_r0.json"):
+        check_reuse(job, from_dict({}))
+    assert path.read_bytes() == before

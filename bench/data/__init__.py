@@ -8,9 +8,12 @@ registered section here, and ``conf/dataset/<name>.yaml``.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from dataclasses import replace
+from typing import Iterator
 
-from bench.data.base import ArrayDataset
+from bench.data.base import ArrayDataset, DataInfo, data_info
 from bench.schema import ConfigError, Registry, frozen, param
 
 DATASETS: Registry["DatasetConfig"] = Registry("dataset", default="mnist1d")
@@ -24,6 +27,24 @@ class DatasetConfig:
     def load(self) -> ArrayDataset:
         raise NotImplementedError
 
+    def describe(self) -> DataInfo:
+        """Shapes, classes and split sizes from metadata only (what the pre-flight checks read
+        before anything is loaded or compiled); options whose loading is cheap load."""
+        with data_errors(f"dataset={self.name}"):
+            return data_info(self.load())
+
+
+@contextlib.contextmanager
+def data_errors(where: str) -> Iterator[None]:
+    """A loader's ValueError or OSError (a bad file, an impossible setting) as one ConfigError
+    line naming the key."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, OSError, KeyError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
 
 @DATASETS.register("mnist1d")
 @frozen
@@ -33,6 +54,10 @@ class MNIST1DConfig(DatasetConfig):
     def load(self) -> ArrayDataset:
         from bench.data.mnist1d import load_mnist1d
         return load_mnist1d()
+
+    def describe(self) -> DataInfo:
+        from bench.data.mnist1d import INFO  # generating the data takes seconds
+        return INFO
 
 
 @DATASETS.register("digits")
@@ -44,6 +69,10 @@ class DigitsConfig(DatasetConfig):
     def load(self) -> ArrayDataset:
         from bench.data.digits import load_digits
         return load_digits(seed=self.seed)
+
+    def describe(self) -> DataInfo:
+        from bench.data.digits import INFO  # scikit-learn's import takes seconds
+        return INFO
 
 
 @DATASETS.register("synthetic")
@@ -76,6 +105,10 @@ class TFDSImageConfig(DatasetConfig):
         from bench.data.tfds import load_tfds
         return load_tfds(self.name, self.data_dir)
 
+    def describe(self) -> DataInfo:
+        from bench.data.tfds import describe_tfds
+        return describe_tfds(self.name, self.data_dir)
+
 
 # ----------------------------------------------------------------------------- language
 
@@ -86,6 +119,15 @@ class TextConfig(DatasetConfig):
     y: the next tokens); ``num_train`` counts sequences."""
     context: int = param(128, ge=1, help="tokens per sequence (T)")
     test_fraction: float = param(0.1, gt=0, lt=1, help="held-out tail of each source")
+
+    def describe(self) -> DataInfo:
+        with data_errors(f"dataset={self.name} dataset.context={self.context}"):
+            info = data_info(self.load())
+        if not info.num_test:
+            raise ConfigError(f"dataset.context={self.context}: the test split of dataset={self.name} "
+                              f"holds no sequence of {self.context + 1} tokens; use a shorter "
+                              f"dataset.context or a larger dataset.test_fraction")
+        return info
 
 
 @DATASETS.register("pydoc")
@@ -112,6 +154,25 @@ class MarkovConfig(TextConfig):
     order: int = param(2, ge=1)
     concentration: float = param(0.5, gt=0, help="Dirichlet concentration of the transitions")
 
+    # Largest transition table (contexts x alphabet, float64) the chain may draw: 128 MiB.
+    MAX_TABLE = 1 << 24
+
+    def check(self, where: str) -> None:
+        entries = self.alphabet_size ** (self.order + 1)
+        if entries > self.MAX_TABLE:
+            raise ConfigError(
+                f"{where}order={self.order} with {where}alphabet_size={self.alphabet_size}: the chain"
+                f" has {self.alphabet_size}^{self.order} contexts ({entries:.3g} transition entries, "
+                f"limit {self.MAX_TABLE:.3g}); use a smaller order or alphabet")
+        if self.concentration < 1e-3:
+            raise ConfigError(f"{where}concentration={self.concentration:g} makes an almost "
+                              f"deterministic chain that may never mix; use >= 0.001")
+
+    def describe(self) -> DataInfo:
+        from bench.data.text import BYTE_VOCAB  # sampling the chain is what loading costs
+        return DataInfo("markov", (self.context,), BYTE_VOCAB, self.markov_train,
+                        self.markov_test, self.context)
+
     def load(self) -> ArrayDataset:
         from bench.data.markov import load_markov
         data, provenance = load_markov(self.context, self.markov_train, self.markov_test, self.seed,
@@ -133,6 +194,12 @@ class LM1BConfig(TextConfig):
                                      self.max_test_sentences)
         return replace(data, provenance=provenance)
 
+    def describe(self) -> DataInfo:
+        from bench.data.text import BYTE_VOCAB
+        from bench.data.tfds import require_prepared
+        require_prepared("lm1b", self.data_dir)  # the corpus length is known only once read
+        return DataInfo("lm1b", (self.context,), BYTE_VOCAB, None, None, self.context)
+
 
 @DATASETS.register("tokens")
 @frozen
@@ -150,15 +217,40 @@ class TokenFileConfig(TextConfig):
 
     def load(self) -> ArrayDataset:
         from bench.data.token_files import load_token_file
-        data, provenance = load_token_file(self.path, self.context, self.test_fraction,
-                                           self.test_path, self.max_train_tokens,
-                                           self.max_test_tokens, self.verify_sha256)
+        with data_errors(f"dataset.path={self.path}"):
+            data, provenance = load_token_file(self.path, self.context, self.test_fraction,
+                                               self.test_path, self.max_train_tokens,
+                                               self.max_test_tokens, self.verify_sha256)
         return replace(data, provenance=provenance)
+
+    def describe(self) -> DataInfo:
+        from bench.data.token_files import capped, token_file_splits
+        with data_errors(f"dataset.path={self.path}"):  # metadata and file sizes only
+            train, test, provenance = token_file_splits(self.path, self.context, self.test_fraction,
+                                                        self.test_path)
+        if not len(train):
+            raise ConfigError(f"dataset.context={self.context} is longer than the training tokens of "
+                              f"dataset.path={self.path} (no sequence of {self.context + 1} tokens); "
+                              f"use a shorter dataset.context")
+        info = DataInfo("tokens", (self.context,), provenance["vocab_size"],
+                        len(capped(train, self.max_train_tokens)),
+                        len(capped(test, self.max_test_tokens)), self.context)
+        if not info.num_test:
+            raise ConfigError(f"dataset.context={self.context}: the test split of dataset.path="
+                              f"{self.test_path or self.path} holds no sequence of {self.context + 1}"
+                              f" tokens; use a shorter context, a larger dataset.test_fraction or"
+                              f" dataset.max_test_tokens")
+        if not info.num_train:
+            raise ConfigError(f"dataset.max_train_tokens={self.max_train_tokens} is shorter than one "
+                              f"sequence of dataset.context={self.context} tokens")
+        return info
 
 
 def load_dataset(cfg: DatasetConfig) -> ArrayDataset:
-    """The dataset of ``cfg``, cut to the first ``num_train`` training examples when set."""
+    """The dataset of ``cfg``, cut to the first ``num_train`` training examples when set; its
+    labels (token ids) checked against ``num_classes`` (the vocabulary)."""
     data = cfg.load()
+    data.check_ranges(f"dataset={cfg.name}" + (f" dataset.path={cfg.path}" if getattr(cfg, "path", "") else ""))
     return data.subset(cfg.num_train) if cfg.num_train is not None else data
 
 
@@ -193,6 +285,11 @@ class StreamableConfig(DatasetConfig):
         """The dataset as a bench.data.stream.StreamDataset."""
         raise NotImplementedError
 
+    def describe(self) -> DataInfo:
+        """From the stream's metadata (TFDS: its dataset info), in memory or streamed."""
+        with data_errors(f"dataset={self.name}"):
+            return data_info(self.open_stream(), streamed=self.loader == "stream")
+
 
 @DATASETS.register("arrayrecord")
 @frozen
@@ -216,7 +313,6 @@ class ArrayRecordConfig(StreamableConfig):
         return Augment(self.augment, self.image_size, self.padding)
 
     def _is_tfds(self) -> bool:
-        from pathlib import Path
         return (Path(self.path).expanduser() / "dataset_info.json").is_file()
 
     def open_stream(self):
@@ -224,6 +320,15 @@ class ArrayRecordConfig(StreamableConfig):
         if self._is_tfds():
             return tfds_stream(self.path, None, self._augment())
         return exported_stream(self.path, self._augment())
+
+    def describe(self) -> DataInfo:
+        if not Path(self.path).expanduser().is_dir():
+            raise ConfigError(f"dataset.path={self.path}: no such directory (an export of python -m "
+                              f"bench.data.export, or a prepared TFDS dataset directory)")
+        if not self._is_tfds():
+            from bench.data.arrayrecord import read_metadata, verify_shards
+            verify_shards(self.path, read_metadata(self.path))
+        return super().describe()
 
     def load(self) -> ArrayDataset:
         from bench.data.stream import load_in_memory

@@ -117,16 +117,82 @@ def write_split(directory: Path, split: str, x: np.ndarray, y: np.ndarray, codec
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
-    """The metadata of an exported directory (ConfigError when it is not one)."""
+    """The metadata of an exported directory, its keys checked (ConfigError when it is not one)."""
     path = Path(directory).expanduser() / METADATA
     if not path.is_file():
         raise ConfigError(f"dataset.path={directory}: no {METADATA} there; write one with "
                           f"python -m bench.data.export <dataset> {directory}")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"dataset.path={directory}: {METADATA} is not JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
         raise ConfigError(f"{path}: not a {FORMAT} v{VERSION} metadata file "
-                          f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+                          f"(format {got[0]!r}, version {got[1]!r})")
+    try:
+        _check_metadata(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"dataset.path={directory}: {METADATA} is malformed ({err}); "
+                          f"re-export with python -m bench.data.export") from None
     return meta
+
+
+def _check_metadata(meta: dict[str, Any]) -> None:
+    """Every key readers use, with its type; shard names are plain file names, so a metadata
+    file cannot make a reader open anything outside its directory."""
+    for feature in ("x", "y"):
+        f = Feature.from_dict(meta["features"][feature])
+        if not all(isinstance(d, int) and d >= 1 for d in f.shape):
+            raise ValueError(f"features.{feature}.shape {list(f.shape)} must be positive integers")
+        np.dtype(f.dtype), np.dtype(f.stored)
+    if not (isinstance(meta["num_classes"], int) and meta["num_classes"] >= 1):
+        raise ValueError(f"num_classes={meta['num_classes']!r} must be an integer >= 1")
+    for split in SPLITS:
+        info = meta["splits"][split]
+        if not (isinstance(info["num_examples"], int) and info["num_examples"] >= 0):
+            raise ValueError(f"splits.{split}.num_examples={info['num_examples']!r}")
+        for name in info["shards"]:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise ValueError(f"shard name {name!r} of split {split} must be a file name inside "
+                                 f"the dataset directory")
+
+
+def verify_shards(directory: str | Path, meta: dict[str, Any]) -> None:
+    """Every shard present and holding, together, the split's ``num_examples`` records of the
+    metadata's size (ArrayRecord reads only each file's index): a missing, empty, truncated or
+    foreign file, or metadata that does not describe the files, stops with one line."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    directory = Path(directory).expanduser()
+    codec = Codec(Feature.from_dict(meta["features"]["x"]), Feature.from_dict(meta["features"]["y"]))
+    size = codec.x.nbytes + codec.y.nbytes
+    for split in SPLITS:
+        info, total = meta["splits"][split], 0
+        for name in info["shards"]:
+            path = directory / name
+            if not path.is_file():
+                raise ConfigError(f"dataset.path={directory}: shard {name} is missing")
+            try:
+                reader = ArrayRecordReader(str(path))
+                try:
+                    count = reader.num_records()
+                    first = reader.read([0])[0] if count else None
+                finally:
+                    reader.close()
+            except RuntimeError as err:  # Riegeli's 'Corrupted ... file' and kin
+                raise ConfigError(f"dataset.path={directory}: shard {name} is not a readable "
+                                  f"ArrayRecord file (truncated?): {str(err).splitlines()[0][:120]}") from None
+            if count == 0 and info["num_examples"]:
+                raise ConfigError(f"dataset.path={directory}: shard {name} holds no readable "
+                                  f"records (truncated or not ArrayRecord)")
+            if first is not None and len(first) != size:
+                raise ConfigError(f"dataset.path={directory}: records of {name} are {len(first)} "
+                                  f"bytes, the metadata's features make {size}")
+            total += count
+        if total != info["num_examples"]:
+            raise ConfigError(f"dataset.path={directory}: split {split} holds {total} records, "
+                              f"the metadata says {info['num_examples']} (truncated shard?)")
 
 
 class ExportedSplit:

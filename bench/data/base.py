@@ -8,6 +8,29 @@ from typing import Any
 
 import numpy as np
 
+from bench.schema import ConfigError
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the pre-flight checks read about a dataset before it is loaded (metadata only):
+    ``num_train`` is what the source holds before ``dataset.num_train`` cuts it (None: not
+    known without reading the data); ``tokens_per_example`` is T of language data."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    num_train: int | None
+    num_test: int | None
+    tokens_per_example: int | None = None
+    streamed: bool = False
+
+
+def data_info(data: Any, streamed: bool = False) -> DataInfo:
+    """The DataInfo of a loaded ArrayDataset or StreamDataset (same attribute names)."""
+    return DataInfo(data.name, tuple(data.input_shape), int(data.num_classes), int(data.num_train),
+                    int(data.num_test), data.tokens_per_example, streamed)
+
 
 @dataclass(frozen=True)
 class ArrayDataset:
@@ -48,7 +71,24 @@ class ArrayDataset:
     @property
     def bytes_per_token(self) -> float:
         """For bits per byte: 1 for byte-level corpora, else the token files' metadata."""
-        return float(self.provenance.get("bytes_per_token", 1.0))
+        value = self.provenance.get("bytes_per_token")  # absent or null: not stated
+        return 1.0 if value is None else float(value)
+
+    def check_ranges(self, where: str) -> None:
+        """Labels (classification) or token ids (language data, x and y) in [0, num_classes):
+        a cheap scan at load, so bad data stops with one line instead of training to NaN."""
+        arrays = (self.y_train, self.y_test) + ((self.x_train, self.x_test)
+                                                 if self.tokens_per_example is not None else ())
+        arrays = [a for a in arrays if a.size]
+        if not arrays:
+            return
+        lo, hi = min(int(a.min()) for a in arrays), max(int(a.max()) for a in arrays)
+        what = "token ids" if self.tokens_per_example is not None else "labels"
+        if lo < 0 or hi >= self.num_classes:
+            bound = "vocab_size" if self.tokens_per_example is not None else "num_classes"
+            raise ConfigError(f"{where}: {what} span [{lo}, {hi}] but the metadata's {bound} is "
+                              f"{self.num_classes}; valid {what} are 0..{self.num_classes - 1} "
+                              f"(fix the data or its metadata)")
 
     def subset(self, num_train: int) -> "ArrayDataset":
         """The first ``num_train`` training examples (the test set unchanged)."""

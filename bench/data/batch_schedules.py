@@ -14,6 +14,12 @@ Each option is a registered section whose ``stages(cfg, num_train, quantum)`` gi
   LR multiplier there is ``decay_factor * B_new / B_old`` (1 while B grows by the full factor).
 - ``warmup``: B grows from ``start_batch_size`` by ``growth`` (e.g. doubling) in equal-length
   stages over ``warmup_epochs``, then stays at ``batch_size``; the LR schedule is unchanged.
+- ``seesaw`` (Meterez et al. 2025, arXiv:2510.14717): wherever the LR schedule (any decaying
+  one: cosine, wsd, step) run at the constant ``batch_size`` would have cut the LR to half of
+  its previous level (the first step after warmup where multiplier <= 2^-k, k = 1, 2, ...),
+  B doubles and the LR is multiplied by 1/sqrt(2) instead, so the LR is piecewise constant
+  at peak * 2^(-k/2) with B = batch_size * 2^k. Same examples (the budget must not be in
+  steps), fewer steps. Beyond ``max_batch_size`` the LR takes the whole cut (1/2).
 """
 
 from __future__ import annotations
@@ -22,7 +28,12 @@ import math
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from bench.data.plan import BatchPlan, parse_budget
+from bench.schedules import lr_multiplier
 from bench.schema import ConfigError, Registry, frozen, param
 
 if TYPE_CHECKING:  # type hints only: bench.config imports this module
@@ -48,7 +59,8 @@ def round_batch(b: float, quantum: int) -> int:
 class BatchScheduleConfig:
     name: str = param("constant", help="batch_schedule=<name> selects the option")
 
-    def stages(self, cfg: "Config", num_train: int, quantum: int) -> tuple[Stages, LRFactors]:
+    def stages(self, cfg: "Config", num_train: int, quantum: int,
+               tokens_per_example: int | None = None) -> tuple[Stages, LRFactors]:
         return [(0, cfg.batch_size)], []
 
     def check(self, where: str) -> None:
@@ -88,7 +100,7 @@ class IncreaseBatch(BatchScheduleConfig):
                               f"batch_size={cfg.batch_size} and a multiple of {quantum} "
                               f"(accumulate x devices x ghost batch)")
 
-    def stages(self, cfg, num_train, quantum):
+    def stages(self, cfg, num_train, quantum, tokens_per_example=None):
         cap = self.max_batch_size or (num_train // quantum) * quantum
         return increase_stages(cfg.batch_size, cfg.schedule.decay_epochs, cfg.schedule.decay_factor,
                                factor=self.factor, cap=cap, quantum=quantum)
@@ -108,9 +120,76 @@ class WarmupBatch(BatchScheduleConfig):
                               f" batch_size={cfg.batch_size} and a multiple of {quantum}"
                               f" (accumulate x devices x ghost batch)")
 
-    def stages(self, cfg, num_train, quantum):
+    def stages(self, cfg, num_train, quantum, tokens_per_example=None):
         return warmup_stages(self.start_batch_size, cfg.batch_size, self.warmup_epochs,
                              growth=self.growth, quantum=quantum), []
+
+
+@BATCH_SCHEDULES.register("seesaw")
+@frozen
+class SeesawBatch(BatchScheduleConfig):
+    """Meterez et al. 2025: B x 2 and LR x 1/sqrt(2) wherever the LR schedule would halve the LR."""
+    max_batch_size: int | None = param(None, ge=1, help="cap on B; beyond it the LR takes the whole cut (null: N)")
+
+    def check_with(self, cfg, quantum):
+        if cfg.schedule.name == "constant":
+            raise ConfigError("batch_schedule=seesaw turns the LR schedule's decay into batch growth;"
+                              " use a decaying schedule (schedule=cosine|wsd|step)")
+        if parse_budget(cfg.budget)[1] == "steps":
+            raise ConfigError(f"batch_schedule=seesaw keeps the examples of the run at constant B and "
+                              f"takes fewer steps; give budget in epochs, examples or tokens, not "
+                              f"budget={cfg.budget}")
+        if self.max_batch_size is not None and (self.max_batch_size < cfg.batch_size
+                                                or self.max_batch_size % quantum):
+            raise ConfigError(f"batch_schedule.max_batch_size={self.max_batch_size} must be >= "
+                              f"batch_size={cfg.batch_size} and a multiple of {quantum} "
+                              f"(accumulate x devices x ghost batch)")
+
+    def stages(self, cfg, num_train, quantum, tokens_per_example=None):
+        reference = BatchPlan([0], num_train, cfg.batch_size, budget=parse_budget(cfg.budget),
+                              warmup_epochs=cfg.schedule.warmup_epochs,
+                              warmup_steps=cfg.schedule.warmup_steps,
+                              tokens_per_example=tokens_per_example)
+        steps = jnp.arange(reference.total_steps)
+        multiplier = np.asarray(jax.vmap(lr_multiplier(cfg.schedule, reference))(steps), np.float64)
+        cap = self.max_batch_size or (num_train // quantum) * quantum
+        return seesaw_stages(reference, multiplier, cap=cap)
+
+
+def halving_levels(multiplier: np.ndarray, warmup: int) -> np.ndarray:
+    """k(t) = how many times the LR has halved by step t: the largest k with multiplier <= 2^-k
+    at t or before (0 during warmup)."""
+    m = np.asarray(multiplier, np.float64)
+    with np.errstate(divide="ignore"):
+        levels = np.floor(-np.log2(np.maximum(m, 0.0)))
+    levels = np.clip(np.nan_to_num(levels, posinf=1e9), 0, None)
+    levels[:warmup] = 0
+    return np.maximum.accumulate(levels).astype(np.int64)
+
+
+def seesaw_stages(reference: BatchPlan, multiplier: np.ndarray, *, cap: int) -> tuple[Stages, LRFactors]:
+    """(stages, LR factors) of Seesaw from the LR multiplier per step of the constant-B run
+    ``reference``: at each step where it halves n more times, B x 2 and LR x 1/sqrt(2) for
+    each of the n halvings while 2B <= cap, LR x 1/2 for the rest. Boundaries sit at the data
+    position of that step in the reference run."""
+    levels = halving_levels(multiplier, reference.warmup_steps)
+    b = reference.first_batch_size
+    stages: Stages = [(0, b)]
+    lr_factors: LRFactors = []
+    for t in np.nonzero(np.diff(levels, prepend=0))[0]:
+        epoch, offset = reference.data_epoch(int(t))
+        at = Fraction(epoch) + Fraction(offset, reference.n)
+        factor, new = 1.0, b
+        for _ in range(int(levels[t] - (levels[t - 1] if t else 0))):
+            if 2 * new <= cap:
+                new, factor = 2 * new, factor / math.sqrt(2.0)
+            else:
+                factor /= 2.0
+        if new != b:
+            stages.append((at, new))
+        lr_factors.append((float(at), factor))
+        b = new
+    return stages, lr_factors
 
 
 def increase_stages(batch_size: int, decay_epochs: Sequence[float], decay_factor: float, *,
@@ -168,7 +247,8 @@ def make_plan(cfg: "Config", num_train: int, num_devices: int = 1,
                           f" ({num_train} examples)")
     if seeds is None:
         seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
-    stages, lr_factors = cfg.batch_schedule.stages(cfg, num_train, batch_quantum(cfg, num_devices))
+    stages, lr_factors = cfg.batch_schedule.stages(cfg, num_train, batch_quantum(cfg, num_devices),
+                                                   tokens_per_example=tokens_per_example)
     plan = BatchPlan(seeds, num_train, stages, budget=parse_budget(cfg.budget),
                      warmup_epochs=cfg.schedule.warmup_epochs,
                      warmup_steps=cfg.schedule.warmup_steps, lr_factors=lr_factors,

@@ -96,7 +96,8 @@ class StreamDataset:
 
     @property
     def bytes_per_token(self) -> float:
-        return float(self.provenance.get("bytes_per_token", 1.0))
+        value = self.provenance.get("bytes_per_token")  # absent or null: not stated
+        return 1.0 if value is None else float(value)
 
     def subset(self, num_train: int) -> "StreamDataset":
         """The first ``num_train`` training examples (the test set unchanged)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -72,29 +73,19 @@ def write_token_file(path: str | Path, tokens: np.ndarray, vocab_size: int, **me
 
 
 class TokenFile:
-    """A memory-mapped token file and its metadata."""
+    """A memory-mapped token file and its metadata; ValueError (one line) for a file that is
+    missing, empty, truncated, not in the format, or whose metadata does not describe it."""
 
     def __init__(self, path: str | Path, verify_sha256: bool = False):
-        self.path = Path(path)
-        meta_file = metadata_path(self.path)
-        if not meta_file.exists():
-            raise ValueError(f"{self.path.name}: missing metadata {meta_file.name} (dtype, vocab_size)")
-        self.metadata: dict[str, Any] = json.loads(meta_file.read_text())
-        if self.path.suffix == ".npy":
-            self.tokens = np.load(self.path, mmap_mode="r")
-        elif self.path.suffix == ".bin":
-            dtype = self.metadata.get("dtype")
-            if dtype not in DTYPES:
-                raise ValueError(f"{meta_file.name}: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-            self.tokens = np.memmap(self.path, dtype=DTYPES[dtype], mode="r")
-        else:
-            raise ValueError(f"token file must end in .bin or .npy, got {self.path.name}")
-        if self.tokens.ndim != 1 or self.tokens.dtype.str not in {d.str for d in DTYPES.values()}:
-            raise ValueError(f"{self.path.name}: expected 1-D uint16/uint32 tokens, got "
-                             f"{self.tokens.dtype} {self.tokens.shape}")
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise ValueError("no such token file")
+        self.metadata = read_token_metadata(self.path)
+        self.tokens = _map_tokens(self.path, self.metadata)
         expected = self.metadata.get("num_tokens")
         if expected is not None and expected != len(self.tokens):
-            raise ValueError(f"{self.path.name}: metadata says {expected} tokens, file has {len(self.tokens)}")
+            raise ValueError(f"{self.path.name}: metadata says {expected} tokens, file has "
+                             f"{len(self.tokens)} (truncated or wrong metadata)")
         if verify_sha256 and "sha256" in self.metadata:
             actual = tokens_sha256(self.tokens)
             if actual != self.metadata["sha256"]:
@@ -107,6 +98,64 @@ class TokenFile:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+def read_token_metadata(path: Path) -> dict[str, Any]:
+    """The metadata JSON of a token file, its keys checked (vocab_size, dtype, num_tokens,
+    bytes_per_token)."""
+    meta_file = metadata_path(path)
+    if not meta_file.is_file():
+        raise ValueError(f"{path.name}: missing metadata {meta_file.name} (dtype, vocab_size)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_file.name}: not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file.name}: expected a JSON object, got {type(meta).__name__}")
+    vocab = meta.get("vocab_size")
+    if not (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab >= 2):
+        raise ValueError(f"{meta_file.name}: vocab_size must be an integer >= 2, got {vocab!r}")
+    dtype = meta.get("dtype")
+    if dtype is not None and (dtype not in DTYPES or vocab > np.iinfo(DTYPES[dtype]).max + 1):
+        raise ValueError(f"{meta_file.name}: dtype {dtype!r} cannot hold vocab_size {vocab}; "
+                         f"valid: {', '.join(DTYPES)}")
+    count = meta.get("num_tokens")
+    if count is not None and not (isinstance(count, int) and count >= 0):
+        raise ValueError(f"{meta_file.name}: num_tokens must be an integer >= 0, got {count!r}")
+    bpt = meta.get("bytes_per_token")
+    if bpt is not None and not (isinstance(bpt, (int, float)) and not isinstance(bpt, bool)
+                                and math.isfinite(bpt) and bpt > 0):
+        raise ValueError(f"{meta_file.name}: bytes_per_token must be a number > 0, got {bpt!r}")
+    return meta
+
+
+def _map_tokens(path: Path, meta: dict[str, Any]) -> np.ndarray:
+    """The tokens, memory-mapped (``.npy``: its header's dtype; ``.bin``: the metadata's)."""
+    if path.suffix == ".npy":
+        try:
+            tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{path.name}: not a readable .npy array ({err})") from None
+    elif path.suffix == ".bin":
+        dtype = meta.get("dtype")
+        if dtype not in DTYPES:
+            raise ValueError(f"{metadata_path(path).name}: dtype must be one of {sorted(DTYPES)}, "
+                             f"got {dtype!r}")
+        size = path.stat().st_size
+        if size == 0:
+            raise ValueError(f"{path.name}: the file is empty")
+        if size % DTYPES[dtype].itemsize:
+            raise ValueError(f"{path.name}: {size} bytes is not a whole number of {dtype} tokens "
+                             f"(truncated?)")
+        tokens = np.memmap(path, dtype=DTYPES[dtype], mode="r")
+    else:
+        raise ValueError(f"token file must end in .bin or .npy, got {path.name}")
+    if tokens.ndim != 1 or tokens.dtype.str not in {d.str for d in DTYPES.values()}:
+        raise ValueError(f"{path.name}: expected 1-D uint16/uint32 tokens, got "
+                         f"{tokens.dtype} {tokens.shape}")
+    if "dtype" in meta and tokens.dtype != DTYPES[meta["dtype"]]:
+        raise ValueError(f"{path.name}: tokens are {tokens.dtype}, the metadata says {meta['dtype']}")
+    return tokens
 
 
 class PackedTokens:
@@ -159,13 +208,22 @@ def token_file_splits(path: str | Path, context: int, test_fraction: float = 0.1
         "source": train_file.metadata.get("source", str(train_file.path)),
         "tokenizer": train_file.metadata.get("tokenizer"),
         "vocab_size": train_file.vocab_size,
-        "bytes_per_token": train_file.metadata.get("bytes_per_token"),
         "files": [{"path": str(f.path), "num_tokens": len(f), "sha256": f.metadata.get("sha256"),
                    "sha256_verified": verify_sha256 and "sha256" in f.metadata} for f in files],
         "context": context, "test_fraction": None if test_path else test_fraction,
         "train_sequences": len(train), "test_sequences": len(test),
     }
+    if train_file.metadata.get("bytes_per_token") is not None:  # absent: not stated (bits per token)
+        provenance["bytes_per_token"] = train_file.metadata["bytes_per_token"]
     return train, test, provenance
+
+
+def capped(rows: PackedTokens, max_tokens: int | None) -> PackedTokens:
+    """The first ``max_tokens`` targets' worth of ``rows`` (all of them for None)."""
+    if max_tokens is None:
+        return rows
+    return PackedTokens(rows.tokens, rows.start,
+                        rows.start + min(max_tokens, len(rows) * rows.context) + 1, rows.context)
 
 
 def load_token_file(path: str | Path, context: int, test_fraction: float = 0.1,
@@ -174,13 +232,6 @@ def load_token_file(path: str | Path, context: int, test_fraction: float = 0.1,
                     name: str = "tokens") -> tuple[ArrayDataset, dict[str, Any]]:
     """The splits in memory as an ArrayDataset (the first ``max_*_tokens`` of each split)."""
     train, test, provenance = token_file_splits(path, context, test_fraction, test_path, verify_sha256)
-
-    def capped(rows: PackedTokens, max_tokens: int | None) -> PackedTokens:
-        if max_tokens is None:
-            return rows
-        return PackedTokens(rows.tokens, rows.start,
-                            rows.start + min(max_tokens, len(rows) * context) + 1, context)
-
     x_train, y_train = capped(train, max_train_tokens).arrays()
     x_test, y_test = capped(test, max_test_tokens).arrays()
     provenance.update(train_sequences=len(x_train), test_sequences=len(x_test))

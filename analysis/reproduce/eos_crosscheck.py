@@ -1,6 +1,6 @@
 """An edge-of-stability run outside the harness: is a sharpness above 2/lr the harness or the setup?
 
-    python -m bench.reproduce.eos_crosscheck +experiment=eos_offline --lr 0.4 --seed 0 \
+    python -m analysis.reproduce.eos_crosscheck +experiment=eos_offline --lr 0.4 --seed 0 \
         --steps 400 --every 1 --out results/eos_crosscheck/relu_ce_lr0.4.csv [KEY=VALUE ...]
 
 Takes only the data and the initial parameters of the preset's run (same seed, so the two
@@ -10,7 +10,7 @@ mean over the examples), training is plain full-batch ``params -= lr * grad`` in
 sharpness is ARPACK's (``scipy.sparse.linalg.eigsh``, which='LA', tol 1e-6) on forward-over-reverse
 HVPs of all training examples, every ``--every`` steps. Before the edge of stability the
 trajectory matches the harness's to float round-off; after it, rounding differences grow (the
-dynamics are chaotic there), so compare statistics (the window rule of analysis.verdicts.eos_table),
+dynamics are chaotic there), so compare statistics (the window rule of analysis.stability.eos_table),
 not individual steps. Writes one CSV row per measurement (step, train_loss, sharpness,
 two_over_lr) and prints the window summary.
 """
@@ -98,7 +98,7 @@ def run(cfg, lr: float, seed: int, steps: int, every: int, until: int | None = N
 
 def window_summary(df: pd.DataFrame, lr: float, seed: int, tol: float = 0.2) -> dict:
     """eos_table's row for this run (same reach / hover / window rule as the harness's verdict)."""
-    from analysis.verdicts import eos_table
+    from analysis.stability import eos_table
 
     hist = df.rename(columns={"sharpness": "hessian_top_eigenvalue"}).assign(
         run_id="crosscheck", batch_size=1, peak_lr=lr, seed=seed, lr=lr)

@@ -1,4 +1,4 @@
-"""``python -m bench.reproduce <finding> --scale offline|paper ...`` (see bench.reproduce)."""
+"""``python -m analysis.reproduce <finding> --scale offline|paper ...`` (see analysis.reproduce)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from bench.reproduce.plan import FINDINGS, launchers, offline_plan
-from bench.reproduce.run import _log, publish, reanalyze_offline, reproduce_offline, reproduce_paper
+from analysis.findings import names
+from analysis.reproduce.plan import launchers, offline_plan
+from analysis.reproduce.run import _log, publish, reanalyze_offline, reproduce_offline, reproduce_paper
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.reproduce") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m analysis.reproduce") -> int:
     ap = argparse.ArgumentParser(prog=prog, description="Reproduce a published batch-size finding "
                                                         "end to end: train, interpolate, plot, report.")
-    ap.add_argument("finding", choices=tuple(FINDINGS))
+    ap.add_argument("finding", choices=names())
     ap.add_argument("--scale", choices=("offline", "paper"), required=True)
     ap.add_argument("--out", type=Path, default=None,
                     help="output dir (default results/<finding> offline, results/<finding>-paper paper)")

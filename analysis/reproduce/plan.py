@@ -1,59 +1,23 @@
-"""What a reproduction runs: the finding table and the plans read from the presets.
+"""What a reproduction runs: the plans read from a finding's presets.
 
 Every grid, seed list, budget and evaluation cadence lives in the finding's presets
 (``conf/experiment/<preset>.yaml``: its keys and its ``hydra.sweeper.params``); a plan is
 read from them, so ``python -m bench.train -m +experiment=<preset>`` and the reproduction run
-the same jobs. What is not a training setting (which verdict tolerance, whether to draw the
-interpolation curve) is in :data:`FINDINGS`.
+the same jobs. Which presets a finding has, and what is not a training setting (its arms'
+roles, a verdict tolerance), is its module's (``analysis.findings``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Sequence
 
 from bench.config import Config, from_hydra, validate
 from bench.hydra_conf import CONF_DIR, compose, group_options
 
-
-LM_FINDINGS = ("marek", "zhang_cbs", "shallue_lm", "batch_warmup")
-
-
-@dataclass(frozen=True)
-class Finding:
-    offline: str                          # the preset of the offline reproduction
-    paper: tuple[str, ...]                # the paper-scale presets
-    verdict: dict[str, Any] = field(default_factory=dict)  # analysis.report verdict options
-    interpolation: bool = False           # Keskar Fig. 3: SB -> LB parameter interpolation
-    arms: tuple[str, ...] = ()            # further offline presets compared with `offline` (one
-                                          # sweep each; jobs are named <preset>-B<b>)
-
-    @property
-    def offline_presets(self) -> tuple[str, ...]:
-        return (self.offline, *self.arms)
-
-
-FINDINGS: dict[str, Finding] = {
-    "keskar": Finding("keskar_offline", ("keskar_f1", "keskar_c1", "keskar_c2", "keskar_c3",
-                                         "keskar_c4"), interpolation=True),
-    "goyal": Finding("goyal_offline", ("goyal_linear",), {"tolerance": 0.01}),
-    "shallue": Finding("shallue_offline", ("shallue_steps_to_result",)),
-    "edge_of_stability": Finding("eos_offline", ("cohen_eos",), {"tol": 0.2}),
-    # Cohen et al. 2021 in their own setup (fc-tanh, square loss) and Cohen et al. 2022 (Adam)
-    "edge_of_stability_cohen": Finding("eos_offline_cohen", ("cohen_eos",), {"tol": 0.2}),
-    "adaptive_edge_of_stability": Finding("aeos_offline", ("cohen_aeos",), {"tol": 0.2}),
-    # language models (analysis.lm_*): every arm is a preset; records carry its name
-    "marek": Finding("marek_offline_halflife", ("marek_gpt2_halflife", "marek_gpt2_beta2",
-                                                "marek_gpt2_sgd"),
-                     arms=("marek_offline_beta2", "marek_offline_sgd", "marek_offline_accum")),
-    "zhang_cbs": Finding("zhang_offline_n1", ("zhang_cbs_151m", "zhang_cbs_604m"),
-                         arms=("zhang_offline_n2",)),
-    "shallue_lm": Finding("shallue_lm_offline", ("shallue_lm1b",)),
-    "batch_warmup": Finding("warmup_offline_small", ("merrill_small", "merrill_large", "merrill_warmup"),
-                            arms=("warmup_offline_large", "warmup_offline_merrill",
-                                  "warmup_offline_ramp")),
-}
+from analysis.findings import Finding, Preset, get
 
 
 @dataclass(frozen=True)
@@ -76,76 +40,41 @@ class Plan:
     rules: tuple[str, ...]          # LR-scaling rules swept by the preset (goyal compares three)
     budget_scale: float
     jobs: tuple[JobSpec, ...]
-    report: dict[str, Any] = field(default_factory=dict)   # analysis.report.build_report options
-    figures: dict[str, Any] = field(default_factory=dict)  # analysis.figures.make_figures options
-    interpolation: tuple[int, int] | None = None           # (SB, LB) batch sizes (keskar)
-    presets: tuple[str, ...] = ()                           # every offline preset (arms) of the plan
-
-
-def finding(name: str) -> Finding:
-    if name not in FINDINGS:
-        raise ValueError(f"unknown finding {name!r}; choose from {', '.join(FINDINGS)}")
-    return FINDINGS[name]
+    options: dict[str, Any] = field(default_factory=dict)  # the finding's verdict and figure options
+    presets: tuple[str, ...] = ()                           # every offline preset (arm) of the plan
 
 
 def read_preset(preset: str, overrides: Sequence[str] = ()) -> tuple[Config, dict[str, list[str]]]:
     """(the preset's config, {swept key: values of its hydra.sweeper.params})."""
+    cfg, params = _read_preset(preset, tuple(overrides))
+    return cfg, {k: list(v) for k, v in params.items()}
+
+
+@cache  # a plan reads each preset several times; composing one takes a good part of a second
+def _read_preset(preset: str, overrides: tuple[str, ...]) -> tuple[Config, dict[str, tuple[str, ...]]]:
     composed = compose([f"+experiment={preset}", *overrides], return_hydra_config=True)
-    params = {str(k): [v.strip() for v in str(v).split(",")]
+    params = {str(k): tuple(v.strip() for v in str(v).split(","))
               for k, v in (composed.hydra.sweeper.params or {}).items()}
     return validate(from_hydra(composed)), params  # from_hydra leaves out the hydra node
 
 
-LM_ROLES = {"marek": ("halflife", "beta2", "sgd", "accum"), "batch_warmup": ("small", "large", "ramp")}
-
-
 def preset_meta(preset: str) -> dict[str, Any]:
-    """The preset's ``reproduce:`` node (analysis options of a reproduction: an arm's role, the
-    data sizes of a CBS study); not a training setting, so records do not carry it."""
+    """The preset's ``reproduce:`` node (analysis options of a reproduction, e.g. the data sizes
+    of a CBS study); not a training setting, so records do not carry it."""
     from omegaconf import OmegaConf
 
     node = compose([f"+experiment={preset}"]).get("reproduce")
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def lm_options(name: str, presets: Sequence[str]) -> dict[str, Any]:
-    """Arms and targets of a language-model finding, from its presets: each preset's ``name``
-    is the arm label in the records and its ``reproduce.role`` says what it is."""
-    opts: dict[str, Any] = {}
-    for preset in presets:
-        cfg, _ = read_preset(preset)
-        meta = preset_meta(preset)
-        role = meta.get("role")
-        if name in LM_ROLES and role not in LM_ROLES[name]:
-            raise ValueError(f"preset {preset}: reproduce.role={role!r}; {name} arms are {LM_ROLES[name]}")
-        if role == "ramp":
-            opts.setdefault("ramps", []).append(cfg.name)
-        elif role:
-            opts[role] = cfg.name
-        for key in ("data_sizes", "overhead", "model_factor"):
-            if key in meta:
-                opts[key] = meta[key]
-        if name == "shallue_lm":
-            opts["target_loss"] = cfg.target.test_loss
-    return opts
-
-
-def report_options(preset: str, name: str, presets: Sequence[str] | None = None
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """analysis.report and analysis.figures options of a preset (or of a finding's arm presets),
-    from the presets themselves."""
+def load_preset(preset: str) -> Preset:
     cfg, params = read_preset(preset)
-    report = dict(finding(name).verdict)
-    figures: dict[str, Any] = {}
-    if name in LM_FINDINGS:
-        opts = lm_options(name, presets or finding(name).offline_presets)
-        return {**report, **opts}, dict(opts)
-    if name == "keskar" and "batch_size" in params:
-        sizes = [int(b) for b in params["batch_size"]]
-        report.update(sb=min(sizes), lb=max(sizes))   # SB and LB are the sweep's ends
-    if name == "shallue":
-        report["target_accuracy"] = figures["target_accuracy"] = cfg.target.test_accuracy
-    return report, figures
+    return Preset(preset, cfg, params, preset_meta(preset))
+
+
+def finding_options(finding: Finding, presets: Sequence[str]) -> dict[str, Any]:
+    """The finding's verdict and figure options, read from ``presets`` (its arms)."""
+    return finding.options([load_preset(p) for p in presets])
 
 
 def scaled_budget(budget: str, scale: float) -> str:
@@ -222,15 +151,15 @@ def offline_plan(name: str, *, seeds: int | None = None, budget_scale: float = 1
     evaluation / measurement cadences (quick smoke runs; not the reproduction unless 1).
     A finding with arms runs every arm's sweep; its jobs are named ``<preset>-B<b>``.
     """
-    spec = finding(name)
+    spec = get(name)
     if not budget_scale > 0:
         raise ValueError(f"budget_scale={budget_scale} must be > 0")
-    cfg, params = read_preset(spec.offline)
+    presets = spec.offline_presets
+    cfg, params = read_preset(presets[0])
     seed_list = tuple(range(int(seeds))) if seeds is not None else tuple(cfg.replicas.seeds or (cfg.seed,))
     if not seed_list:
         raise ValueError(f"seeds={seeds} must be >= 1")
     lrs = tuple(cfg.replicas.lr or (cfg.optimizer.lr,))
-    presets = spec.offline_presets
     swept = sorted({int(b) for p in presets
                     for b in read_preset(p)[1].get("batch_size", [read_preset(p)[0].batch_size])})
     if batch_sizes is not None:
@@ -250,10 +179,8 @@ def offline_plan(name: str, *, seeds: int | None = None, budget_scale: float = 1
         rules = rules or preset_rules
     if len(presets) == 1:  # one preset: the sweep's order
         sizes = tuple(j.batch_size for j in jobs[::len(rules)])
-    report, figures = report_options(spec.offline, name)
-    interpolation = (report["sb"], report["lb"]) if spec.interpolation else None
-    return Plan(name, spec.offline, sizes, seed_list, lrs, rules, float(budget_scale), tuple(jobs),
-                report, figures, interpolation, presets)
+    return Plan(name, presets[0], sizes, seed_list, lrs, rules, float(budget_scale), tuple(jobs),
+                finding_options(spec, presets), presets)
 
 
 def launchers() -> tuple[str, ...]:
@@ -266,12 +193,12 @@ def paper_commands(name: str, *, launcher: str = "slurm_gpu", out: Path | str | 
                    python: str = "python") -> list[list[str]]:
     """The Hydra multirun command of every paper preset of finding ``name`` (the sweep is the
     preset's own ``hydra.sweeper.params``)."""
-    spec = finding(name)
+    spec = get(name)
     if launcher not in launchers():
         raise ValueError(f"unknown launcher {launcher!r}; choose from {', '.join(launchers())}")
     out = Path(out) if out is not None else Path("results") / f"{name}-paper"
     cmds = []
-    for preset in spec.paper:
+    for preset in spec.paper_presets:
         cmd = [python, "-m", "bench.train", "-m", f"+experiment={preset}"]
         if launcher != "basic":
             cmd.append(f"hydra/launcher={launcher}")
@@ -282,5 +209,5 @@ def paper_commands(name: str, *, launcher: str = "slurm_gpu", out: Path | str | 
     return cmds
 
 
-__all__ = ["CONF_DIR", "FINDINGS", "Finding", "JobSpec", "Plan", "launchers", "offline_plan",
-           "paper_commands", "read_preset", "report_options", "scaled_budget"]
+__all__ = ["CONF_DIR", "JobSpec", "Plan", "finding_options", "launchers", "offline_plan",
+           "paper_commands", "preset_meta", "read_preset", "scaled_budget"]
