@@ -168,7 +168,7 @@ class Job:
         self.probe = CurvatureProbe(
             cfg.metrics, self.fns, *self._probe_data(),
             [jax.random.fold_in(jax.random.PRNGKey(r.seed), Stream.PROBES) for r in self.replicas],
-            self.mesh) if cfg.metrics.hessian else None
+            self.mesh, plan=self.plan) if cfg.metrics.hessian else None
 
     def _init_in_memory(self, eval_idx: dict[str, tuple[np.ndarray, np.ndarray]],
                         step_options: dict[str, Any]) -> None:

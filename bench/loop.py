@@ -87,6 +87,8 @@ def run(cfg: Config, output_dir: Path | str, *,
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
     tracker = _tracker(job, records, output_dir) if records.primary else None
     progress = Progress(job.plan.total_steps, enabled=cfg.progress and records.primary, start=step)
+    if job.probe is not None and progress.enabled:  # curvature: cost estimate first, a line per metric
+        job.probe.report = progress.note
     with PreemptionFlag() as flag, ckpt, progress, closing(job):
         while True:
             if cadence.evaluates_at(step):
