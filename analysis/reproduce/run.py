@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from bench.hydra_conf import CONF_DIR, compose_config
 
 from analysis.findings import Finding, get
+from bench.metrics.suite import summary_columns
 from analysis.wandb_report import maybe_log_report
 from analysis.load import load_records, load_tables
 from analysis.plotting import save_figures
@@ -74,9 +75,7 @@ SUMMARY_COLUMNS = (
     "name", "batch_size", "scaling", "base_lr", "peak_lr", "adam_b2", "seed", "status", "total_steps",
     "final_step", "final_train_loss", "final_train_accuracy", "final_test_loss",
     "final_test_accuracy", "final_gap_accuracy", "steps_to_target",
-    "curvature_hessian_top_eigenvalue", "curvature_hessian_trace",
-    "curvature_sharpness_full_eps1e-03", "curvature_sharpness_full_eps5e-04",
-    "curvature_sharpness_subspace_eps1e-03", "curvature_sharpness_subspace_eps5e-04",
+    *summary_columns(),  # the curvature metrics' own columns (their registry)
     "final_tokens", "final_test_bits_per_byte", "target_test_loss", "steps_to_test_loss",
     "tokens_to_test_loss", "train_seconds")
 
