@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from bench.tracking import IDS_FILE, finding_of
+from bench.tracking import IDS_FILE
 
 _SEPARATOR = re.compile(r"^\|?\s*:?-{3,}")
 
@@ -91,6 +91,13 @@ def _run_table(results: Path) -> pd.DataFrame | None:
 
     table = load_records(results)
     return table if len(table) else None
+
+
+def finding_of(group: str | None) -> str | None:
+    """The registered finding named ``group`` (reproductions group their runs by finding)."""
+    from analysis.findings import names
+
+    return group if group in names() else None
 
 
 def log_report(results: Path | str, *, project: str | None = None, entity: str | None = None,

@@ -32,7 +32,9 @@ reads a profile (``--profile DIR`` from ``bench.profile``) or runs one, takes B_
 it: trains the configured job ``--noise-steps`` steps at its own batch size (B_noise grows as
 training proceeds; at initialization it is an underestimate), then averages |G|^2 and tr(Sigma)
 over ``--noise-draws`` two-batch estimates before dividing (numerator and denominator smoothed
-separately, as the paper advises). Writes ``advice.json`` and ``advice.png``.
+separately, as the paper advises). It prints the interval it used with what that interval
+averages over (the draws; for a record, the smoothed measurements). Writes ``advice.json`` and
+``advice.png``.
 """
 
 from __future__ import annotations
@@ -245,27 +247,45 @@ def measure_noise_scale(cfg: Config, *, data=None, train_steps: int = 200, draws
     small = small_batch or cfg.metrics.noise_small_batch
     num = num_small or cfg.metrics.noise_num_small
     num = min(num, job.data.num_train // small)
+    from bench.metrics.noise_scale import summarize
+
     g2, tr = [], []
     for i in range(draws):
         est = gradient_noise_scale(loss_fn, params, batch, jax.random.PRNGKey(seed * 1000 + i),
                                    small_batch=small, num_small=num)
         g2.append(float(est.grad_norm_sq))
         tr.append(float(est.trace_sigma))
-    mean_g2, mean_tr = float(np.mean(g2)), float(np.mean(tr))
-    return {"b_simple": mean_tr / mean_g2 if mean_g2 > 0 else math.inf, "grad_norm_sq": mean_g2,
-            "trace_sigma": mean_tr, "draws": draws, "small_batch": small, "num_small": num,
+    s = summarize(g2, tr)
+    return {"b_simple": s.b_simple if s.grad_norm_sq > 0 else math.inf, "grad_norm_sq": s.grad_norm_sq,
+            "trace_sigma": s.trace_sigma, "b_simple_stderr": s.b_simple_stderr,
+            "b_simple_interval": list(s.interval()), "interval": _INTERVAL.format(draws=draws),
+            "draws": draws, "small_batch": small, "num_small": num,
             "train_steps": train_steps, "batch_size": cfg.batch_size,
             "per_draw_b_simple": [t / g if g else math.nan for g, t in zip(g2, tr)]}
 
 
+_INTERVAL = ("95%, delta method on the ratio of the means over {draws} independent two-batch "
+             "draws (Student-t, draws - 1 dof)")
+
+
 def noise_scale_from_record(path: Path | str) -> float | None:
     """The last ``noise_scale_simple_ema`` (else ``noise_scale_simple``) in a run record's history."""
+    return noise_scale_estimate_from_record(path)["b_simple"]
+
+
+def noise_scale_estimate_from_record(path: Path | str) -> dict[str, Any]:
+    """The last smoothed B_simple of a run record (else the last raw one) with its interval and
+    what that interval averages over."""
     record = json.loads(Path(path).read_text())
     for key in ("noise_scale_simple_ema", "noise_scale_simple"):
-        values = [row[key] for row in record.get("history", []) if row.get(key) is not None]
-        if values:
-            return float(values[-1])
-    return None
+        rows = [row for row in record.get("history", []) if row.get(key) is not None]
+        if rows:
+            row = rows[-1]
+            over = (f"smoothed over {row.get('noise_ema_measurements', 1):.3g} effective measurements "
+                    f"(mean age {row.get('noise_ema_lag', 0):.3g})" if key.endswith("_ema") else "one measurement")
+            return {"b_simple": float(row[key]), "b_simple_interval": row.get(f"{key}_interval"),
+                    "interval": f"95%, {over}, from the record's draws at step {row['step']}", "key": key}
+    return {"b_simple": None, "b_simple_interval": None, "interval": None, "key": None}
 
 
 # ---------------------------------------------------------------------------- figure and CLI
@@ -350,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.noise_scale is not None:
             noise = {"b_simple": args.noise_scale, "source": "--noise-scale"}
         elif args.record:
-            noise = {"b_simple": noise_scale_from_record(args.record), "source": args.record}
+            noise = {**noise_scale_estimate_from_record(args.record), "source": args.record}
         else:
             print(f"measuring the gradient noise scale after {args.noise_steps} steps at B={cfg.batch_size} ...")
             noise = measure_noise_scale(cfg, train_steps=args.noise_steps, draws=args.noise_draws)
@@ -367,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "advice.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     figure(table, rec, f"{cfg.model.name} on {cfg.dataset.name}").savefig(out / "advice.png", dpi=120)
     print(rec.explanation)
+    if noise.get("interval"):
+        lo, hi = noise.get("b_simple_interval") or (None, None)
+        shown = "unknown" if lo is None or hi is None or math.isnan(lo) else f"[{lo:.4g}, {hi:.4g}]"
+        print(f"B_simple = {noise['b_simple']:.4g}, interval {shown} ({noise['interval']})")
     print("train with: python -m bench.train " + " ".join(
         [*overrides, f"batch_size={rec.batch_size}", f"optimizer.lr={rec.lr:.4g}", "scaling=none"]
         + ([f"schedule.warmup_epochs={rec.warmup_epochs:g}"] if rec.warmup_epochs else [])))

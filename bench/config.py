@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from bench.data import DATASETS, DatasetConfig
 from bench.data.batch_schedules import BATCH_SCHEDULES, BatchScheduleConfig, batch_quantum
 from bench.data.plan import parse_budget
+from bench.metrics.suite import MetricsConfig  # the union of the curvature metrics' keys
 from bench.models import MODELS, ModelConfig
 from bench.optim import OPTIMIZERS, SCALING_RULES, AdamFamily, OptimizerConfig, ScalingConfig
 from bench.schedules import SCHEDULES, ScheduleConfig
@@ -82,45 +83,6 @@ class ReplicasConfig:
         for key in ("lr", "seeds"):
             if getattr(self, key) == ():
                 raise ConfigError(f"{where}{key} is an empty list; give at least one value or null")
-
-
-@frozen
-class MetricsConfig:
-    """Curvature and gradient-noise measurements (bench.metrics.curvature); off unless hessian."""
-    hessian: bool = param(False, help="Hessian top-k, trace, density, sharpness, noise scale")
-    every: int | None = param(None, ge=1, help="steps between measurements (null: at the end)")
-    dense_every: int | None = param(
-        None, ge=1, help="also measure every n steps up to metrics.dense_until (e.g. around the "
-                         "edge-of-stability crossing); null: off")
-    dense_until: int = param(0, ge=0, help="last step of the metrics.dense_every cadence")
-    subset_size: int = param(10000, ge=0, help="training examples used (0 or >= N: all of them)")
-    chunk_size: int = param(1000, ge=1, help="examples per Hessian-vector-product chunk")
-    top_k: int = param(1, ge=1)
-    lanczos_iters: int = param(30, ge=1)
-    power_iters: int = param(50, ge=0)
-    hutchinson_probes: int = param(64, ge=0)
-    density: bool = param(True, help="spectral density by stochastic Lanczos quadrature")
-    slq_probes: int = param(4, ge=1)
-    density_grid: int = param(256, ge=2)
-    sharpness: bool = param(True, help="Keskar epsilon-sharpness")
-    sharpness_eps: tuple[float, ...] = param((1e-3, 5e-4), gt=0)
-    sharpness_subspace_dim: int = param(100, ge=0)
-    sharpness_iters: int = param(10, ge=1)
-    noise_scale: bool = param(True, help="McCandlish gradient noise scale B_simple")
-    noise_small_batch: int = param(32, ge=1)
-    noise_num_small: int = param(16, ge=2)
-    noise_ema: float = param(0.9, ge=0, lt=1)
-    preconditioned: bool = param(
-        False, help="Adam's preconditioned sharpness lambda_max(P^-1 H) (Cohen et al. 2022); "
-                    "optimizer=adam|adamw")
-    batch_sharpness_batches: int = param(
-        0, ge=0, help="minibatches of the run's batch size averaged for batch sharpness "
-                      "E[g_B^T H_B g_B / |g_B|^2] (Andreyev & Beneventano 2024); 0: off")
-
-    def check(self, where: str) -> None:
-        if self.top_k > self.lanczos_iters:
-            raise ConfigError(f"{where}top_k={self.top_k} must be <= {where}lanczos_iters="
-                              f"{self.lanczos_iters}")
 
 
 @frozen

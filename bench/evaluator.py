@@ -102,7 +102,8 @@ class CurvatureMeter:
         self.setup = setup
         x, y = source.probe_examples(setup.cfg.metrics.subset_size, setup.replicas[0].seed)
         keys = [jax.random.fold_in(jax.random.PRNGKey(r.seed), RngStream.PROBES) for r in setup.replicas]
-        self.probe = CurvatureProbe(setup.cfg.metrics, setup.fns, x, y, keys, setup.mesh)
+        self.probe = CurvatureProbe(setup.cfg.metrics, setup.fns, x, y, keys, setup.mesh,
+                                    policy=setup.policy, plan=setup.plan)
 
     def measure(self, state: TrainState, k: int, lr: float, batch_size: int) -> dict[str, Any]:
         """The probe's statistics of replica k; ``batch_size``: the minibatch size of the last

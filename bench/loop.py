@@ -101,6 +101,8 @@ def run(cfg: Config, output_dir: Path | str, *,
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
     tracker = _tracker(setup, records, output_dir) if records.primary else None
     progress = Progress(plan.total_steps, enabled=cfg.progress and records.primary, start=step)
+    if meter is not None and progress.enabled:  # curvature: cost estimate first, a line per metric
+        meter.probe.report = progress.note
     with PreemptionFlag() as flag, ckpt, progress, closing(source):
         while True:
             if cadence.evaluates_at(step):

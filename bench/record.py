@@ -2,8 +2,9 @@
 
 The schema is the typed definitions below (:class:`RunRecord` and the dicts it holds):
 ``bench.loop`` writes exactly these keys and ``analysis`` reads them. Every key is always
-present; ``history`` rows carry, beyond :class:`EvalRow`, the curvature keys of
-``bench.metrics.curvature.measure`` at steps where curvature was measured.
+present; ``history`` rows carry, beyond :class:`EvalRow`, the curvature keys at steps where
+curvature was measured: each registered curvature metric declares its own, typed
+(:func:`curvature_row_keys`, from ``bench.metrics.suite``).
 gap_loss = test_loss - train_loss; gap_accuracy = train_accuracy - test_accuracy.
 """
 
@@ -137,11 +138,21 @@ class RunRecord(TypedDict):
     history: list[EvalRow]
     final: EvalRow | None           # the last eval row
     convergence: Convergence
-    curvature: dict[str, Any] | None  # curvature at the last step (bench.metrics.curvature)
+    curvature: dict[str, Any] | None  # curvature at the last step (keys: curvature_row_keys)
     timings: Timings
     diverged_at_step: int | None
     error: str | None               # one line
     artifacts: dict[str, str]       # name -> path relative to the record (e.g. final params)
+
+
+def curvature_row_keys(metrics_config: Any | None = None) -> dict[str, Any]:
+    """The keys a measured history row (and ``RunRecord.curvature``) adds to :class:`EvalRow`,
+    with their types: the record keys of every registered curvature metric
+    (``bench.metrics.suite.record_keys``; ``..._eps{eps}`` expanded for ``metrics_config``)."""
+    # imported here: the registry imports jax, which reading and writing records does not need
+    from bench.metrics.suite import record_keys
+
+    return record_keys(metrics_config)
 
 
 def keys_of(schema: type) -> tuple[str, ...]:

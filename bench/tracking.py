@@ -10,8 +10,8 @@ back); its history holds the record's eval rows under their own names, against `
 loss and accuracy. Curvature rows add the Hessian's eigenvalue density as a W&B histogram and
 each list of numbers (the top eigenvalues) as one series per entry (``hessian_eigenvalues/0``).
 
-Runs of one sweep share a group: ``logger.group`` when set, else the finding of a paper
-preset (``bench.reproduce.plan.FINDINGS``), else the Hydra multirun's sweep directory, else
+Runs of one sweep share a group: ``logger.group`` when set, else ``logger.finding`` (which
+``analysis.reproduce`` sets on the jobs it runs and prints: bench never imports analysis), else the Hydra multirun's sweep directory, else
 the job. ``job_type`` is the preset (a finding's arm); tags name the finding, the preset and
 the job's config hash.
 
@@ -59,8 +59,10 @@ class WandbLogger(LoggerConfig):
     mode: str = param("offline", choices=("offline", "online", "disabled"))
     project: str = param("batch-bench")
     entity: str | None = param(None)
-    group: str | None = param(None, help="W&B group; default: the finding of a paper preset, "
-                                          "else the Hydra sweep directory, else the job")
+    group: str | None = param(None, help="W&B group; default: logger.finding, else the Hydra "
+                                          "sweep directory, else the job")
+    finding: str | None = param(None, help="the finding the job belongs to (analysis.reproduce "
+                                            "sets it): the default group and a tag")
     job_type: str | None = param(None, help="W&B job type; default: the preset's name (a "
                                              "finding's arm), else 'train'")
     tags: tuple[str, ...] = param((), help="W&B tags added to the default ones (finding, "
@@ -88,16 +90,6 @@ class NullTracker:
 # ---------------------------------------------------------------------- grouping and identity
 
 
-def finding_of(preset: str | None) -> str | None:
-    """The finding whose offline or paper presets include ``preset`` (None: no finding)."""
-    if not preset:
-        return None
-    from bench.reproduce.plan import FINDINGS  # imported late: it imports bench.config
-
-    return next((name for name, f in FINDINGS.items()
-                 if preset in (*f.offline_presets, *f.paper)), None)
-
-
 def hydra_sweep_dir() -> str | None:
     """The sweep directory of the Hydra multirun this process runs a job of (None: none)."""
     try:
@@ -115,7 +107,7 @@ def grouping(cfg: WandbLogger, config: dict[str, Any], config_hash: str, name: s
              ) -> dict[str, Any]:
     """W&B group, job type and tags of a job's runs (see the module docstring)."""
     preset = config.get("name")
-    finding = finding_of(preset)
+    finding = cfg.finding
     group = cfg.group or finding or hydra_sweep_dir() or f"{name}-{config_hash}"
     tags = [*([f"finding:{finding}"] if finding else []), *([f"preset:{preset}"] if preset else []),
             f"config:{config_hash}", *cfg.tags]

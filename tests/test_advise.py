@@ -99,7 +99,9 @@ def test_cli_with_given_profile_and_record(tmp_path, capsys):
     prof_dir.mkdir()
     pd.DataFrame(_profile()).to_csv(prof_dir / "profile.csv", index=False)
     record = {"history": [{"step": 0, "noise_scale_simple_ema": 50.0},
-                          {"step": 10, "noise_scale_simple_ema": 180.0}, {"step": 20}]}
+                          {"step": 10, "noise_scale_simple_ema": 180.0, "noise_ema_measurements": 1.8,
+                           "noise_ema_lag": 4.5, "noise_scale_simple_ema_interval": [150.0, 210.0]},
+                          {"step": 20}]}
     (tmp_path / "record_r0.json").write_text(json.dumps(record))
     out = tmp_path / "advice"
     rc = advise.main(["optimizer.lr=0.1", "scaling.base_batch_size=128", "--profile", str(prof_dir),
@@ -112,6 +114,9 @@ def test_cli_with_given_profile_and_record(tmp_path, capsys):
     assert (out / "advice.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "Use batch size 128" in printed and "batch_size=128 optimizer.lr=0.1" in printed
+    # the interval it used, and what it averages over
+    assert ("B_simple = 180, interval [150, 210] (95%, smoothed over 1.8 effective measurements "
+            "(mean age 4.5), from the record's draws at step 10)") in printed
 
 
 def test_measured_noise_scale_is_the_ratio_of_averaged_estimates():
@@ -123,3 +128,5 @@ def test_measured_noise_scale_is_the_ratio_of_averaged_estimates():
     assert noise["b_simple"] == pytest.approx(noise["trace_sigma"] / noise["grad_norm_sq"])
     assert len(noise["per_draw_b_simple"]) == 3 and np.all(np.isfinite(noise["per_draw_b_simple"]))
     assert 1 < noise["b_simple"] < 10 * 512
+    lo, hi = noise["b_simple_interval"]
+    assert lo < noise["b_simple"] < hi and "3 independent two-batch draws" in noise["interval"]

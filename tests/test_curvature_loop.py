@@ -89,8 +89,7 @@ def test_matmul_curvature_of_a_cnn_measures_the_configured_loss():
     with loss=mse its eval loss equals the lax-conv model's square loss on the same params."""
     from bench.job import Job
 
-    cfg = small_config(dataset={"synthetic_train": 64, "synthetic_test": 32, "input_dim": 12},
-                       model={"name": "cnn"}, loss="mse", batch_size=32,
+    cfg = small_config(dataset={"name": "mnist1d"}, model={"name": "cnn"}, loss="mse", batch_size=32,
                        metrics={**METRICS, "chunk_size": 32})
     job = Job(cfg)
     job.probe.convs = "matmul"

@@ -12,6 +12,7 @@ Both loop styles are tested (bench.metrics.operator): ``rolled=True`` (one jitte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from bench.compile_log import logged_compiles
 from bench.metrics import hessian as hs
 from bench.metrics import operator
 from bench.metrics.curvature import measure
+from bench.metrics.suite import MetricsConfig
 from bench.metrics.operator import HessianOperator
 from bench.metrics.sharpness import loss_and_grad_at
 from tiny_mlp import loss_fn, make_problem
@@ -183,18 +185,17 @@ def test_hoisted_hvp_equals_dense_hessian_and_respects_the_memory_budget(problem
     assert HessianOperator.of(loss_fn, problem.params, problem.data, 40, rolled=True).hoisted().linear is None
 
 
-SUITE = SimpleNamespace(
+SUITE = MetricsConfig(
     hessian=True, every=10, subset_size=0, chunk_size=40, top_k=3, lanczos_iters=30, power_iters=1000,
     hutchinson_probes=200, density=True, slq_probes=2, density_grid=64, sharpness=True,
-    sharpness_eps=[1e-3, 5e-4], sharpness_subspace_dim=10, sharpness_iters=10, noise_scale=True,
+    sharpness_eps=(1e-3, 5e-4), sharpness_subspace_dim=10, sharpness_iters=10, noise_scale=True,
     noise_small_batch=8, noise_num_small=4, noise_ema=0.9,
 )  # fmt: skip
 
 
 # A light measure() configuration for the loop-style tests (every estimator, few iterations).
-SMALL = SimpleNamespace(**{**vars(SUITE), "top_k": 2, "lanczos_iters": 10, "power_iters": 10, "hutchinson_probes": 4,
-                           "density_grid": 16, "sharpness_eps": [1e-3], "sharpness_subspace_dim": 4,
-                           "sharpness_iters": 2})
+SMALL = dataclasses.replace(SUITE, top_k=2, lanczos_iters=10, power_iters=10, hutchinson_probes=4,
+                            density_grid=16, sharpness_eps=(1e-3,), sharpness_subspace_dim=4, sharpness_iters=2)
 
 
 def _flat_values(out: dict) -> np.ndarray:
@@ -264,6 +265,7 @@ def test_estimators_share_one_hvp_program(problem):
 DEVICE_SCRIPT = (
     PROBLEM_SRC
     + """
+import dataclasses
 import json
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -343,7 +345,7 @@ def test_measure_reports_enabled_metrics_consistently(problem):
     np.testing.assert_allclose(out["hessian_eigenvalues"], np.asarray(alone.eigenvalues), rtol=1e-12)
 
     # Disabled parts leave no keys; the EMA state carries over untouched.
-    off = SimpleNamespace(**{**vars(cfg), "hessian": False, "density": False, "sharpness": False, "noise_scale": False})
-    out2, ema2 = measure(off, loss_fn, problem.params, problem.data, key, ema_state=ema)
-    assert ema2 is ema
+    off = dataclasses.replace(cfg, hessian=False, density=False, sharpness=False, noise_scale=False)
+    out2, ema2 = measure(off, loss_fn, problem.params, problem.data, key, state=ema)
+    assert ema2 == ema
     assert set(out2) == {"curvature_subset_size", "curvature_seconds"}

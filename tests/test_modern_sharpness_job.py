@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from bench.job import Job
 from bench.loop import run
 from bench.metrics.batch_sharpness import minibatch_indices
-from bench.metrics.curvature import KEY_BATCH_SHARPNESS
+from bench.metrics.batch_sharpness import KEY_BATCH_SHARPNESS
 from bench.metrics.preconditioned import adam_state
 from conftest import small_config
 

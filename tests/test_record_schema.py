@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import stat
 
+import types
+import typing
+
+from bench.config import from_dict
 from bench.record import (Convergence, EvalRow, Experiment, Environment, Replica, RunRecord,
-                          Timings, keys_of)
+                          Timings, curvature_row_keys, keys_of)
 from bench.loop import run
 from conftest import small_config
 
@@ -24,6 +28,10 @@ def test_written_record_has_exactly_the_typed_keys(tmp_path):
                         ("timings", Timings), ("environment", Environment)):
         assert set(record[key]) == set(keys_of(schema)), key
     curvature_keys = set(record["curvature"])
+    declared = curvature_row_keys(from_dict(record["config"]).metrics)
+    assert curvature_keys <= set(declared), curvature_keys - set(declared)
+    for key in curvature_keys:
+        assert _has_type(record["curvature"][key], declared[key]), key
     for row in record["history"]:
         assert set(keys_of(EvalRow)) <= set(row)
         assert set(row) - set(keys_of(EvalRow)) in (set(), curvature_keys)  # measured rows: + curvature
@@ -41,3 +49,19 @@ def test_records_respect_the_umask(tmp_path):
     os.umask(umask)
     mode = stat.S_IMODE((tmp_path / "record_r0.json").stat().st_mode)
     assert mode == 0o666 & ~umask
+
+
+def _has_type(value, tp) -> bool:
+    """``value`` (as read from JSON) is of the declared record type (float | None, list[...], ...)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)

@@ -140,19 +140,20 @@ def test_plan_options():
 def test_paper_dry_run_prints_the_hydra_commands(capsys):
     assert main(["keskar", "--scale", "paper", "--dry-run", "--out", "sweeps_out"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines == [f"python -m bench.train -m +experiment={p} hydra/launcher=slurm_gpu "
+    assert lines == [f"python -m bench.train -m +experiment={p} logger.finding=keskar hydra/launcher=slurm_gpu "
                      f"hydra.sweep.dir=sweeps_out/{p}" for p in PAPER_PRESETS["keskar"]]
     assert main(["goyal", "--scale", "paper", "--dry-run", "--launcher", "local", "--seeds", "3",
                  "--override", "dataset.data_dir=/data/tfds"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert shlex.split(line) == [
-        "python", "-m", "bench.train", "-m", "+experiment=goyal_linear", "hydra/launcher=local",
+        "python", "-m", "bench.train", "-m", "+experiment=goyal_linear", "logger.finding=goyal",
+        "hydra/launcher=local",
         "hydra.sweep.dir=results/goyal-paper/goyal_linear", "replicas.seeds=[0,1,2]",
         "dataset.data_dir=/data/tfds"]
     assert sweep_params("goyal_linear")["scaling"] == "linear,none,sqrt"   # the rules compared
     assert main(["shallue", "--scale", "paper", "--dry-run", "--launcher", "basic"]) == 0
     assert capsys.readouterr().out.strip() == (
-        "python -m bench.train -m +experiment=shallue_steps_to_result "
+        "python -m bench.train -m +experiment=shallue_steps_to_result logger.finding=shallue "
         "hydra.sweep.dir=results/shallue-paper/shallue_steps_to_result")
     with pytest.raises(SystemExit):
         main(["keskar", "--scale", "paper", "--dry-run", "--launcher", "nope"])

@@ -167,11 +167,11 @@ def test_per_replica_splits_the_prefixed_summary():
 
 def test_grouping_defaults_and_overrides(monkeypatch):
     logger = tracking.WandbLogger(name="wandb")
+    reproduced = tracking.WandbLogger(name="wandb", finding="batch_warmup")  # as analysis.reproduce sets it
     paper = {"name": "merrill_small", "batch_size": 128}
-    g = tracking.grouping(logger, paper, "abc123", "merrill_small")
+    g = tracking.grouping(reproduced, paper, "abc123", "merrill_small")
     assert g == {"group": "batch_warmup", "job_type": "merrill_small",
                  "tags": ["finding:batch_warmup", "preset:merrill_small", "config:abc123"]}
-    assert tracking.grouping(logger, {"name": "keskar_offline"}, "h", "n")["group"] == "keskar"
     monkeypatch.setattr(tracking, "hydra_sweep_dir", lambda: "multirun/2026-12-03/11-49-41")
     plain = {"name": None, "batch_size": 32}
     g = tracking.grouping(logger, plain, "h", "B32-mnist1d-cnn")
@@ -222,3 +222,26 @@ def test_analysis_load_reads_each_wandb_run_back_as_its_record(sweep_job):
         assert [h["step"] for h in back["history"]] == [h["step"] for h in record["history"]]
         assert back["final"]["test_accuracy"] == pytest.approx(record["final"]["test_accuracy"])
         assert back["convergence"]["steps_to_target"] == record["convergence"]["steps_to_target"]
+
+
+def test_language_data_is_plotted_against_tokens(tmp_path):
+    """The tracker alone (no training): rows with ``tokens`` make it the default x axis."""
+    logger = tracking.WandbLogger(name="wandb", mode="offline", project="bb-test")
+    replica = {"index": 0, "count": 1, "seed": 0, "base_lr": 1e-3, "peak_lr": 1e-3,
+               "hyperparams": {"b1": 0.9, "b2": 0.95, "eps": 1e-8}}
+    config = {"name": None, "batch_size": 8, "seed": 0, "optimizer": {"name": "adamw", "lr": 1e-3},
+              "scaling": {"name": "sqrt"}, "replicas": {"lr": None, "seeds": None}}
+    tracker = logger.make(config=config, run_id="lmhash", name="B8-pydoc-transformer",
+                          output_dir=tmp_path, replicas=[replica])
+    for step in (0, 5):
+        tracker.log_rows({0: {"step": step, "examples": 8 * step, "tokens": 512 * step,
+                              "test_loss": 3.0 - 0.1 * step}}, step)
+    tracker.finish({"status": "finished", "final_test_loss": 2.5})
+    (wb,) = read_runs(tmp_path)
+    assert wb["metrics"]["*"]["step_metric"] == "tokens"
+    assert {"tokens", "examples"} <= set(wb["metrics"])
+    assert [h["tokens"] for h in wb["history"]] == [0, 2560]
+    assert wb["config"]["effective"] == {"batch_size": 8, "seed": 0, "base_lr": 1e-3, "peak_lr": 1e-3,
+                                         "rule": "sqrt", "b1": 0.9, "b2": 0.95, "eps": 1e-8}
+    assert wb["summary"]["test_loss"] == {"min": 2.5, "last": 2.5}
+    assert wb["summary"]["final_test_loss"] == 2.5

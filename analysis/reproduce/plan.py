@@ -199,7 +199,7 @@ def paper_commands(name: str, *, launcher: str = "slurm_gpu", out: Path | str | 
     out = Path(out) if out is not None else Path("results") / f"{name}-paper"
     cmds = []
     for preset in spec.paper_presets:
-        cmd = [python, "-m", "bench.train", "-m", f"+experiment={preset}"]
+        cmd = [python, "-m", "bench.train", "-m", f"+experiment={preset}", f"logger.finding={name}"]
         if launcher != "basic":
             cmd.append(f"hydra/launcher={launcher}")
         cmd.append(f"hydra.sweep.dir={out / preset}")

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 from bench.hydra_conf import CONF_DIR, compose_config
 
 from analysis.findings import Finding, get
+from bench.metrics.suite import summary_columns
+from analysis.wandb_report import maybe_log_report
 from analysis.load import load_records, load_tables
 from analysis.plotting import save_figures
 from analysis.report import build_report
@@ -44,7 +46,8 @@ def run_jobs(plan: Plan, records_dir: Path, extra: Sequence[str] = ()) -> list[d
     data_cache: dict[str, Any] = {}
     done = []
     for i, job in enumerate(plan.jobs, 1):
-        cfg = compose_config([f"+experiment={job.preset or plan.preset}", *job.overrides, *extra])
+        cfg = compose_config([f"+experiment={job.preset or plan.preset}", *job.overrides,
+                              f"logger.finding={plan.finding}", *extra])
         job_dir = records_dir / job.name
         if check_reuse(job_dir, cfg) == "finished":
             _log(f"[{i}/{len(plan.jobs)}] {job.name}: finished records exist, skipped")
@@ -72,9 +75,7 @@ SUMMARY_COLUMNS = (
     "name", "batch_size", "scaling", "base_lr", "peak_lr", "adam_b2", "seed", "status", "total_steps",
     "final_step", "final_train_loss", "final_train_accuracy", "final_test_loss",
     "final_test_accuracy", "final_gap_accuracy", "steps_to_target",
-    "curvature_hessian_top_eigenvalue", "curvature_hessian_trace",
-    "curvature_sharpness_full_eps1e-03", "curvature_sharpness_full_eps5e-04",
-    "curvature_sharpness_subspace_eps1e-03", "curvature_sharpness_subspace_eps5e-04",
+    *summary_columns(),  # the curvature metrics' own columns (their registry)
     "final_tokens", "final_test_bits_per_byte", "target_test_loss", "steps_to_test_loss",
     "tokens_to_test_loss", "train_seconds")
 
@@ -99,6 +100,8 @@ def analyze(finding: Finding, records_dir: Path, out: Path, *, options: dict[str
     body = build_report(records_dir, [finding.name], out=out / "report.md", figures_dir=out / "figures",
                         **options)
     (out / "report.md").write_text(header + body + ("\n" + footer if footer else ""))
+    if (run_dir := maybe_log_report(out)) is not None:  # only when the jobs logged to W&B
+        _log(f"W&B report run: {run_dir}")
     return {name: (r if isinstance(r, str) else [str(p) for p in r]) for name, r in figs.items()}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,8 @@ import numpy as np
 import optax
 
 from bench.metrics.hessian import Batch, LossFn, PyTree, jit_loss, num_examples
+from bench.metrics.registry import Cost, Float, Measurement, Metric, num
+from bench.schema import frozen, param
 
 __all__ = ["BatchSharpness", "batch_rayleigh", "batch_sharpness", "minibatch_indices"]
 
@@ -63,3 +65,35 @@ def batch_sharpness(loss_fn: LossFn, params: PyTree, data: Batch, key: jax.Array
     samples = ghg / gg
     stderr = float(np.std(samples, ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
     return BatchSharpness(float(np.mean(samples)), stderr, samples)
+
+
+# The curvature-suite entry (bench.metrics.registry): minibatches of the run's batch size from
+# all the probe's data (not the curvature subset).
+KEY_BATCH_SHARPNESS = 9
+
+
+@frozen
+class BatchSharpnessKeys:
+    batch_sharpness_batches: int = param(
+        0, ge=0, help="minibatches of the run's batch size averaged for batch sharpness "
+                      "E[g_B^T H_B g_B / |g_B|^2] (Andreyev & Beneventano 2024); 0: off")
+
+
+def _measure(cfg: Any, m: Measurement) -> dict[str, Any]:
+    if not m.batch_size:
+        return {}
+    bs = batch_sharpness(m.loss_fn, m.params, m.data, m.key(KEY_BATCH_SHARPNESS),
+                         batch_size=m.batch_size, num_batches=cfg.batch_sharpness_batches)
+    return {"batch_sharpness": num(bs.mean), "batch_sharpness_stderr": num(bs.stderr),
+            "batch_sharpness_batches": len(bs.samples),
+            "batch_sharpness_batch_size": min(int(m.batch_size), num_examples(m.data))}
+
+
+BATCH_SHARPNESS = Metric(
+    "batch_sharpness", BatchSharpnessKeys,
+    record={"batch_sharpness": Float, "batch_sharpness_stderr": Float,  # mean, standard error
+            "batch_sharpness_batches": int,  # draws used (1 when batch_size >= N)
+            "batch_sharpness_batch_size": int},
+    measure=_measure, enabled=lambda cfg: cfg.batch_sharpness_batches > 0,
+    cost=lambda cfg, m: Cost(hvp_examples=cfg.batch_sharpness_batches * min(m.batch_size or 0, num_examples(m.data))),
+    folds=(KEY_BATCH_SHARPNESS,))

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
+from bench import execution
 from bench.metrics.linearize import Linearized, linearize
 
 PyTree = Any
@@ -58,8 +59,9 @@ __all__ = [
 
 
 def rolled_loops() -> bool:
-    """Default loop style: ``lax`` loops in one program off CPU, host-driven loops on CPU."""
-    return jax.default_backend() != "cpu"
+    """Default loop style, the execution policy's (bench.execution): ``lax`` loops in one program
+    off CPU, host-driven loops on CPU."""
+    return execution.current().rolled_curvature_loops
 
 
 def num_examples(data: Batch) -> int:

@@ -23,7 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench.metrics.hessian import Batch, LanczosResult, LossFn, PyTree, lanczos_top_eigenvalues, lift_closure
+from bench.metrics.hessian import (Batch, LanczosResult, LossFn, PyTree, lanczos_top_eigenvalues, lift_closure,
+                                   num_examples)
+from bench.metrics.registry import Cost, Float, Measurement, Metric, num
+from bench.schema import frozen, param
 
 __all__ = ["adam_preconditioner", "adam_state", "preconditioned_loss", "preconditioned_top_eigenvalues"]
 
@@ -72,3 +75,33 @@ def preconditioned_top_eigenvalues(loss_fn: LossFn, params: PyTree, data: Batch,
     zeros = jax.tree.map(jnp.zeros_like, params)
     return lanczos_top_eigenvalues(preconditioned_loss(loss_fn, params, preconditioner), zeros, data, key,
                                    k=k, num_iters=num_iters, chunk_size=chunk_size, rolled=rolled)
+
+
+# The curvature-suite entry (bench.metrics.registry): on the curvature subset, with the P of the
+# replica's own optimizer state (bench.metrics.probe); skipped when no P is given.
+KEY_PRECONDITIONED = 8
+
+
+@frozen
+class PreconditionedKeys:
+    preconditioned: bool = param(
+        False, help="Adam's preconditioned sharpness lambda_max(P^-1 H) (Cohen et al. 2022); "
+                    "optimizer=adam|adamw")
+
+
+def _measure(cfg: Any, m: Measurement) -> dict[str, Any]:
+    if m.preconditioner is None:
+        return {}
+    res = preconditioned_top_eigenvalues(m.loss_fn, m.params, m.subset, m.key(KEY_PRECONDITIONED),
+                                         m.preconditioner, k=1, num_iters=cfg.lanczos_iters,
+                                         chunk_size=m.chunk_size, rolled=m.rolled)
+    return {"preconditioned_top_eigenvalue": num(res.eigenvalues[0]),
+            "preconditioned_lanczos_residual": num(res.residuals[0])}  # in the symmetric form
+
+
+PRECONDITIONED = Metric(
+    "preconditioned", PreconditionedKeys,
+    record={"preconditioned_top_eigenvalue": Float, "preconditioned_lanczos_residual": Float},
+    measure=_measure, enabled=lambda cfg: cfg.preconditioned,
+    cost=lambda cfg, m: Cost(hvp_examples=(min(cfg.lanczos_iters, m.num_params) + 1) * num_examples(m.subset)),
+    folds=(KEY_PRECONDITIONED,))

@@ -33,9 +33,11 @@ import numpy as np
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
-from bench.metrics.operator import Batch, HessianOperator, LossFn, PyTree, estimator
+from bench.metrics.operator import Batch, HessianOperator, LossFn, PyTree, estimator, num_examples
+from bench.metrics.registry import Cost, Float, Measurement, Metric, eps_tag, num
+from bench.schema import frozen, param
 
-__all__ = ["SharpnessResult", "keskar_sharpness", "loss_and_grad_at", "random_subspace"]
+__all__ = ["SHARPNESS", "SharpnessResult", "keskar_sharpness", "loss_and_grad_at", "random_subspace"]
 
 
 class SharpnessResult(NamedTuple):
@@ -126,3 +128,53 @@ def keskar_sharpness(
     f_max = max(-float(res.fun), f0)
     phi = 100.0 * (f_max - f0) / (1.0 + f0)
     return SharpnessResult(float(phi), float(f0), float(f_max), int(res.nit), evals)
+
+
+# The curvature-suite entry (bench.metrics.registry): phi on the curvature subset, for each eps,
+# in the full space and in one random subspace shared by all eps.
+KEY_SUBSPACE, KEY_SHARPNESS = 5, 6
+
+
+@frozen
+class SharpnessKeys:
+    sharpness: bool = param(True, help="Keskar epsilon-sharpness")
+    sharpness_eps: tuple[float, ...] = param((1e-3, 5e-4), gt=0)
+    sharpness_subspace_dim: int = param(100, ge=0, help="dimension of the random subspace; 0: "
+                                                         "full space only")
+    sharpness_iters: int = param(10, ge=1, help="L-BFGS-B iterations (10 in the paper)")
+
+
+def _kinds(cfg: Any) -> int:
+    return 2 if cfg.sharpness_subspace_dim else 1
+
+
+def _measure(cfg: Any, m: Measurement) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    subspace = None
+    if cfg.sharpness_subspace_dim:
+        flat = ravel_pytree(m.params)[0]
+        subspace = random_subspace(m.key(KEY_SUBSPACE), flat.size, cfg.sharpness_subspace_dim, flat.dtype)
+    for i, eps in enumerate(cfg.sharpness_eps):
+        tag = eps_tag(float(eps))
+        for kind, a in (("full", None), ("subspace", subspace)):
+            if kind == "subspace" and a is None:
+                continue
+            key = jax.random.fold_in(m.key(KEY_SHARPNESS), 2 * i + (kind == "subspace"))
+            res = keskar_sharpness(m.loss_fn, m.params, m.subset, key, eps=float(eps), subspace=a,
+                                   max_iter=cfg.sharpness_iters, chunk_size=m.chunk_size, rolled=m.rolled)
+            out[f"sharpness_{kind}_eps{tag}"] = num(res.phi)
+            out["sharpness_loss"] = num(res.loss)
+    return out
+
+
+SHARPNESS = Metric(
+    "sharpness", SharpnessKeys,
+    record={"sharpness_loss": Float,  # f(x) on the subset that phi is relative to
+            "sharpness_full_eps{eps}": Float,  # e.g. sharpness_full_eps1e-03
+            "sharpness_subspace_eps{eps}": Float},  # absent when sharpness_subspace_dim is 0
+    measure=_measure, enabled=lambda cfg: cfg.sharpness,
+    # each run: f(x), then L-BFGS-B's evaluations (about 1.25 per iteration), one gradient each
+    cost=lambda cfg, m: Cost(grad_examples=len(cfg.sharpness_eps) * _kinds(cfg)
+                             * (1 + 1.25 * cfg.sharpness_iters) * num_examples(m.subset)),
+    folds=(KEY_SUBSPACE, KEY_SHARPNESS),
+    summary=("sharpness_full_eps{eps}", "sharpness_subspace_eps{eps}"))

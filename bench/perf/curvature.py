@@ -43,7 +43,8 @@ from bench.metrics import hessian as hs
 from bench.metrics.batch_sharpness import batch_sharpness
 from bench.metrics.preconditioned import preconditioned_top_eigenvalues
 from bench.metrics import noise_scale as ns
-from bench.metrics.curvature import KEY_NOISE, measure
+from bench.metrics.curvature import measure
+from bench.metrics.noise_tracking import KEY_NOISE
 from bench.metrics.operator import HessianOperator
 from bench.metrics.sharpness import keskar_sharpness
 from bench.metrics.probe import CurvatureProbe
