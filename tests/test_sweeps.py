@@ -184,5 +184,6 @@ def test_submitit_local_sweep_skips_finished_and_reruns_missing(tmp_path):
                             capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["summary"] == {"finished": 2, "diverged": 0, "failed": 0, "running": 0, "missing": 0}
+    assert report["summary"] == {"finished": 2, "diverged": 0, "failed": 0, "running": 0, "missing": 0,
+                                 "unreadable": 0}
     assert sorted(j["job"] for j in report["jobs"]) == sorted(d.name for d in jobs.values())
