@@ -107,7 +107,7 @@ def test_sweep_through_slurm_cpu_launcher(partition, tmp_path):
     _wait(lambda: not _squeue(array), 120, "the array to leave the queue")
     status = _status_json(sweep)
     assert status["summary"] == {"finished": 2, "diverged": 0, "failed": 0, "running": 0,
-                                 "missing": 0}
+                                 "missing": 0, "unreadable": 0}
     assert status["live"] == [] and status["queue_note"] is None  # squeue asked: none left
     jobs = {j["job"]: j for j in status["jobs"]}
     for task, batch_size in (("0", 32), ("1", 64)):
