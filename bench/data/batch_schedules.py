@@ -76,6 +76,14 @@ class ConstantBatch(BatchScheduleConfig):
     """Every step uses ``batch_size`` examples (the default)."""
 
 
+def check_max_batch_size(max_batch_size: int | None, batch_size: int, quantum: int) -> None:
+    """A cap on a growing batch: at least the starting B and a multiple of the quantum."""
+    if max_batch_size is not None and (max_batch_size < batch_size or max_batch_size % quantum):
+        raise ConfigError(f"batch_schedule.max_batch_size={max_batch_size} must be >= "
+                          f"batch_size={batch_size} and a multiple of {quantum} "
+                          f"(accumulate x devices x ghost batch)")
+
+
 @BATCH_SCHEDULES.register("increase")
 @frozen
 class IncreaseBatch(BatchScheduleConfig):
@@ -94,11 +102,7 @@ class IncreaseBatch(BatchScheduleConfig):
         if not s.decay_factor < 1:
             raise ConfigError(f"schedule.decay_factor={s.decay_factor} must be in (0, 1)"
                               f" for batch_schedule=increase")
-        if self.max_batch_size is not None and (self.max_batch_size < cfg.batch_size
-                                                or self.max_batch_size % quantum):
-            raise ConfigError(f"batch_schedule.max_batch_size={self.max_batch_size} must be >= "
-                              f"batch_size={cfg.batch_size} and a multiple of {quantum} "
-                              f"(accumulate x devices x ghost batch)")
+        check_max_batch_size(self.max_batch_size, cfg.batch_size, quantum)
 
     def stages(self, cfg, num_train, quantum, tokens_per_example=None):
         cap = self.max_batch_size or (num_train // quantum) * quantum
@@ -139,11 +143,7 @@ class SeesawBatch(BatchScheduleConfig):
             raise ConfigError(f"batch_schedule=seesaw keeps the examples of the run at constant B and "
                               f"takes fewer steps; give budget in epochs, examples or tokens, not "
                               f"budget={cfg.budget}")
-        if self.max_batch_size is not None and (self.max_batch_size < cfg.batch_size
-                                                or self.max_batch_size % quantum):
-            raise ConfigError(f"batch_schedule.max_batch_size={self.max_batch_size} must be >= "
-                              f"batch_size={cfg.batch_size} and a multiple of {quantum} "
-                              f"(accumulate x devices x ghost batch)")
+        check_max_batch_size(self.max_batch_size, cfg.batch_size, quantum)
 
     def stages(self, cfg, num_train, quantum, tokens_per_example=None):
         reference = BatchPlan([0], num_train, cfg.batch_size, budget=parse_budget(cfg.budget),
