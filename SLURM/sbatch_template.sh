@@ -11,11 +11,11 @@
 #     N=$(grep -cvE '^[[:space:]]*(#|$)' jobs.txt)
 #     sbatch --array=0-$((N - 1))%16 SLURM/sbatch_template.sh jobs.txt results/my_sweep
 # Status, and re-submitting only what is missing (finished jobs exit at once):
-#     python -m bench.status results/my_sweep
+#     python -m bench.tools.status results/my_sweep
 #     sbatch --array=<missing task ids>%16 SLURM/sbatch_template.sh jobs.txt results/my_sweep
 #
 # Preemption / time limit: SLURM sends SIGUSR1 to the python process 120 s before the
-# limit (--signal below). bench.preemption saves an orbax checkpoint, writes the record
+# limit (--signal below). bench.core.preemption saves an orbax checkpoint, writes the record
 # (status "running") and runs `scontrol requeue <array job>_<task>`; the requeued task
 # reruns this script with the same arguments and resumes from the checkpoint in
 # SWEEP_DIR/i. (SIGUSR2, submitit's choice because old NCCL builds caught USR1, works the
@@ -46,18 +46,18 @@ TASK_ID=${SLURM_ARRAY_TASK_ID:-0}
 PYTHON=${PYTHON:-python}
 
 # The line is split like a shell command line (quoted values keep their spaces) by
-# bench.jobs_file, the parser bench.status uses too; nothing in it is expanded or run:
+# bench.tools.jobs_file, the parser bench.tools.status uses too; nothing in it is expanded or run:
 # $(...), backticks, ; and $VAR reach bench.train as the text they are.
 ARGS_FILE=$(mktemp)
 trap 'rm -f "$ARGS_FILE"' EXIT
-"$PYTHON" -m bench.jobs_file args "$JOBS_FILE" "$TASK_ID" > "$ARGS_FILE"
+"$PYTHON" -m bench.tools.jobs_file args "$JOBS_FILE" "$TASK_ID" > "$ARGS_FILE"
 mapfile -d '' -t OVERRIDES < "$ARGS_FILE"
 
-# Record the expected jobs for `python -m bench.status` (atomic rename; same content
+# Record the expected jobs for `python -m bench.tools.status` (atomic rename; same content
 # from every task).
 mkdir -p "$SWEEP_DIR"
 cp "$JOBS_FILE" "$SWEEP_DIR/.jobs.txt.$TASK_ID" && mv -f "$SWEEP_DIR/.jobs.txt.$TASK_ID" "$SWEEP_DIR/jobs.txt"
-# ... and the array's id, so bench.status can ask squeue about tasks still pending/requeued
+# ... and the array's id, so bench.tools.status can ask squeue about tasks still pending/requeued
 # (one id per submission; appending the same id twice is harmless).
 if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]] && ! grep -qx "$SLURM_ARRAY_JOB_ID" "$SWEEP_DIR/.slurm_array_ids" 2>/dev/null; then
     echo "$SLURM_ARRAY_JOB_ID" >> "$SWEEP_DIR/.slurm_array_ids"

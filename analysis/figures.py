@@ -15,7 +15,7 @@ Input files besides run records:
   peak_memory_bytes, step_seconds, examples_per_second``, one row per measurement
   (repeats are averaged); optional ``label``/``model``/``device`` column = one line each.
 * ``interpolation.csv`` (results dir, or ``--interpolation``): the DataFrame returned by
-  ``bench.interpolate.interpolation_curve``: ``alpha, train_loss, train_accuracy,
+  ``bench.tools.interpolate.interpolation_curve``: ``alpha, train_loss, train_accuracy,
   test_loss, test_accuracy``.
 """
 
@@ -173,7 +173,7 @@ def sharpness_figure(runs: pd.DataFrame) -> Figure:
 def interpolation_figure(curve: pd.DataFrame) -> Figure:
     """Keskar et al. Figure 3: loss (left) and accuracy (right) along
     ``alpha x_LB + (1 - alpha) x_SB``; alpha = 0 is the small-batch, 1 the large-batch
-    solution. Takes ``bench.interpolate.interpolation_curve``'s DataFrame."""
+    solution. Takes ``bench.tools.interpolate.interpolation_curve``'s DataFrame."""
     c = _require(curve, INTERPOLATION_COLUMNS, "interpolation").sort_values("alpha")
     fig, (ax,) = new_figure(width=6.0, height=4.2)
     acc_ax = ax.twinx()
@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--target-accuracy", type=float, default=None, help="steps-to-result goal: test accuracy >= A")
     ap.add_argument("--goal-error", type=float, default=None, help="steps-to-result goal: test error <= E")
     ap.add_argument("--interpolation", type=Path, default=None,
-                    help=f"CSV from bench.interpolate.interpolation_curve (default <results>/{INTERPOLATION_FILENAME})")
+                    help=f"CSV from bench.tools.interpolate.interpolation_curve (default <results>/{INTERPOLATION_FILENAME})")
     ap.add_argument("--formats", nargs="+", default=list(FORMATS))
     ap.add_argument("--where", nargs="*", default=[], metavar="COL=VALUE",
                     help="keep only runs whose column equals the value (e.g. dataset=mnist1d)")

@@ -287,7 +287,7 @@ def records_from_wandb_run(run: Any) -> list[dict[str, Any]]:
     * one W&B run per record: ``config["record"] = {run_id, replica, experiment}``,
       unprefixed history keys, final metrics in the summary (under their own names or as
       ``final_<key>``);
-    * one W&B run per job (``bench.tracking``): ``config["record"] = {run_id: <config hash>,
+    * one W&B run per job (``bench.core.tracking``): ``config["record"] = {run_id: <config hash>,
       replicas: [{index, count, seed, base_lr, peak_lr}, ...]}``, history and summary keys
       prefixed ``r<k>/`` when there are several replicas, summary ``status``,
       ``final_<key>`` and the convergence fields; each replica becomes the record

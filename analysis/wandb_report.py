@@ -11,7 +11,7 @@ directory): without ``figures/`` the figures are drawn from the records first
 image (``figures/<name>``), the run table (``summary``), every verdict table of ``report.md``
 (``verdicts``) and ``report.md`` itself as a file. Project, entity, mode and group are those
 the training runs under the directory used (``<job dir>/wandb/batch_bench.json``, written by
-bench.tracking), so the report lands in their group; the options override them. Offline by
+bench.core.tracking), so the report lands in their group; the options override them. Offline by
 default like the runs: ``wandb sync <results dir>/wandb/offline-run-*`` uploads it. The run id
 is stable per directory: logging the report again resumes the same W&B run.
 """
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from bench.tracking import IDS_FILE
+from bench.core.tracking import IDS_FILE
 
 _SEPARATOR = re.compile(r"^\|?\s*:?-{3,}")
 

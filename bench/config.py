@@ -1,6 +1,6 @@
 """The configuration of one job: every key, its default, type and range, stated once here or
-in the registered option sections (bench.data, bench.models, bench.optim, bench.schedules,
-bench.data.batch_schedules, bench.tracking).
+in the registered option sections (bench.data, bench.models, bench.optim, bench.rules.lr_schedules,
+bench.rules.batch_schedules, bench.core.tracking).
 
 Hydra composes ``conf/`` on top of these defaults (``bench.hydra_conf`` registers them);
 :func:`from_dict` turns the composed dict into frozen dataclasses, refusing unknown keys, wrong
@@ -11,18 +11,20 @@ runs bench.preflight's checks of the data's metadata and the output paths.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from bench.data import DATASETS, DatasetConfig
-from bench.data.batch_schedules import BATCH_SCHEDULES, BatchScheduleConfig, batch_quantum
-from bench.data.plan import parse_budget
+from bench.rules.batch_schedules import (BATCH_SCHEDULES, BatchScheduleConfig, PlanSpec,
+                                         batch_quantum, make_plan)
+from bench.rules.plan import BatchPlan, parse_budget
 from bench.metrics.suite import MetricsConfig  # the union of the curvature metrics' keys
 from bench.models import MODELS, ModelConfig
-from bench.optim import OPTIMIZERS, SCALING_RULES, AdamFamily, OptimizerConfig, ScalingConfig
-from bench.schedules import SCHEDULES, ScheduleConfig
+from bench.optim import OPTIMIZERS, AdamFamily, OptimizerConfig
+from bench.rules.lr_scaling import SCALING_RULES, ScalingConfig
+from bench.rules.lr_schedules import SCHEDULES, ScheduleConfig
 from bench.schema import (ConfigError, Registry, build, frozen, group, param, result_view,
                           section, to_dict)
-from bench.tracking import LOGGERS, LoggerConfig
+from bench.core.tracking import LOGGERS, LoggerConfig
 
 __all__ = ["Config", "ConfigError", "GROUPS", "as_dict", "from_dict", "from_hydra", "parse_budget",
            "validate"]
@@ -165,6 +167,21 @@ def from_hydra(cfg: Any) -> Config:
     return from_dict({k: plain(cfg[k]) for k in cfg if k not in NOT_SETTINGS})
 
 
+def plan_spec(cfg: Config, num_devices: int = 1, seeds: Sequence[int] | None = None) -> PlanSpec:
+    """The keys of ``cfg`` that its batch plan depends on (seeds: the replicas', by default)."""
+    if seeds is None:
+        seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
+    quantum = batch_quantum(cfg.accumulate, num_devices, cfg.model.batch_multiple())
+    return PlanSpec(cfg.batch_size, cfg.budget, cfg.schedule, tuple(seeds), quantum)
+
+
+def job_plan(cfg: Config, num_train: int, num_devices: int = 1, seeds: Sequence[int] | None = None,
+             tokens_per_example: int | None = None) -> BatchPlan:
+    """The batch plan of a job with config ``cfg`` on ``num_train`` examples."""
+    return make_plan(plan_spec(cfg, num_devices, seeds), num_train, cfg.batch_schedule,
+                     tokens_per_example)
+
+
 def validate(cfg: Config, *, num_devices: int = 1, run: bool = False, data: Any = None) -> Config:
     """The rules that relate keys of different sections (types and ranges were checked when the
     Config was built) and bench.preflight's checks; ``run``: also those of the data's metadata
@@ -180,7 +197,7 @@ def validate(cfg: Config, *, num_devices: int = 1, run: bool = False, data: Any 
     ghost = cfg.model.batch_multiple()
     if micro % ghost:
         raise ConfigError(f"model.ghost_batch_size={ghost} must divide the microbatch size {micro}")
-    cfg.batch_schedule.check_with(cfg, batch_quantum(cfg, num_devices))
+    cfg.batch_schedule.check_with(plan_spec(cfg, num_devices))
     cfg.optimizer.check_with(cfg)
     cfg.scaling.check_with(cfg)
     if cfg.metrics.preconditioned and cfg.optimizer.name not in PRECONDITIONED_OPTIMIZERS:

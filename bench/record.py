@@ -1,7 +1,7 @@
 """Run records: the unit of truth. One JSON file per trained replica, written atomically.
 
 The schema is the typed definitions below (:class:`RunRecord` and the dicts it holds):
-``bench.loop`` writes exactly these keys and ``analysis`` reads them. Every key is always
+``bench.core.loop`` writes exactly these keys and ``analysis`` reads them. Every key is always
 present; ``history`` rows carry, beyond :class:`EvalRow`, the curvature keys at steps where
 curvature was measured: each registered curvature metric declares its own, typed
 (:func:`curvature_row_keys`, from ``bench.metrics.suite``).
@@ -79,7 +79,7 @@ class Environment(TypedDict):
     slurm_array_job_id: str | None
     slurm_array_task_id: str | None
     slurm_restart_count: int      # SLURM_RESTART_COUNT: times this job was requeued (0 otherwise)
-    compile_cache: dict[str, Any]  # {dir (None: off), atomic_writes, hits, misses} (bench.compile_cache)
+    compile_cache: dict[str, Any]  # {dir (None: off), atomic_writes, hits, misses} (bench.core.compile_cache)
 
 
 # Language data adds to every eval row: tokens seen, and each loss in bits per byte.
@@ -226,7 +226,7 @@ def record_filename(replica_index: int) -> str:
 
 
 def empty_record() -> RunRecord:
-    return {  # type: ignore[typeddict-item]  (filled in by bench.run_records)
+    return {  # type: ignore[typeddict-item]  (filled in by bench.core.run_records)
         "schema": SCHEMA, "run_id": None, "status": "running", "config": {}, "config_hash": None,
         "replica": {}, "experiment": {}, "environment": {}, "history": [], "final": None,
         "convergence": {}, "curvature": None, "timings": {}, "diverged_at_step": None,

@@ -6,17 +6,17 @@ a bad configuration stops with one ``error:`` line before anything is compiled (
 multirun a job whose values are invalid writes a ``failed`` record instead, so the rest of the
 sweep goes on. A diverged run is a result, not an error: its record says ``diverged``, exit 0.
 
-Output directories are reused only by the same configuration (bench.reuse): finished records
+Output directories are reused only by the same configuration (bench.core.reuse): finished records
 of it are skipped (re-running a sweep runs only what is missing), an interrupted run resumes
 from its latest checkpoint, and records of another configuration stop the job with an
 ``error:`` line (in a multirun: a failed record under ``<job dir>/rejected/``), overwriting
 nothing.
 
-Faults: one run per ``output_dir`` at a time (bench.lock: a second command stops with an
+Faults: one run per ``output_dir`` at a time (bench.core.lock: a second command stops with an
 ``error:`` line). A crash (any other exception) marks the job's records ``failed`` with the
 error, prints one ``error:`` line and appends the traceback to ``<output_dir>/errors.log``
 (exit 1; in a multirun the sweep goes on); the same command resumes from the latest
-checkpoint. SIGINT is a stop like SIGTERM (bench.preemption).
+checkpoint. SIGINT is a stop like SIGTERM (bench.core.preemption).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from bench import record as rec
 from bench.config import Config, ConfigError, as_dict, from_hydra, result_config
 from bench.hydra_conf import CONF_DIR, preflight, register_schema
-from bench.lock import OutputLock, OutputLocked
-from bench.preemption import arm, at_stop
-from bench.reuse import StaleResults, check_reuse
-from bench.status import load_records, record_files
+from bench.core.lock import OutputLock, OutputLocked
+from bench.core.preemption import arm, at_stop
+from bench.core.reuse import StaleResults, check_reuse
+from bench.core.saved_records import load_records, record_files
 
 ERROR_LOG = "errors.log"
 
@@ -120,7 +120,7 @@ def main(cfg: DictConfig) -> None:
             print(f"skipped: {output_dir} already holds finished records of this configuration",
                   file=sys.stderr)
             return
-        from bench.loop import run  # imports JAX and the model code; after the cheap checks
+        from bench.core.loop import run  # imports JAX and the model code; after the cheap checks
 
         records = run(config, output_dir)
     except ConfigError as err:

@@ -1,4 +1,4 @@
-"""Gradient accumulation (bench.step.make_replica_step with accumulate=A).
+"""Gradient accumulation (bench.core.step.make_replica_step with accumulate=A).
 
 Without batch statistics, A microbatches of B/A give exactly the B-batch update. With
 BatchNorm, each microbatch is normalized by its own statistics, so the accumulated gradient is
@@ -15,10 +15,10 @@ from flax import nnx
 
 from bench.models import MODELS
 from bench.optim import OPTIMIZERS
-from bench.loop import run
+from bench.core.loop import run
 from bench.models import build_model
 from bench.optim import make_optimizer
-from bench.step import ModelFns, TrainState, cross_entropy, make_replica_step, split_model
+from bench.core.step import ModelFns, TrainState, cross_entropy, make_replica_step, split_model
 from conftest import small_config
 
 B, A, DIM, CLASSES, LR = 32, 4, 12, 5, 0.3

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench.adam_scaling import (AdamHyperparams, beta_from_half_life, half_life_from_beta,
+from bench.rules.adam import (AdamHyperparams, beta_from_half_life, half_life_from_beta,
                                 sde_scaling)
 
 T = 1024
@@ -88,7 +88,7 @@ def test_sde_rule_impossible_combinations():
 
 
 def test_timescale_definition_round_trip_and_errors():
-    from bench.adam_scaling import timescale, weight_decay_for_timescale
+    from bench.rules.adam import timescale, weight_decay_for_timescale
     # Wang & Aitchison's example scale: B = 128 of N = 50000, lr 1e-3, wd 0.1 -> tau_iter 1e4 steps
     tau = timescale(128, 1e-3, 0.1, 50000)
     assert tau == pytest.approx(1e4 * 128 / 50000)               # tau_iter / (iterations per epoch)

@@ -1,4 +1,4 @@
-"""bench.advise: the batch-size / LR decision on constructed profiles and noise scales."""
+"""bench.tools.advise: the batch-size / LR decision on constructed profiles and noise scales."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import advise
-from bench.advise import lr_factor, recommend
+from bench.tools import advise
+from bench.tools.advise import lr_factor, recommend
 
 SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 

@@ -60,3 +60,41 @@ def test_no_code_dispatches_on_a_finding_name_outside_its_module():
 def test_the_registry_finds_every_module():
     modules = {p.stem for p in (REPO / "analysis" / "findings").glob("*.py") if p.stem not in ("__init__", "base")}
     assert set(names()) == modules
+
+
+def _type_checking_imports(tree: ast.AST) -> set[str]:
+    """Modules imported only under ``if TYPE_CHECKING:`` (type hints, never executed)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            found |= _imported(ast.Module(body=node.body, type_ignores=[]))
+    return found
+
+
+# who may import whom inside bench: the rules take narrow inputs (no job config, no core), the
+# core never reaches for a tool, and the tools sit on top of both
+FORBIDDEN = {"bench/rules": ("bench.core", "bench.tools", "bench.config"),
+             "bench/core": ("bench.tools",), "bench/data": ("bench.core", "bench.tools"),
+             "bench/models": ("bench.core", "bench.tools"), "bench/metrics": ("bench.tools",)}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_bench_sub_packages_import_only_downwards(package):
+    bad = []
+    for path in _modules(package):
+        tree = ast.parse(path.read_text())
+        runtime = _imported(tree) - _type_checking_imports(tree)
+        bad += [f"{path.relative_to(REPO)}: {m}" for m in sorted(runtime)
+                if any(m == f or m.startswith(f + ".") for f in FORBIDDEN[package])]
+    assert bad == []
+
+
+def test_no_merge_conflict_markers_in_the_tree():
+    """A merge left half-resolved shows in the README or a module as git's markers."""
+    markers = ("<" * 7 + " ", ">" * 7 + " ")
+    hits = [f"{p.relative_to(REPO)}:{i}" for ext in ("py", "md", "yaml", "toml", "sh")
+            for p in REPO.glob(f"**/*.{ext}") if "shared" not in p.relative_to(REPO).parts[:1]
+            and ".git" not in p.parts and "site-packages" not in p.parts
+            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+            if line.startswith(markers)]
+    assert hits == []

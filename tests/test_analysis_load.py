@@ -158,7 +158,7 @@ def test_load_wandb_maps_state_without_status(root):
 
 
 class FakeJobRun:
-    """bench.tracking's layout: one W&B run per job, K replicas prefixed ``r<k>/``, floats
+    """bench.core.tracking's layout: one W&B run per job, K replicas prefixed ``r<k>/``, floats
     in the history, summary ``r<k>/status``, ``r<k>/final_<key>`` and convergence keys."""
 
     def __init__(self, recs: list[dict], job: str):

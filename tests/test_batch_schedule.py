@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import bench.loop
-from bench.config import ConfigError, validate
-from bench.data.batch_schedules import halving_levels, increase_stages, make_plan, warmup_stages
-from bench.data.plan import BatchPlan, epoch_permutation
-from bench.schedules import lr_multiplier
+import bench.core.loop
+from bench.config import ConfigError, job_plan, validate
+from bench.rules.batch_schedules import halving_levels, increase_stages, warmup_stages
+from bench.rules.plan import BatchPlan, epoch_permutation
+from bench.rules.lr_schedules import lr_multiplier
 from conftest import small_config
 
 
@@ -110,7 +110,7 @@ def _cfg(**kw):
 
 def test_increase_plan_and_lr_shape_from_config():
     cfg = _cfg(batch_schedule={"name": "increase"})
-    plan = make_plan(validate(cfg), 512)
+    plan = job_plan(validate(cfg), 512)
     # epochs 0-1: 16 steps of 32; 2-3: 3 steps of 160 (32 dropped); 4-5: 1 full batch of 512 (capped)
     assert plan.total_steps == 32 + 6 + 2
     assert [plan.batch_size(t) for t in (0, 31, 32, 37, 38, 39)] == [32, 32, 160, 160, 512, 512]
@@ -119,7 +119,7 @@ def test_increase_plan_and_lr_shape_from_config():
     np.testing.assert_allclose(lrs[:38], 1.0)                       # no decay where B grew x5
     np.testing.assert_allclose(lrs[38:], 0.2 * 512 / 160, rtol=1e-6)  # cap: LR decays the rest
     # the same config without the batch schedule decays the LR at both boundaries
-    plain = lr_multiplier(cfg.schedule, make_plan(validate(_cfg()), 512))  # boundaries at steps 32, 64
+    plain = lr_multiplier(cfg.schedule, job_plan(validate(_cfg()), 512))  # boundaries at steps 32, 64
     assert [float(plain(jnp.asarray(t))) for t in (31, 32, 63, 64, 95)] == pytest.approx(
         [1.0, 0.2, 0.2, 0.04, 0.04])
 
@@ -131,7 +131,7 @@ def test_warmup_plan_from_config_and_lr_boundaries_in_plan_steps():
     cfg = _cfg(batch_size=128, budget="5epochs", schedule={"name": "step", "decay_epochs": [4],
                                                             "decay_factor": 0.1},
                batch_schedule={"name": "warmup", "start_batch_size": 16, "warmup_epochs": 3})
-    plan = make_plan(validate(cfg), 512)
+    plan = job_plan(validate(cfg), 512)
     assert plan.sizes() == [16, 32, 64, 128]
     assert plan.total_steps == 32 + 16 + 8 + 4 + 4
     shape = lr_multiplier(cfg.schedule, plan)
@@ -153,7 +153,7 @@ def test_examples_and_epoch_budgets_count_plan_steps():
 def _seesaw(schedule, budget="8epochs", batch_size=64, n=4096, **batch_schedule):
     cfg = validate(small_config(batch_size=batch_size, budget=budget, schedule=schedule,
                                 batch_schedule={"name": "seesaw", **batch_schedule}))
-    return cfg, make_plan(cfg, n)
+    return cfg, job_plan(cfg, n)
 
 
 def test_seesaw_turns_each_lr_halving_into_a_doubling_with_lr_over_sqrt2():
@@ -225,7 +225,7 @@ def test_batch_schedule_sizes_must_suit_devices_and_data():
         validate(cfg, num_devices=4)
     cfg = _cfg(batch_schedule={"name": "increase", "max_batch_size": 1024})
     with pytest.raises(ConfigError, match="larger than the training set"):
-        make_plan(validate(cfg), 512)
+        job_plan(validate(cfg), 512)
 
 
 def test_hydra_groups_compose():
@@ -242,12 +242,12 @@ def test_hydra_groups_compose():
 def spy_jobs(monkeypatch):
     jobs = []
 
-    class SpyJob(bench.loop.Setup):
+    class SpyJob(bench.core.loop.Setup):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             jobs.append(self)
 
-    monkeypatch.setattr(bench.loop, "Setup", SpyJob)
+    monkeypatch.setattr(bench.core.loop, "Setup", SpyJob)
     return jobs
 
 
@@ -256,7 +256,7 @@ def test_loop_records_per_step_batch_size_examples_and_epoch(tmp_path, spy_jobs)
     cfg = small_config(batch_size=32, budget="3epochs", eval={"every_steps": 4, "batch_size": 256},
                        schedule={"name": "step", "decay_epochs": [1, 2], "decay_factor": 0.5},
                        batch_schedule={"name": "increase", "max_batch_size": 64})
-    (record,) = bench.loop.run(cfg, tmp_path)
+    (record,) = bench.core.loop.run(cfg, tmp_path)
     assert record["status"] == "finished"
     rows = {r["step"]: r for r in record["history"]}
     assert sorted(rows) == list(range(0, 33, 4))            # 16 steps of 32, then 8 + 8 of 64
@@ -277,7 +277,7 @@ def test_loop_records_per_step_batch_size_examples_and_epoch(tmp_path, spy_jobs)
 def test_loop_with_warmup_calls_never_mix_batch_sizes(tmp_path, spy_jobs):
     cfg = small_config(batch_size=128, budget="3epochs", eval={"every_steps": 10, "batch_size": 256},
                        batch_schedule={"name": "warmup", "start_batch_size": 32, "warmup_epochs": 2})
-    (record,) = bench.loop.run(cfg, tmp_path)
+    (record,) = bench.core.loop.run(cfg, tmp_path)
     (job,) = spy_jobs
     assert job.plan.total_steps == 16 + 8 + 4
     last = record["history"][-1]

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from bench.data.source import InMemorySource, open_source
-from bench.evaluator import Evaluation, Evaluator
-from bench.job import Setup
-from bench.program import TrainProgram
-from bench.run_records import RunRecords
+from bench.core.source import InMemorySource, open_source
+from bench.core.evaluator import Evaluation, Evaluator
+from bench.core.job import Setup
+from bench.core.program import TrainProgram
+from bench.core.run_records import RunRecords
 from conftest import small_config
 
 
@@ -56,7 +56,7 @@ def test_records_only_receive_rows_and_mark_divergence(built, tmp_path):
 
 def test_the_policy_keeps_attention_models_scans_rolled():
     from bench.config import from_dict
-    from bench.execution import ExecutionPolicy
+    from bench.core.execution import ExecutionPolicy
 
     cpu = ExecutionPolicy.for_backend("cpu")
     transformer = from_dict({"model": {"name": "transformer"}}).model

@@ -1,4 +1,4 @@
-"""bench.checkpoint: bit-identical round trips, retention, sharded restore, JSON extra."""
+"""bench.core.checkpoint: bit-identical round trips, retention, sharded restore, JSON extra."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from bench.checkpoint import Checkpointer
+from bench.core.checkpoint import Checkpointer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from bench.checkpoint import Checkpointer
+    from bench.core.checkpoint import Checkpointer
 
     assert jax.device_count() == 4, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -250,7 +250,7 @@ def test_intact_steps_verify_and_a_rerun_keeps_them(tmp_path, capsys):
 def test_a_step_that_cannot_be_restored_stops_with_one_line(tmp_path):
     """A verified step restored onto another state's structure (another model): one
     CheckpointError line naming the step instead of an orbax traceback."""
-    from bench.checkpoint import CheckpointError
+    from bench.core.checkpoint import CheckpointError
 
     with Checkpointer(tmp_path / "ckpt", every_steps=None) as ckpt:
         ckpt.save(10, _state(), {"at": 10}, force=True)

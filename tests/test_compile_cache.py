@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from bench import compile_cache
+from bench.core import compile_cache
 from conftest import REPO
 
 QUICK = ["dataset=synthetic", "dataset.synthetic_train=256", "dataset.synthetic_test=128",

@@ -8,11 +8,10 @@ import typing
 import pytest
 import yaml
 
-from bench.config import GROUPS, Config, ConfigError, from_dict, validate
-from bench.data.batch_schedules import make_plan
-from bench.data.plan import parse_budget
+from bench.config import GROUPS, Config, ConfigError, from_dict, job_plan, validate
+from bench.rules.plan import parse_budget
 from bench.hydra_conf import CONF_DIR, compose, compose_config, group_options, preflight
-from bench.optim import SCALING_RULES
+from bench.rules.lr_scaling import SCALING_RULES
 from bench.schema import to_dict
 from conftest import small_config
 
@@ -32,8 +31,8 @@ def test_budget_units_and_plan_steps():
     assert parse_budget("3000steps") == (3000, "steps")
     assert parse_budget("2.5epochs") == (2.5, "epochs")
     cfg = small_config(batch_size=100, budget="3epochs", dataset={"synthetic_train": 1050})
-    assert make_plan(cfg, 1050).total_steps == 30  # 10 steps/epoch (drop last), 3 epochs
-    assert make_plan(small_config(batch_size=100, budget="1000examples"), 1050).total_steps == 10
+    assert job_plan(cfg, 1050).total_steps == 30  # 10 steps/epoch (drop last), 3 epochs
+    assert job_plan(small_config(batch_size=100, budget="1000examples"), 1050).total_steps == 10
 
 
 # ----------------------------------------------------------------------- one owner per default
@@ -230,12 +229,12 @@ def test_batch_not_divisible_by_devices():
 def test_data_dependent_checks_come_from_the_plan():
     with pytest.raises(ConfigError, match=r"batch_size=600 is larger than the training set \(512 "
                                           r"examples\); the largest allowed is 512 \(full batch\)"):
-        make_plan(small_config(batch_size=600), 512)
+        job_plan(small_config(batch_size=600), 512)
     with pytest.raises(ConfigError, match=r"warmup \(50 steps\) is longer than training \(40 steps\)"):
-        make_plan(small_config(budget="40steps", schedule={"name": "constant", "warmup_steps": 50}), 512)
+        job_plan(small_config(budget="40steps", schedule={"name": "constant", "warmup_steps": 50}), 512)
     cfg = small_config(budget="2epochs", schedule={"name": "constant", "warmup_epochs": 3})
     with pytest.raises(ConfigError, match=r"warmup \(24 steps\) is longer than training \(16 steps\)"):
-        make_plan(cfg, 512)
+        job_plan(cfg, 512)
 
 
 def test_multirun_preflight_names_the_bad_job():

@@ -1,4 +1,4 @@
-"""``python -m bench.curvature <run dir> [step]``: a saved checkpoint measured without retraining
+"""``python -m bench.tools.curvature <run dir> [step]``: a saved checkpoint measured without retraining
 gives what the run measured at that step (same subset, same keys, same parameters)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bench import curvature as cli
-from bench.loop import run
+from bench.tools import curvature as cli
+from bench.core.loop import run
 from conftest import small_config
 
 METRICS = {"hessian": True, "every": 10, "subset_size": 128, "chunk_size": 64, "lanczos_iters": 5,

@@ -10,7 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from bench.data import load_dataset
-from bench.loop import run
+from bench.core.loop import run
 from conftest import small_config
 
 METRICS = {"hessian": True, "every": 20, "subset_size": 0, "chunk_size": 96, "lanczos_iters": 40,
@@ -45,7 +45,7 @@ def test_measured_at_the_configured_steps(trained):
 
 def test_top_eigenvalues_match_dense_hessian_of_final_params(trained):
     cfg, record, out = trained
-    from bench.job import Job
+    from bench.core.job import Job
 
     job = Job(cfg)
     saved = np.load(out / "params_r0.npz")
@@ -76,7 +76,7 @@ def test_fresh_loss_closures_share_one_program_with_and_without_batchnorm():
     from flax import nnx
 
     from bench.metrics.hessian import lift_closure
-    from bench.step import ModelFns
+    from bench.core.step import ModelFns
 
     fns = ModelFns(graphdef=None)
     for make_stats in (lambda: nnx.State({}), lambda: {"mean": jnp.zeros(3)}):
@@ -87,7 +87,7 @@ def test_fresh_loss_closures_share_one_program_with_and_without_batchnorm():
 def test_matmul_curvature_of_a_cnn_measures_the_configured_loss():
     """With convolutions as matmuls (CPU curvature), the probe's loss is still the run's loss:
     with loss=mse its eval loss equals the lax-conv model's square loss on the same params."""
-    from bench.job import Job
+    from bench.core.job import Job
 
     cfg = small_config(dataset={"name": "mnist1d"}, model={"name": "cnn"}, loss="mse", batch_size=32,
                        metrics={**METRICS, "chunk_size": 32})

@@ -7,8 +7,8 @@ import pytest
 
 from bench.data import load_dataset
 from bench.data import DATASETS
-from bench.data.plan import BatchPlan, epoch_permutation
-from bench.job import eval_indices
+from bench.rules.plan import BatchPlan, epoch_permutation
+from bench.core.job import eval_indices
 
 
 def test_drop_last_each_epoch_sees_disjoint_full_batches():

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from bench.parallel import first_host, local_gpu_ids, slurm_distributed_args, tasks_on_node
+from bench.core.parallel import first_host, local_gpu_ids, slurm_distributed_args, tasks_on_node
 from test_slurm import conf_dir  # noqa: F401 -- fixture
 
 # srun -N 2 --ntasks-per-node=4 --gpus-per-node=4 (every GPU visible to every task)

@@ -33,9 +33,9 @@ DRIVER = textwrap.dedent("""
     def kill():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    from bench.evaluator import Evaluator
-    from bench.program import TrainProgram
-    from bench.checkpoint import Checkpointer
+    from bench.core.evaluator import Evaluator
+    from bench.core.program import TrainProgram
+    from bench.core.checkpoint import Checkpointer
     import bench.record
 
     if fault == "kill-train":              # after the ARG-th training call, before its poll
@@ -75,7 +75,7 @@ DRIVER = textwrap.dedent("""
         def stuck(self, key, fn, *args):
             os.kill(os.getpid(), getattr(signal, arg))
             threading.Event().wait()       # like XLA's C++ compile: the loop never polls
-        from bench.timings import Programs
+        from bench.core.timings import Programs
         Programs.compile = stuck
     from bench.train import cli
     cli()
@@ -182,8 +182,8 @@ def test_flipped_bytes_in_the_newest_checkpoint_fall_back_not_a_wrong_result(tmp
 def test_a_crash_records_failed_and_the_same_command_resumes(tmp_path, reference):
     """An exception in the step-20 evaluation: one error: line (no traceback on the
     console), the record says failed with the error, the traceback is in errors.log,
-    bench.status shows the job failed; the same command resumes to the uninterrupted record."""
-    from bench.status import sweep_status
+    bench.tools.status shows the job failed; the same command resumes to the uninterrupted record."""
+    from bench.tools.status import sweep_status
 
     cache, ref = reference
     out = tmp_path / "run"
@@ -277,7 +277,7 @@ def test_an_unreachable_coordinator_is_one_line_after_a_bounded_wait():
     an endless wait or a C++ abort; a host that does not resolve: ConfigError at once."""
     import socket
 
-    from bench.coordinator import wait_for_coordinator
+    from bench.core.coordinator import wait_for_coordinator
     from bench.schema import ConfigError
 
     with socket.socket() as s:          # a free port, closed again: nothing listens there
@@ -312,7 +312,7 @@ def test_a_real_full_disk(tmp_path, reference):
     record on disk is complete, every step directory orbax committed verifies (the failed
     one stays a temporary directory); with room again the same command resumes to the
     uninterrupted record."""
-    from bench.checkpoint import verify
+    from bench.core.checkpoint import verify
 
     cache, ref = reference
     disk = tmp_path / "disk"

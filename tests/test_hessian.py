@@ -27,7 +27,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
-from bench.compile_log import logged_compiles
+from bench.core.compile_log import logged_compiles
 from bench.metrics import hessian as hs
 from bench.metrics import operator
 from bench.metrics.curvature import measure

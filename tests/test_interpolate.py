@@ -1,4 +1,4 @@
-"""bench.interpolate: Keskar Figure 3 curves between two saved solutions."""
+"""bench.tools.interpolate: Keskar Figure 3 curves between two saved solutions."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BN_MLP = {"name": "mlp", "hidden": [32, 32], "batch_norm": True}
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """Two tiny runs with saved params (SB = 32, LB = 128), BatchNorm so stats matter; 2 seeds."""
-    from bench.loop import run
+    from bench.core.loop import run
 
     out = {}
     for name, b in (("sb", 32), ("lb", 128)):
@@ -29,7 +29,7 @@ def two_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def curve(two_runs):
-    from bench.interpolate import interpolation_curve
+    from bench.tools.interpolate import interpolation_curve
 
     (sb_dir, _), (lb_dir, _) = two_runs["sb"], two_runs["lb"]
     return interpolation_curve(sb_dir / "record_r1.json", lb_dir / "record_r0.json", ALPHAS, alpha_chunk=3)
@@ -57,7 +57,7 @@ def test_interpolated_tree_is_exact_at_the_ends_and_clips_variances(two_runs):
 
     from bench.config import from_dict
     from bench.data import load_dataset
-    from bench.interpolate import interpolate_trees, load_params, template_tree
+    from bench.tools.interpolate import interpolate_trees, load_params, template_tree
 
     (sb_dir, sb_recs), (lb_dir, _) = two_runs["sb"], two_runs["lb"]
     cfg = from_dict(sb_recs[0]["config"])
@@ -82,8 +82,8 @@ def test_interpolated_tree_is_exact_at_the_ends_and_clips_variances(two_runs):
 def test_incompatible_or_paramless_records_are_refused(two_runs, tmp_path):
     import json
 
-    from bench.interpolate import interpolation_curve
-    from bench.loop import run
+    from bench.tools.interpolate import interpolation_curve
+    from bench.core.loop import run
 
     (sb_dir, _), _ = two_runs["sb"], two_runs["lb"]
     other = tmp_path / "other"
@@ -99,7 +99,7 @@ def test_incompatible_or_paramless_records_are_refused(two_runs, tmp_path):
 
 def test_cli_writes_the_csv_analysis_figures_reads(two_runs, tmp_path):
     from analysis.figures import INTERPOLATION_COLUMNS, interpolation_figure
-    from bench.interpolate import main
+    from bench.tools.interpolate import main
 
     (sb_dir, _), (lb_dir, _) = two_runs["sb"], two_runs["lb"]
     out = tmp_path / "interpolation.csv"
@@ -114,7 +114,7 @@ def test_cli_writes_the_csv_analysis_figures_reads(two_runs, tmp_path):
 def test_recomputed_batchnorm_statistics(two_runs):
     """bn_stats='recompute': at the ends, the statistics of the solution on the training batch;
     the curve differs from the interpolated-statistics one but keeps the alphas; finite."""
-    from bench.interpolate import interpolation_curve
+    from bench.tools.interpolate import interpolation_curve
 
     (sb_dir, _), (lb_dir, _) = two_runs["sb"], two_runs["lb"]
     args = (sb_dir / "record_r0.json", lb_dir / "record_r0.json", [-1.0, 0.0, 1.0, 2.0])

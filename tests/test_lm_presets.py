@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench.data.batch_schedules import make_plan
+from bench.config import job_plan
 from analysis.findings import get
 from analysis.reproduce.plan import preset_meta, read_preset
 from conftest import REPO
@@ -89,7 +89,7 @@ def test_offline_warmup_arms_see_equal_tokens_and_save_the_stated_steps():
     plans = {}
     for name in get("batch_warmup").offline_presets:
         cfg, _ = read_preset(name)
-        plans[name] = make_plan(cfg, 14279, tokens_per_example=32)   # pydoc, context 32 (Python 3.11)
+        plans[name] = job_plan(cfg, 14279, tokens_per_example=32)   # pydoc, context 32 (Python 3.11)
     steps = {n: p.total_steps for n, p in plans.items()}
     assert steps["warmup_offline_small"] == 2048 and steps["warmup_offline_large"] == 512
     assert 1 - steps["warmup_offline_merrill"] / 2048 == pytest.approx(0.41, abs=0.01)

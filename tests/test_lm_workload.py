@@ -12,9 +12,9 @@ import optax
 import pytest
 
 from bench.config import ConfigError
-from bench.data.batch_schedules import make_plan
-from bench.job import Job
-from bench.loop import run
+from bench.config import job_plan
+from bench.core.job import Job
+from bench.core.loop import run
 from bench.metrics.convergence import convergence_summary
 from conftest import run_python, small_config
 
@@ -58,7 +58,7 @@ def test_token_budget_rows_in_tokens_and_bits_per_byte(base_run):
 
 def test_token_budget_needs_language_data():
     with pytest.raises(ConfigError, match="a budget in tokens needs a language dataset"):
-        make_plan(small_config(budget="1000tokens"), 512)
+        job_plan(small_config(budget="1000tokens"), 512)
 
 
 def test_same_seed_gives_identical_records(tmp_path, base_run):
@@ -156,7 +156,7 @@ def test_one_and_four_devices_agree(base_run):
 import json, sys
 sys.path.insert(0, "tests")
 from test_lm_workload import lm_config
-from bench.loop import run
+from bench.core.loop import run
 import tempfile
 (r,) = run(lm_config(), tempfile.mkdtemp())
 print(json.dumps([row["test_loss"] for row in r["history"]]))

@@ -1,4 +1,4 @@
-"""bench.lock: one run per output_dir; dead holders' locks are taken over."""
+"""bench.core.lock: one run per output_dir; dead holders' locks are taken over."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench.lock import OutputLock, OutputLocked
+from bench.core.lock import OutputLock, OutputLocked
 
 
 def _dead_pid() -> int:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from bench.job import Job
-from bench.loop import run
+from bench.core.job import Job
+from bench.core.loop import run
 from bench.metrics.batch_sharpness import minibatch_indices
 from bench.metrics.batch_sharpness import KEY_BATCH_SHARPNESS
 from bench.metrics.preconditioned import adam_state
@@ -87,7 +87,7 @@ def test_records_carry_both_beside_the_thresholds_and_defaults_leave_them_out(tm
 def test_dense_cadence_measures_often_up_to_dense_until_then_every():
     from types import SimpleNamespace
 
-    from bench.loop import Cadence
+    from bench.core.loop import Cadence
 
     plan = SimpleNamespace(total_steps=130, next_change=lambda step: None)
     cadence = Cadence(plan, eval_every=100, measure_every=50, measures=True, steps_per_call=25,

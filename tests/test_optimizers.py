@@ -16,13 +16,13 @@ import pytest
 from flax import nnx
 
 from bench.config import ConfigError, from_dict, validate
-from bench.loop import run
+from bench.core.loop import run
 from bench.models.transformer import Transformer
 from bench.models.transformer import weight_decay_mask as transformer_mask
 from bench.optim import OPTIMIZERS, OptimizerConfig, evaluation_params, make_optimizer
 from bench.optim_contrib import muon_dimensions
 from bench.schema import frozen, param
-from bench.step import split_model
+from bench.core.step import split_model
 from conftest import REPO, small_config
 
 LR = 0.01
@@ -194,7 +194,7 @@ def test_schedule_free_equals_optax_and_evaluates_optax_eval_params(name, refere
 
 
 def test_schedule_free_run_evaluates_the_averaged_parameters(tmp_path):
-    from bench.job import Job
+    from bench.core.job import Job
     cfg = small_config(optimizer={"name": "schedule_free_adamw", "lr": 0.01}, budget="5steps",
                        replicas={"seeds": [0, 1]})
     job = Job(cfg)

@@ -12,7 +12,7 @@ from conftest import run_python
 RUN = """
 import json, jax
 from conftest import small_config
-from bench.loop import run
+from bench.core.loop import run
 assert jax.device_count() == {devices}
 cfg = small_config(model={{"name": "mlp", "hidden": [32], "batch_norm": True}}, accumulate={accumulate},
                    replicas={{"lr": [0.05, 0.1]}})

@@ -1,4 +1,4 @@
-"""bench.preemption: the flag, handler restore, and the requeue pattern end to end."""
+"""bench.core.preemption: the flag, handler restore, and the requeue pattern end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.preemption import (DEFAULT_SIGNALS, PreemptionFlag, arm, armed_signal, disarm,
+from bench.core.preemption import (DEFAULT_SIGNALS, PreemptionFlag, arm, armed_signal, disarm,
                               requeue_if_slurm, slurm_job_id)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,8 +123,8 @@ APP = textwrap.dedent("""
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def main(cfg):
         import jax.numpy as jnp
-        from bench.checkpoint import Checkpointer
-        from bench.preemption import PreemptionFlag, requeue_if_slurm
+        from bench.core.checkpoint import Checkpointer
+        from bench.core.preemption import PreemptionFlag, requeue_if_slurm
 
         out = Path(HydraConfig.get().runtime.output_dir)
         with PreemptionFlag() as flag, Checkpointer(out / "ckpt", every_steps=None) as ckpt:
@@ -298,7 +298,7 @@ def test_watchdog_stops_a_clean_process_and_ignores_a_forked_childs_signal(tmp_p
     for the loop; a signal to a forked child never reaches the parent's watchdog."""
     script = textwrap.dedent("""
         import os, signal, sys, threading, time
-        from bench.preemption import arm, at_stop, mark_saved, mark_unsaved
+        from bench.core.preemption import arm, at_stop, mark_saved, mark_unsaved
         arm()
         at_stop(lambda: print("released", flush=True))
         mark_saved()                             # nothing unsaved

@@ -319,11 +319,11 @@ def test_replicas_with_batch_warmup_follow_the_schedule():
     cfg = from_hydra(compose(["replicas.seeds=[3,4]", "batch_schedule=warmup",
                               "batch_schedule.start_batch_size=32", "batch_schedule.warmup_epochs=1",
                               "budget=3epochs"]))
-    from bench.data.batch_schedules import make_plan
-    together = make_plan(cfg, 4000)
+    from bench.config import job_plan
+    together = job_plan(cfg, 4000)
     assert len(set(together.sizes())) > 1
     for k, seed in enumerate((3, 4)):
-        alone = make_plan(cfg, 4000, seeds=[seed])
+        alone = job_plan(cfg, 4000, seeds=[seed])
         assert alone.total_steps == together.total_steps
         for t in range(together.total_steps):
             assert together.batch_size(t) == alone.batch_size(t)

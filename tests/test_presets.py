@@ -8,7 +8,7 @@ import re
 import pytest
 
 from bench.config import from_hydra, validate
-from bench.data.batch_schedules import make_plan
+from bench.config import job_plan
 from bench.hydra_conf import compose
 from conftest import REPO
 
@@ -126,9 +126,9 @@ def test_hoffer_sqrt_ghost_bn_and_regime_adaptation(preset):
     assert cfg.model.ghost_batch_size == 128
     n = TRAIN_SIZE[cfg.dataset.name]
     # regime adaptation: the same number of updates at every B, i.e. epochs x B / 128
-    base = make_plan(preset("hoffer_regime", "batch_size=128")[0], n).steps_per_epoch
+    base = job_plan(preset("hoffer_regime", "batch_size=128")[0], n).steps_per_epoch
     for b in (128, 512, 4096):
-        plan = make_plan(preset("hoffer_regime", f"batch_size={b}")[0], n)
+        plan = job_plan(preset("hoffer_regime", f"batch_size={b}")[0], n)
         assert plan.total_steps == 64000
         assert plan.total_steps / plan.steps_per_epoch == pytest.approx(64000 / base * b / 128, rel=0.02)
     # the header's decay table puts the /10 boundaries at steps 32k and 48k for every B
@@ -138,7 +138,7 @@ def test_hoffer_sqrt_ghost_bn_and_regime_adaptation(preset):
     for b, e1, e2 in table:
         spe = n // int(b)
         assert round(float(e1) * spe) == 32000 and round(float(e2) * spe) == 48000
-    plan = make_plan(cfg, n)
+    plan = job_plan(cfg, n)
     assert [plan.step_at_epoch(e) for e in cfg.schedule.decay_epochs] == [32000, 48000]
 
 

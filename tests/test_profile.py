@@ -1,4 +1,4 @@
-"""bench.profile: compiled memory vs B and accumulation, fits, saturation, CLI outputs."""
+"""bench.tools.profile: compiled memory vs B and accumulation, fits, saturation, CLI outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import profile as prof
+from bench.tools import profile as prof
 from conftest import small_config
 
 
@@ -26,7 +26,7 @@ _CACHE: dict = {}
 
 
 def _memory(cfg, b, data, accumulate=1):
-    from bench.execution import current
+    from bench.core.execution import current
 
     # with accumulate=1 the unroll rule does not matter (one step per call); repr: True == 1
     key = (b, accumulate, repr(current().scan_unroll()) if accumulate > 1 else None)
@@ -58,7 +58,7 @@ def test_rolled_accumulation_needs_only_microbatch_memory(cnn, monkeypatch):
     """With the microbatch scan rolled (ExecutionPolicy.scan_unroll on accelerators), B=512 in 8
     microbatches needs about the temporaries of B=64, far below B=512 in one go. (On XLA:CPU the
     harness unrolls scans for speed, and then XLA may keep several microbatches live at once.)"""
-    from bench.execution import ExecutionPolicy
+    from bench.core.execution import ExecutionPolicy
 
     monkeypatch.setattr(ExecutionPolicy, "scan_unroll", lambda self, attention=False: 1)
     cfg, data = cnn

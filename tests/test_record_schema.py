@@ -11,7 +11,7 @@ import typing
 from bench.config import from_dict
 from bench.record import (Convergence, EvalRow, Experiment, Environment, Replica, RunRecord,
                           Timings, curvature_row_keys, keys_of)
-from bench.loop import run
+from bench.core.loop import run
 from conftest import small_config
 
 CURVATURE = {"metrics": {"hessian": True, "every": 10, "subset_size": 128, "chunk_size": 64,

@@ -1,5 +1,5 @@
 """K > 1 replicas on CPU train with 1-D convolutions as im2col + matmul
-(bench.models.matmul_conv, chosen by bench.execution.ExecutionPolicy.convs_as_matmul)."""
+(bench.models.matmul_conv, chosen by bench.core.execution.ExecutionPolicy.convs_as_matmul)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bench.execution import ExecutionPolicy
-from bench.job import Job
-from bench.loop import run
+from bench.core.execution import ExecutionPolicy
+from bench.core.job import Job
+from bench.core.loop import run
 from bench.models.matmul_conv import matmul_conv, with_matmul_convs
 from conftest import small_config
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 from bench.models import MODELS
 from bench.models.resnet50 import Bottleneck
-from bench.step import split_model
+from bench.core.step import split_model
 
 
 def _apply(model, x, train: bool):

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from bench.config import as_dict, result_config
-from bench.loop import run
+from bench.core.loop import run
 from bench.record import config_hash
-from bench.reuse import StaleResults, check_reuse, differing_keys
+from bench.core.reuse import StaleResults, check_reuse, differing_keys
 from conftest import REPO, small_config
 
 QUICK = ["dataset=synthetic", "dataset.synthetic_train=256", "dataset.synthetic_test=128",
@@ -109,6 +109,6 @@ def test_edited_sweep_into_the_same_directory_records_failures_and_keeps_old_res
         record = json.loads(path.read_text())
         assert record["status"] == "failed"
         assert "optimizer.lr: 0.05 -> 0.01" in record["error"]
-    from bench.status import sweep_status
+    from bench.tools.status import sweep_status
 
     assert {j.status for j in sweep_status(tmp_path)} == {"failed"}

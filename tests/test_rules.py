@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from bench.config import ConfigError, validate
-from bench.data.plan import BatchPlan
-from bench.job import Job
-from bench.optim import OPTIMIZERS, SCALING_RULES, adaptive_hyperparams
-from bench.schedules import SCHEDULES, lr_multiplier
+from bench.rules.plan import BatchPlan
+from bench.core.job import Job
+from bench.optim import OPTIMIZERS
+from bench.rules.lr_scaling import SCALING_RULES, adaptive_hyperparams
+from bench.rules.lr_schedules import SCHEDULES, lr_multiplier
 from conftest import small_config
 
 
@@ -69,7 +70,7 @@ def _timescale_cfg(**kw):
 def test_timescale_weight_decay_is_recorded_and_used_by_the_optimizer():
     job = Job(_timescale_cfg())
     wd = 0.1 * 64 / 32                                       # lr fixed (alpha 0): wd follows B
-    # what the run record stores as "replica" (bench.loop writes Replica.as_dict)
+    # what the run record stores as "replica" (bench.core.loop writes Replica.as_dict)
     assert job.replicas[0].as_dict(1)["hyperparams"]["weight_decay"] == pytest.approx(wd)
     state, _ = job.train(job.init_state(), 0, 2)
     assert float(state.opt_state.hyperparams["weight_decay"][0]) == pytest.approx(wd, rel=1e-6)

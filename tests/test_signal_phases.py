@@ -35,8 +35,8 @@ DRIVER = textwrap.dedent("""
             f.write(f"{signame} during {where}\\n")
         os.kill(os.getpid(), getattr(signal, signame))   # its handler runs right here
 
-    def in_loop():   # is bench.loop's PreemptionFlag installed?
-        from bench.preemption import PreemptionFlag
+    def in_loop():   # is bench.core.loop's PreemptionFlag installed?
+        from bench.core.preemption import PreemptionFlag
         return isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None),
                           PreemptionFlag)
 
@@ -50,7 +50,7 @@ DRIVER = textwrap.dedent("""
 
     monitoring.register_scalar_listener(on_stage_start)   # called as each compile starts
     if phase == "checkpoint":
-        from bench.checkpoint import Checkpointer
+        from bench.core.checkpoint import Checkpointer
         save = Checkpointer.save
 
         def save_with_signal(self, *args, **kwargs):
@@ -59,7 +59,7 @@ DRIVER = textwrap.dedent("""
 
         Checkpointer.save = save_with_signal
     if armed == "armed":
-        from bench.preemption import arm
+        from bench.core.preemption import arm
         arm()
     from bench.train import main
     main()
@@ -141,7 +141,7 @@ def _check_stopped_at_once(tmp: Path, proc, log: list[str], expected_log: str,
 
 
 def test_signal_during_compile_before_the_loop_with_arm(tmp_path, reference_run):
-    """SIGUSR2 (submitit's signal) while JAX compiles the initial state, before bench.loop's
+    """SIGUSR2 (submitit's signal) while JAX compiles the initial state, before bench.core.loop's
     flag exists: nothing is unsaved, so the process stops at once (not after the compile and
     the first training call); the same command then runs to the uninterrupted record."""
     cache, reference = reference_run

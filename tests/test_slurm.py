@@ -19,7 +19,7 @@ import submitit.slurm.slurm as submitit_slurm
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from bench.preemption import DEFAULT_SIGNALS
+from bench.core.preemption import DEFAULT_SIGNALS
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHERS = REPO / "conf" / "hydra" / "launcher"
@@ -90,7 +90,7 @@ def test_slurm_gpu_preset_sbatch_lines(conf_dir, tmp_path, monkeypatch):
     # submitit's own signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)
     usr = submitit_slurm.SlurmJobEnvironment.USR_SIG
     assert sb["signal"] == f"{usr}@{launcher_cfg.signal_delay_s}" == f"{usr}@120"
-    assert getattr(signal, f"SIG{usr}") in DEFAULT_SIGNALS    # bench.preemption catches it
+    assert getattr(signal, f"SIG{usr}") in DEFAULT_SIGNALS    # bench.core.preemption catches it
     # array of 40 jobs, at most array_parallelism (32) at once
     assert sb["array"] == f"0-39%{launcher_cfg.array_parallelism}" == "0-39%32"
     assert "requeue" in sb                                     # additional_parameters
@@ -161,8 +161,8 @@ def test_sbatch_template_runs_the_selected_override_line(tmp_path):
     argv = out[out.index("python"):]
     assert argv == ["python", "-m", "bench.train", "batch_size=64", "tag=a b",
                     f"hydra.run.dir={sweep}/1"]
-    assert (sweep / "jobs.txt").read_text() == jobs.read_text()   # for bench.status
-    assert (sweep / ".slurm_array_ids").read_text() == "500\n"    # bench.status asks squeue
+    assert (sweep / "jobs.txt").read_text() == jobs.read_text()   # for bench.tools.status
+    assert (sweep / ".slurm_array_ids").read_text() == "500\n"    # bench.tools.status asks squeue
     subprocess.run(["bash", str(TEMPLATE), str(jobs), str(sweep)], env=env, cwd=tmp_path,
                    capture_output=True, check=True)               # another task of the array
     assert (sweep / ".slurm_array_ids").read_text() == "500\n"    # recorded once
@@ -173,10 +173,10 @@ def test_sbatch_template_runs_the_selected_override_line(tmp_path):
 
 def test_sbatch_template_passes_shell_metacharacters_through_as_text(tmp_path):
     """A jobs-file line holding $(...), backticks, ; | & > and $VAR runs nothing on the
-    node: every argument reaches bench.train as written, split by bench.jobs_file, the
-    parser bench.status uses for the same file."""
-    from bench.jobs_file import job_lines
-    from bench.status import expected_jobs
+    node: every argument reaches bench.train as written, split by bench.tools.jobs_file, the
+    parser bench.tools.status uses for the same file."""
+    from bench.tools.jobs_file import job_lines
+    from bench.tools.status import expected_jobs
 
     fake = tmp_path / "bin" / "srun"
     fake.parent.mkdir()
@@ -203,7 +203,7 @@ def test_sbatch_template_passes_shell_metacharacters_through_as_text(tmp_path):
 
 
 def test_jobs_file_cli_errors(tmp_path):
-    from bench.jobs_file import main
+    from bench.tools.jobs_file import main
 
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("a=1 'unclosed\n")

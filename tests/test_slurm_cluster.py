@@ -1,5 +1,5 @@
 """Against a real SLURM cluster: a Hydra sweep through ``hydra/launcher=slurm_cpu``, what
-``bench.status`` says about queued jobs, and (slow) requeue on a signal.
+``bench.tools.status`` says about queued jobs, and (slow) requeue on a signal.
 
 CI starts a one-node cluster first (``.ci/run`` runs ``SLURM/local_cluster.sh start``); where
 no cluster answers, these tests are skipped with the reason. Jobs use one CPU and 1 GB each
@@ -69,14 +69,14 @@ def _record(job_dir: Path) -> dict:
 
 
 def _status_json(sweep: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.status", str(sweep), "--json"], env=ENV,
+    out = subprocess.run([sys.executable, "-m", "bench.tools.status", str(sweep), "--json"], env=ENV,
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
 def _status_text(sweep: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "bench.status", str(sweep)], env=ENV, cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "bench.tools.status", str(sweep)], env=ENV, cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return " ".join(out.stdout.split())          # the table wraps long cells
@@ -84,7 +84,7 @@ def _status_text(sweep: Path) -> str:
 
 def test_sweep_through_slurm_cpu_launcher(partition, tmp_path):
     """Two jobs (batch_size=32,64) as one real job array; the launching command blocks until
-    both are done, each job writes its record, bench.status reports them."""
+    both are done, each job writes its record, bench.tools.status reports them."""
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "bench.train", "-m", *_launcher(partition, sweep), *TINY,
            "budget=20steps", "batch_size=32,64"]
@@ -136,7 +136,7 @@ def _wait(predicate, timeout: float, what: str, poll: float = 0.5):
 
 
 def test_status_shows_pending_running_and_requeued_jobs(partition, tmp_path):
-    """A sweep whose array is live: bench.status shows each task as SLURM has it (running,
+    """A sweep whose array is live: bench.tools.status shows each task as SLURM has it (running,
     pending, requeued: pending again with a restart count) and warns not to re-submit;
     once SLURM no longer lists them, the warning is gone. The array is plain ``sleep``
     tasks, at most one at a time, recorded like ``SLURM/sbatch_template.sh`` does."""
@@ -218,7 +218,7 @@ def _launch(partition: str, sweep: Path, args: list[str]) -> subprocess.Popen:
 def test_requeue_on_signal_resumes_to_uninterrupted_record(partition, tmp_path):
     """Two one-job sweeps on the cluster. Sweep A's job gets ``scontrol requeue`` (SIGTERM:
     save, record "running", normal exit -- so its launcher returns while SLURM holds the job
-    and bench.status lists it as requeued). Sweep B's job gets SIGUSR2 (submitit's signal:
+    and bench.tools.status lists it as requeued). Sweep B's job gets SIGUSR2 (submitit's signal:
     save, then submitit requeues it -- its launcher keeps waiting). After SLURM's hold
     (~120 s) both resume from their checkpoints and end with the records of uninterrupted
     runs."""

@@ -1,4 +1,4 @@
-"""bench.status: job statuses from run records, missing jobs, is_finished."""
+"""bench.tools.status: job statuses from run records, missing jobs, is_finished."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from bench.record import empty_record, record_filename, write_record
-from bench.status import (aggregate_status, config_mismatches, expected_jobs, is_finished,
-                          main, summary, sweep_report, sweep_status)
+from bench.core.saved_records import is_finished
+from bench.tools.status import (aggregate_status, config_mismatches, expected_jobs, main, summary,
+                                sweep_report, sweep_status)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def test_cli_json_and_table(sweep, capsys):
 
 
 def test_cli_as_module(sweep):
-    out = subprocess.run([sys.executable, "-m", "bench.status", str(sweep), "--json"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "bench.tools.status", str(sweep), "--json"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out)["summary"]["finished"] == 2
 
@@ -338,7 +339,7 @@ def test_reuse_refuses_an_unreadable_record_and_changes_nothing(tmp_path):
     """A rerun into a directory whose record is truncated stops with one ConfigError naming
     the file (bench.train prints it as one error: line) and leaves every file as it was."""
     from bench.config import from_dict
-    from bench.reuse import UnreadableRecords, check_reuse
+    from bench.core.reuse import UnreadableRecords, check_reuse
 
     job = tmp_path / "run"
     _record(job, 0, 1, "finished")

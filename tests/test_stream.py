@@ -15,10 +15,10 @@ from bench.data import DATASETS, load_dataset, open_dataset
 from bench.data.arrayrecord import exported_sha256, read_metadata
 from bench.data.augment import Augment, center_crop, example_rng, pad_crop_flip, random_resized_crop
 from bench.data.export import export
-from bench.data.plan import BatchPlan
+from bench.rules.plan import BatchPlan
 from bench.data.stream import (LocalSlice, StreamOptions, TrainStream, eval_chunks, exported_stream,
                                load_in_memory, require_fits_in_memory)
-from bench.job import eval_indices
+from bench.core.job import eval_indices
 from conftest import REPO
 
 SYNTH = {"name": "synthetic", "synthetic_train": 300, "synthetic_test": 70, "input_dim": 6}
@@ -214,7 +214,7 @@ def test_imagenet2012_streams_from_tfds_under_mock_data():
 def test_iterator_position_is_saved_in_the_orbax_checkpoint(exported, tmp_path):
     import jax.numpy as jnp
 
-    from bench.checkpoint import Checkpointer, seal
+    from bench.core.checkpoint import Checkpointer, seal
 
     _, directory = exported
     plan, data = _plan(), exported_stream(str(directory))

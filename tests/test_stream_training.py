@@ -17,7 +17,7 @@ import pytest
 from bench.config import from_dict
 from bench.data import load_dataset
 from bench.data.export import export
-from bench.loop import run
+from bench.core.loop import run
 from conftest import REPO, small_config
 from multiprocess import eval_table, wait_for_history
 

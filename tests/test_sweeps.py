@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from bench.config import GROUPS, from_hydra, validate
-from bench.data.batch_schedules import make_plan
+from bench.config import job_plan
 from bench.hydra_conf import compose as compose_conf
 from conftest import REPO
 
@@ -100,7 +100,7 @@ def test_sweep_composes_and_expands_to_the_expected_valid_jobs(name):
     for job in jobs:
         job_cfg = _compose([f"+sweep={name}", *job])
         config = validate(from_hydra(_compose([f"+sweep={name}", *job], hydra=False)))  # valid job
-        assert make_plan(config, MNIST1D_TRAIN).total_steps >= 10
+        assert job_plan(config, MNIST1D_TRAIN).total_steps >= 10
         lrs = config.replicas.lr or (config.optimizer.lr,)
         seeds = config.replicas.seeds or (config.seed,)
         assert len(lrs) * len(seeds) == spec["replicas"]
@@ -180,7 +180,7 @@ def test_submitit_local_sweep_skips_finished_and_reruns_missing(tmp_path):
     skipped = [p for p, text in logs.items() if "skipped:" in text]
     assert len(skipped) == 1 and str(jobs[32]) in logs[skipped[0]]   # ... only B=32 skipped
 
-    status = subprocess.run([sys.executable, "-m", "bench.status", str(sweep_dir), "--json"],
+    status = subprocess.run([sys.executable, "-m", "bench.tools.status", str(sweep_dir), "--json"],
                             capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)

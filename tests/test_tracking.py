@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import tracking
-from bench.loop import run
+from bench.core import tracking
+from bench.core.loop import run
 from conftest import small_config
 from wandb_offline import read_runs
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import record as rec
-from bench.loop import run
+from bench.core.loop import run
 from bench.metrics.convergence import convergence_summary
 from conftest import small_config
 
@@ -138,7 +138,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
 
 def _count_writes(monkeypatch):
     """Patch the loop's record writer to log (file name, status, history length) per write."""
-    from bench import run_records
+    from bench.core import run_records
 
     writes = []
     real = run_records.rec.write_record

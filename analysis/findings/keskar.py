@@ -184,8 +184,8 @@ def _seed0_record(job_dir: Path) -> Path:
 
 def interpolation(records: Path, sb_dir: Path, lb_dir: Path, out_csv: Path,
                   bn_stats: str = "interpolate") -> Path:
-    """``bench.interpolate.interpolation_curve`` at ``ALPHAS`` between the SB and LB solutions."""
-    from bench.interpolate import interpolation_curve
+    """``bench.tools.interpolate.interpolation_curve`` at ``ALPHAS`` between the SB and LB solutions."""
+    from bench.tools.interpolate import interpolation_curve
 
     df = interpolation_curve(_seed0_record(records / sb_dir), _seed0_record(records / lb_dir), ALPHAS,
                              bn_stats=bn_stats)
@@ -227,7 +227,7 @@ def bn_recomputed_section(csv: Path, figures_dir: Path) -> str:
         "`interpolation.csv` (figure `keskar_interpolation` above) interpolates the BatchNorm running "
         "statistics with the parameters; outside [0, 1] interpolated variances can turn negative and "
         "are clipped at 0, which by itself inflates the loss there. `interpolation_bn_recomputed.csv` "
-        "recomputes the statistics of every α on the training data instead (bench.interpolate, "
+        "recomputes the statistics of every α on the training data instead (bench.tools.interpolate, "
         "bn_stats='recompute'; same SB and LB runs, seed 0):", "",
         *rows, "", "![keskar_interpolation_bn_recomputed](figures/keskar_interpolation_bn_recomputed.png)", ""])
 

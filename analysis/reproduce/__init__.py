@@ -6,7 +6,7 @@
 
 The findings are the modules of ``analysis.findings`` (``analysis.findings.names()``; the CLI's
 choices). ``--scale offline`` runs a scaled-down version here, in this process: the finding's
-offline presets in ``conf/experiment/`` (its arms), one ``bench.loop.run`` job per swept batch
+offline presets in ``conf/experiment/`` (its arms), one ``bench.core.loop.run`` job per swept batch
 size (and LR-scaling rule) of each, the learning rates and seeds of a job trained at once as
 vmapped replicas. Grids, seeds, budgets and evaluation cadences are the presets'
 (``analysis.reproduce.plan``); ``--budget-scale`` multiplies budgets and cadences for smoke runs

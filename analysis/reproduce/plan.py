@@ -22,7 +22,7 @@ from analysis.findings import Finding, Preset, get
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One bench.loop job: a batch size (and LR-scaling rule), all LRs x seeds as replicas."""
+    """One bench.core.loop job: a batch size (and LR-scaling rule), all LRs x seeds as replicas."""
     name: str                       # records/<name>/
     batch_size: int
     budget: str
@@ -79,7 +79,7 @@ def finding_options(finding: Finding, presets: Sequence[str]) -> dict[str, Any]:
 
 def scaled_budget(budget: str, scale: float) -> str:
     """'60epochs' x 0.5 -> '30epochs'; steps/examples stay integers >= 1."""
-    from bench.data.plan import parse_budget
+    from bench.rules.plan import parse_budget
 
     value, unit = parse_budget(budget)
     if scale == 1:
@@ -100,7 +100,7 @@ def _list(values: Sequence[Any]) -> str:
 def _epoch_overrides(cfg: Config, scale: float) -> list[str]:
     """Smoke runs of a budget not in epochs: the epoch-valued schedule keys shrink with it (a
     warmup or a batch-size boundary would otherwise lie beyond the shortened run)."""
-    from bench.data.plan import parse_budget
+    from bench.rules.plan import parse_budget
 
     if scale == 1 or parse_budget(cfg.budget)[1] == "epochs":
         return []

@@ -1,7 +1,7 @@
 """Run a reproduction: train its jobs here, plot, report (see analysis.reproduce).
 
 Jobs whose directory already holds finished records of the same configuration are skipped
-(bench.reuse), so an interrupted reproduction resumes where it stopped (delete ``--out`` to
+(bench.core.reuse), so an interrupted reproduction resumes where it stopped (delete ``--out`` to
 start over); a changed preset never silently reuses old records.
 """
 
@@ -40,8 +40,8 @@ def _log(msg: str) -> None:
 def run_jobs(plan: Plan, records_dir: Path, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train every job of the plan in this process (skipping finished ones); returns timings."""
     from bench.data import load_dataset
-    from bench.loop import run
-    from bench.reuse import check_reuse
+    from bench.core.loop import run
+    from bench.core.reuse import check_reuse
 
     data_cache: dict[str, Any] = {}
     done = []

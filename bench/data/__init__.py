@@ -1,5 +1,5 @@
 """Dataset registry: ``dataset=<name>`` picks a section below; ``load_dataset(cfg.dataset)``
-returns an :class:`ArrayDataset` (host arrays; bench.job places them on device).
+returns an :class:`ArrayDataset` (host arrays; bench.core.job places them on device).
 
 Each option is one registered section: its keys (defaults, types, ranges) and its ``load()``.
 Loader code is imported only when a dataset is loaded. Adding a dataset: a loader module, one

@@ -1,10 +1,10 @@
 """The streamed input pipeline (``dataset.loader=stream``): grain over ArrayRecord files.
 
-The example order is the :class:`~bench.data.plan.BatchPlan`'s, exactly as in memory: step t
+The example order is the :class:`~bench.rules.plan.BatchPlan`'s, exactly as in memory: step t
 of replica k reads examples ``plan.indices(t, 1)[0, k]`` (a permutation per data epoch from
 the replica's seed, drop-last, batch-size stages with exact offsets). A process reads only its
 slice of each global batch -- the rows its devices hold in the mesh (:class:`LocalSlice`) --
-and bench.data.source builds the global array with ``jax.make_array_from_process_local_data``. So for
+and bench.core.source builds the global array with ``jax.make_array_from_process_local_data``. So for
 the same seed a dataset that fits gives the same batches streamed or in memory, and 1 or N
 processes see the same global batches.
 
@@ -16,7 +16,7 @@ whole train and test sets in chunks the same way.
 
 Position: the plan is deterministic, so the iterator's position is the step. It is saved in
 every orbax checkpoint, one file per process (grain's checkpoint handler,
-``process_<i>-of-<n>.json``; see bench.checkpoint), and a run saved on N processes resumes
+``process_<i>-of-<n>.json``; see bench.core.checkpoint), and a run saved on N processes resumes
 on M: the step is read back and each process re-derives its own slice.
 """
 
@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from bench.data.augment import Augment, example_rng
-from bench.data.plan import BatchPlan
+from bench.rules.plan import BatchPlan
 
 # Per-channel mean and std (of pixel / 255) of the TFDS image datasets read as they are.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -261,7 +261,7 @@ class EvalChunk:
 def eval_chunks(data: StreamDataset, split: str, idx: np.ndarray, mask: np.ndarray,
                 local: LocalSlice, options: StreamOptions = StreamOptions()) -> Iterator[tuple[np.ndarray, ...]]:
     """This process's rows of every evaluation chunk of ``split`` (``idx``, ``mask``: [C, c]
-    from bench.data.source.eval_indices), read ahead by grain."""
+    from bench.core.source.eval_indices), read ahead by grain."""
     import grain
 
     chunks = grain.MapDataset.range(len(idx)).map(EvalChunk(data, split, idx, mask, local))

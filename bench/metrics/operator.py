@@ -17,7 +17,7 @@ Two ways to run the loops (chunks, Krylov iterations, probes), same numbers up t
 - ``rolled=False`` (CPU): the host drives the loops; each chunk's contribution is one jitted
   program (compiled once, shared by every estimator and every measurement), and each
   iteration's vector update another. XLA:CPU runs convolutions inside a ``while`` loop several
-  times slower than outside one (the finding behind ``bench.step.scan_unroll``): measured with
+  times slower than outside one (the finding behind ``bench.core.step.scan_unroll``): measured with
   ``python -m bench.perf.curvature``, a default-CNN HVP costs ~14 gradients inside
   ``lax.fori_loop`` and ~1.5 host-driven. Per-iteration dispatch costs microseconds.
   Estimators that run many HVPs also hoist them (``hoisted``, bench.metrics.linearize).
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
-from bench import execution
+from bench.core import execution
 from bench.metrics.linearize import Linearized, linearize
 
 PyTree = Any
@@ -59,7 +59,7 @@ __all__ = [
 
 
 def rolled_loops() -> bool:
-    """Default loop style, the execution policy's (bench.execution): ``lax`` loops in one program
+    """Default loop style, the execution policy's (bench.core.execution): ``lax`` loops in one program
     off CPU, host-driven loops on CPU."""
     return execution.current().rolled_curvature_loops
 

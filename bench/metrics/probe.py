@@ -26,7 +26,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from flax import nnx
 
-from bench import execution
+from bench.core import execution
 from bench.metrics.curvature import KEY_SUBSET, estimated_cost, measure, select_subset
 from bench.metrics.hessian import num_examples
 from bench.metrics.registry import Cost, Measurement
@@ -36,8 +36,8 @@ from bench.metrics.operator import HessianOperator, LossFn
 from bench.metrics.suite import MetricsConfig
 from bench.metrics.preconditioned import adam_preconditioner
 from bench.models.matmul_conv import with_matmul_convs
-from bench.parallel import batch_sharded, global_array, replicated
-from bench.step import ModelFns, TrainState, split_model
+from bench.core.parallel import batch_sharded, global_array, replicated
+from bench.core.step import ModelFns, TrainState, split_model
 
 Convs = Literal["lax", "matmul"]
 
@@ -72,7 +72,7 @@ class CurvatureProbe:
                  policy: execution.ExecutionPolicy | None = None, plan: Any = None):
         self.cfg, self.fns, self.keys = cfg, fns, probe_keys
         self.plan = plan  # the BatchPlan: training positions in examples and tokens (else steps only)
-        # where progress lines go (e.g. bench.progress.Progress.note); None: silent. When set,
+        # where progress lines go (e.g. bench.core.progress.Progress.note); None: silent. When set,
         # the first measurement is preceded by its cost estimate, and each metric reports its time.
         self.report: Any = None
         self._estimated = False

@@ -3,7 +3,7 @@
 Each option is one registered section: its keys with defaults, types and ranges, and its
 ``build(input_shape, num_classes, rngs)``. Every model is called as
 ``model(x, train=..., rngs=...)``: the mode is an argument, not state, so the functional core
-(bench.step) stays pure. Model code is imported only when a model is built.
+(bench.core.step) stays pure. Model code is imported only when a model is built.
 
 Adding a model: a module with the ``nnx.Module``, one registered section here, and
 ``conf/model/<name>.yaml`` (see the README's "Extending").
@@ -31,7 +31,7 @@ class ModelConfig:
         """optax mask of the parameters weight decay applies to (None: all of them)."""
         return None
 
-    # Whether the model computes attention (bench.execution.ExecutionPolicy.scan_unroll
+    # Whether the model computes attention (bench.core.execution.ExecutionPolicy.scan_unroll
     # keeps such models' scans rolled: unrolling gains them nothing and costs compile time).
     has_attention = False
 

@@ -3,7 +3,7 @@
 Same parameters and math as ``lax.conv_general_dilated``; results agree to float rounding.
 Two measured uses on XLA:CPU (jax 0.10.2):
 
-- Training K > 1 vectorized replicas (bench.execution.ExecutionPolicy.convs_as_matmul):
+- Training K > 1 vectorized replicas (bench.core.execution.ExecutionPolicy.convs_as_matmul):
   ``jax.vmap`` over replicas that each carry their own kernel turns a convolution into a
   grouped one, which XLA:CPU runs several times slower than K separate convolutions (a K = 8
   step of the default 1-D CNN: 14.4 ms vs 8 x 1.0 ms, ``python -m bench.perf.replicas

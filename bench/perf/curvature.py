@@ -74,7 +74,7 @@ def build_problem(model: str, *, convs: str = "lax", train_steps: int = 0) -> Pr
     """The one use of the core: the default job for ``model`` with ``metrics.hessian=true``,
     its curvature probe and its initial (optionally trained) state."""
     from bench.hydra_conf import compose_config
-    from bench.job import Job
+    from bench.core.job import Job
 
     # No persistent compile cache: compile times are measured, not read from disk.
     cfg = compose_config([*MODELS[model], "metrics.hessian=true", "logger=none", "progress=false",

@@ -41,7 +41,7 @@ import optax
 from flax import nnx
 
 from bench.models import MODELS
-from bench.step import ModelFns, split_model
+from bench.core.step import ModelFns, split_model
 
 # Dense (no sparsity) peak FLOP/s per device from NVIDIA's datasheets (SXM parts): bf16
 # tensor-core and TF32 tensor-core. Matched on jax's ``device_kind``; anything else needs

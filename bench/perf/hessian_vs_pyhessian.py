@@ -48,7 +48,7 @@ import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from bench.compile_log import logged_compiles
+from bench.core.compile_log import logged_compiles
 from bench.metrics import hessian as hs
 from bench.metrics.linearize import clear_programs
 from bench.metrics.operator import HessianOperator

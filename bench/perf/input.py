@@ -33,7 +33,7 @@ import numpy as np
 from bench.config import from_dict
 from bench.data.base import ArrayDataset
 from bench.data.export import export
-from bench.data.plan import BatchPlan
+from bench.rules.plan import BatchPlan
 from bench.data.stream import LocalSlice, StreamOptions, TrainStream, exported_stream
 from bench.data.augment import Augment
 
@@ -62,7 +62,7 @@ def input_rate(path: str, batch: int, steps: int, options: StreamOptions, augmen
 def step_times(path: str, model: dict, batch: int, steps_per_call: int, rounds: int,
                options: StreamOptions) -> dict[str, float]:
     """Median seconds per training step, in memory and streamed, alternating calls."""
-    from bench.job import Job
+    from bench.core.job import Job
 
     jobs, states, step = {}, {}, {}
     for loader in ("memory", "stream"):

@@ -20,14 +20,14 @@ budgets from those measured parts. Replica k and process k are the same run: the
 evaluation agrees to float rounding (later rows drift apart as SGD amplifies rounding).
 
 Part 2, in one process: formulations of the replica axis of the training step (same state,
-same batches, ``steps_per_call`` steps per jitted call): bench.step's (``jax.vmap``; on CPU with
+same batches, ``steps_per_call`` steps per jitted call): bench.core.step's (``jax.vmap``; on CPU with
 K > 1 the 1-D convolutions as im2col + matmul, ``bench.models.matmul_conv``), ``jax.vmap`` with the
 plain convolution (on XLA:CPU a vmapped convolution becomes a grouped convolution), an unrolled
 Python loop over replicas inside the jitted call (``--all-variants``: also with 5 instead of 25
 steps per call, since its compile time grows with K x steps per call) and ``jax.lax.map`` over
-replicas. Each is checked against bench.step's (max |param difference| after one step from the
+replicas. Each is checked against bench.core.step's (max |param difference| after one step from the
 same state), its compile time is measured, and it is timed after compilation (medians over
-rounds). The same for one full evaluation: bench.step's (a loop
+rounds). The same for one full evaluation: bench.core.step's (a loop
 over replicas on CPU, vmap elsewhere) vs a vmap over replicas.
 """
 
@@ -165,12 +165,12 @@ def warm_cache(common: list[str], lrs: list[float], workdir: Path, vec_cold: flo
 
 
 def _replica_block(job, how: str) -> Callable:
-    """A train block like ``bench.step.make_train_block`` with another replica formulation
+    """A train block like ``bench.core.step.make_train_block`` with another replica formulation
     (``loop``, ``map`` or ``vmap``), always with the plain convolution (``job.fns``)."""
     import jax
 
-    from bench.parallel import batch_sharded
-    from bench.step import make_replica_step, over_replicas
+    from bench.core.parallel import batch_sharded
+    from bench.core.step import make_replica_step, over_replicas
 
     step = make_replica_step(job.fns, job.tx, job.lr_multiplier, job.cfg.accumulate)
     mesh = job.mesh
@@ -205,7 +205,7 @@ class _VmapEval:
 
         from dataclasses import replace
 
-        from bench.step import make_evaluate
+        from bench.core.step import make_evaluate
 
         self.job, self.replicas, self.timings = job, job.replicas, job.timings
         self._evaluate = jax.jit(make_evaluate(job.fns, job.mesh, replace(job.policy, loop_over_replicas=False)))
@@ -235,7 +235,7 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
 
     from bench.config import from_dict
     from bench.data import load_dataset
-    from bench.job import Job
+    from bench.core.job import Job
 
     print(f"\n== Part 2: replica-axis formulations (model={model}, K={k}, B={batch_size}, one process, "
           f"compile excluded, median of {rounds} rounds of {steps} steps)", flush=True)
@@ -251,7 +251,7 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
     job, single = Job(config(k), data), Job(config(1), data)
     spc = job.cfg.steps_per_call
     loop_block = _replica_block(job, "loop")
-    current = "bench.step (current)"
+    current = "bench.core.step (current)"
     variants: dict[str, tuple[Any, Callable, int]] = {
         current: (job, job.train_call, spc),
         "vmap, plain convolutions": (job, _replica_block(job, "vmap"), spc),
@@ -300,11 +300,11 @@ def formulations(model: str, k: int, batch_size: int, steps: int, rounds: int,
         per_replica = r["step"] / r["k"]                    # ms per replica-step
         print(f"   {name:<34}{r['step'] * 1e3:>9.2f}{ref['step'] / k / per_replica:>10.2f}x"
               f"{one['step'] / per_replica:>9.2f}x{r['compile']:>11.1f}{diff:>20.1e}")
-    print("   (per replica-step: vs current > 1 = faster than bench.step; vs Kx K=1 > 1 = faster "
-          "than K separate single-replica steps; max|dparam| after one step vs bench.step, K=1 rows "
+    print("   (per replica-step: vs current > 1 = faster than bench.core.step; vs Kx K=1 > 1 = faster "
+          "than K separate single-replica steps; max|dparam| after one step vs bench.core.step, K=1 rows "
           "vs K=1)")
 
-    evals = {"bench.step (current)": (job, None), "vmap over replicas": (job, "vmap"),
+    evals = {"bench.core.step (current)": (job, None), "vmap over replicas": (job, "vmap"),
              "K=1 (reference)": (single, None)}
     print(f"\n   {'full evaluation (train + test sets)':<34}{'ms':>9}{'vs vmap':>9}{'compile s':>11}")
     ev_times: dict[str, tuple[float, float, int]] = {}

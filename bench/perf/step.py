@@ -28,9 +28,9 @@ import optax
 from flax import nnx
 
 from bench.data import ArrayDataset, load_dataset
-from bench.data.plan import epoch_permutation
+from bench.rules.plan import epoch_permutation
 from bench.hydra_conf import compose_config
-from bench.job import Job
+from bench.core.job import Job
 
 MODELS = {"cnn": ["model=cnn"],
           "transformer": ["+experiment=lm_offline"]}

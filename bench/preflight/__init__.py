@@ -10,7 +10,7 @@ for models that cannot take the data and sizes the plan cannot meet; and
 :mod:`~bench.preflight.paths` the file system (every output path writable).
 ``bench.config.validate`` calls :func:`run` once: the config checks always, the others before a
 job runs (``run=True``: the command line's pre-flight, before Hydra writes anything, and
-bench.job, before compiling).
+bench.core.job, before compiling).
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ class Context:
     @functools.cached_property
     def plan(self) -> Any:
         """The job's BatchPlan (None when the training-set size is unknown before loading)."""
-        from bench.data.batch_schedules import make_plan
+        from bench.config import job_plan
         if self.num_train is None:
             return None
-        return make_plan(self.cfg, self.num_train, self.num_devices,
+        return job_plan(self.cfg, self.num_train, self.num_devices,
                          tokens_per_example=self.data.tokens_per_example)
 
 

@@ -93,7 +93,7 @@ def budget_at_least_one_step(ctx: Context) -> None:
     plan = ctx.plan
     if plan is None:
         return
-    from bench.data.plan import parse_budget
+    from bench.rules.plan import parse_budget
 
     value, unit = parse_budget(ctx.cfg.budget)
     one = {"steps": 1, "examples": plan.examples(1), "epochs": plan.epoch(1),

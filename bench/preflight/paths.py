@@ -76,7 +76,7 @@ def run_files_writable(ctx: Context) -> None:
 
 
 def compile_cache_writable(ctx: Context) -> None:
-    from bench.compile_cache import resolve
+    from bench.core.compile_cache import resolve
 
     directory = resolve(ctx.cfg.compile_cache_dir)
     if directory is not None:

@@ -7,6 +7,6 @@ from pathlib import Path
 
 def run_overrides(overrides, output_dir: Path) -> list[dict]:
     from bench.hydra_conf import compose_config
-    from bench.loop import run
+    from bench.core.loop import run
 
     return run(compose_config(overrides), output_dir)

@@ -1,8 +1,8 @@
 """The jobs file of ``SLURM/sbatch_template.sh``: one job's Hydra overrides per line.
 
-One parser, used both by the template (``python -m bench.jobs_file args JOBS_FILE TASK``
+One parser, used both by the template (``python -m bench.tools.jobs_file args JOBS_FILE TASK``
 prints the arguments of array task ``TASK``, NUL-separated, for bash's ``mapfile -d ''``)
-and by ``bench.status`` (the jobs a sweep expects), so what status reports is what ran.
+and by ``bench.tools.status`` (the jobs a sweep expects), so what status reports is what ran.
 
 A line is split like a POSIX shell command line by :func:`shlex.split`, quotes keep spaces
 (``'tag=a b'`` is one argument), and nothing is ever expanded or run: ``$(...)``, backticks,
@@ -35,7 +35,7 @@ def job_lines(path: Path | str) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] != "args" or not args[2].isdigit():
-        print("usage: python -m bench.jobs_file args JOBS_FILE TASK_ID", file=sys.stderr)
+        print("usage: python -m bench.tools.jobs_file args JOBS_FILE TASK_ID", file=sys.stderr)
         return 2
     try:
         jobs = job_lines(args[1])

@@ -1,4 +1,4 @@
-"""What SLURM says about a sweep's jobs (``squeue``), for ``bench.status``.
+"""What SLURM says about a sweep's jobs (``squeue``), for ``bench.tools.status``.
 
 A job of a sweep is found in the queue from submitit's ``.submitit/<array>_<task>`` folders,
 ``.slurm_array_ids`` (written by ``SLURM/sbatch_template.sh``) and the records'

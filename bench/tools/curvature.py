@@ -1,7 +1,7 @@
-"""Curvature of a saved checkpoint, without retraining: ``python -m bench.curvature <run dir> [step]``.
+"""Curvature of a saved checkpoint, without retraining: ``python -m bench.tools.curvature <run dir> [step]``.
 
-    python -m bench.curvature outputs/run1                 # the latest checkpoint
-    python -m bench.curvature outputs/run1 400 metrics.lanczos_iters=60 metrics.sharpness=false
+    python -m bench.tools.curvature outputs/run1                 # the latest checkpoint
+    python -m bench.tools.curvature outputs/run1 400 metrics.lanczos_iters=60 metrics.sharpness=false
 
 Reads the run's config from its record (``<run dir>/record_r0.json``), rebuilds the job (data,
 model, the curvature probe: same subsets and keys as during training), restores the orbax
@@ -27,7 +27,7 @@ from bench.schema import build
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.curvature", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tools.curvature", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="output directory of a run (holds record_r*.json and checkpoints/)")
     p.add_argument("step", nargs="?", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("overrides", nargs="*", help="metrics.<key>=<value> (Hydra-style)")
@@ -56,7 +56,7 @@ def _config(run_dir: Path, overrides: Sequence[str]):
 
 
 def _restore(run_dir: Path, step: int | None, job: Any) -> tuple[Any, int]:
-    from bench.checkpoint import Checkpointer
+    from bench.core.checkpoint import Checkpointer
 
     ckpt = Checkpointer(run_dir / "checkpoints", every_steps=None)
     steps = ckpt.all_steps()
@@ -74,7 +74,7 @@ def measure_checkpoint(run_dir: Path | str, step: int | None = None, overrides: 
                        report: Any = print) -> dict[str, Any]:
     """Curvature of every replica at a saved step; returns (and writes) ``{"step", "metrics",
     "estimate", "replicas": [measured dict per replica]}``."""
-    from bench.job import Job
+    from bench.core.job import Job
 
     run_dir = Path(run_dir)
     cfg = _config(run_dir, overrides)

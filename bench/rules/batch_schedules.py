@@ -1,8 +1,10 @@
 """Batch size over training (``batch_schedule=<name>``) and the plan of a job.
 
-Each option is a registered section whose ``stages(cfg, num_train, quantum)`` gives the
-:class:`~bench.data.plan.BatchPlan` stages ``[(start_epoch, B)]`` and LR factors;
-:func:`make_plan` builds the job's plan (stages, budget, warmup) from the whole config.
+Each option is a registered section whose ``stages(spec, num_train)`` gives the
+:class:`~bench.rules.plan.BatchPlan` stages ``[(start_epoch, B)]`` and LR factors;
+:func:`make_plan` builds the job's plan (stages, budget, warmup). Both take a
+:class:`PlanSpec` (the few keys a plan depends on; bench.config.plan_spec reads it from a
+config), never the whole job config.
 
 - ``constant``: B = ``batch_size`` throughout.
 - ``increase`` (Smith et al. 2018, "Don't decay the learning rate, increase the batch size"):
@@ -24,20 +26,18 @@ Each option is a registered section whose ``stages(cfg, num_train, quantum)`` gi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.data.plan import BatchPlan, parse_budget
-from bench.schedules import lr_multiplier
+from bench.rules.plan import BatchPlan, parse_budget
+from bench.rules.lr_schedules import ScheduleConfig, lr_multiplier
 from bench.schema import ConfigError, Registry, frozen, param
-
-if TYPE_CHECKING:  # type hints only: bench.config imports this module
-    from bench.config import Config
 
 BATCH_SCHEDULES: Registry["BatchScheduleConfig"] = Registry("batch_schedule", default="constant")
 
@@ -45,9 +45,20 @@ Stages = list[tuple[Any, int]]
 LRFactors = list[tuple[float, float]]
 
 
-def batch_quantum(cfg: "Config", num_devices: int = 1) -> int:
+def batch_quantum(accumulate: int, num_devices: int = 1, batch_multiple: int = 1) -> int:
     """Every batch size must be a multiple of this: accumulate * lcm(devices, ghost batch)."""
-    return cfg.accumulate * math.lcm(num_devices, cfg.model.batch_multiple())
+    return accumulate * math.lcm(num_devices, batch_multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanSpec:
+    """What a job's batch plan depends on: its batch size, budget and LR schedule, the seeds of
+    its replicas and the quantum every batch size is a multiple of (see :func:`batch_quantum`)."""
+    batch_size: int
+    budget: str
+    schedule: ScheduleConfig
+    seeds: tuple[int, ...] = (0,)
+    quantum: int = 1
 
 
 def round_batch(b: float, quantum: int) -> int:
@@ -59,15 +70,15 @@ def round_batch(b: float, quantum: int) -> int:
 class BatchScheduleConfig:
     name: str = param("constant", help="batch_schedule=<name> selects the option")
 
-    def stages(self, cfg: "Config", num_train: int, quantum: int,
+    def stages(self, spec: PlanSpec, num_train: int,
                tokens_per_example: int | None = None) -> tuple[Stages, LRFactors]:
-        return [(0, cfg.batch_size)], []
+        return [(0, spec.batch_size)], []
 
     def check(self, where: str) -> None:
         pass
 
-    def check_with(self, cfg: "Config", quantum: int) -> None:
-        """Rules that relate this section to the rest of the config."""
+    def check_with(self, spec: PlanSpec) -> None:
+        """Rules that relate this section to the plan's other inputs."""
 
 
 @BATCH_SCHEDULES.register("constant")
@@ -91,8 +102,8 @@ class IncreaseBatch(BatchScheduleConfig):
     factor: float | None = param(None, gt=1, help="B multiplier per boundary (null: 1 / schedule.decay_factor)")
     max_batch_size: int | None = param(None, ge=1, help="cap on B; beyond it the LR decays (null: N)")
 
-    def check_with(self, cfg, quantum):
-        s = cfg.schedule
+    def check_with(self, spec):
+        s = spec.schedule
         if s.name != "step" or not s.decay_epochs:
             raise ConfigError("batch_schedule=increase replaces the decays of a step LR schedule;"
                               " use schedule=step with non-empty schedule.decay_epochs")
@@ -102,12 +113,13 @@ class IncreaseBatch(BatchScheduleConfig):
         if not s.decay_factor < 1:
             raise ConfigError(f"schedule.decay_factor={s.decay_factor} must be in (0, 1)"
                               f" for batch_schedule=increase")
-        check_max_batch_size(self.max_batch_size, cfg.batch_size, quantum)
+        check_max_batch_size(self.max_batch_size, spec.batch_size, spec.quantum)
 
-    def stages(self, cfg, num_train, quantum, tokens_per_example=None):
-        cap = self.max_batch_size or (num_train // quantum) * quantum
-        return increase_stages(cfg.batch_size, cfg.schedule.decay_epochs, cfg.schedule.decay_factor,
-                               factor=self.factor, cap=cap, quantum=quantum)
+    def stages(self, spec, num_train, tokens_per_example=None):
+        cap = self.max_batch_size or (num_train // spec.quantum) * spec.quantum
+        return increase_stages(spec.batch_size, spec.schedule.decay_epochs,
+                               spec.schedule.decay_factor, factor=self.factor, cap=cap,
+                               quantum=spec.quantum)
 
 
 @BATCH_SCHEDULES.register("warmup")
@@ -118,15 +130,15 @@ class WarmupBatch(BatchScheduleConfig):
     warmup_epochs: float = param(2.0, gt=0, help="epochs until B reaches batch_size")
     growth: float = param(2.0, gt=1, help="B multiplier between the warmup sizes (2: doubling)")
 
-    def check_with(self, cfg, quantum):
-        if self.start_batch_size % quantum or not self.start_batch_size < cfg.batch_size:
+    def check_with(self, spec):
+        if self.start_batch_size % spec.quantum or not self.start_batch_size < spec.batch_size:
             raise ConfigError(f"batch_schedule.start_batch_size={self.start_batch_size} must be below"
-                              f" batch_size={cfg.batch_size} and a multiple of {quantum}"
+                              f" batch_size={spec.batch_size} and a multiple of {spec.quantum}"
                               f" (accumulate x devices x ghost batch)")
 
-    def stages(self, cfg, num_train, quantum, tokens_per_example=None):
-        return warmup_stages(self.start_batch_size, cfg.batch_size, self.warmup_epochs,
-                             growth=self.growth, quantum=quantum), []
+    def stages(self, spec, num_train, tokens_per_example=None):
+        return warmup_stages(self.start_batch_size, spec.batch_size, self.warmup_epochs,
+                             growth=self.growth, quantum=spec.quantum), []
 
 
 @BATCH_SCHEDULES.register("seesaw")
@@ -135,24 +147,24 @@ class SeesawBatch(BatchScheduleConfig):
     """Meterez et al. 2025: B x 2 and LR x 1/sqrt(2) wherever the LR schedule would halve the LR."""
     max_batch_size: int | None = param(None, ge=1, help="cap on B; beyond it the LR takes the whole cut (null: N)")
 
-    def check_with(self, cfg, quantum):
-        if cfg.schedule.name == "constant":
+    def check_with(self, spec):
+        if spec.schedule.name == "constant":
             raise ConfigError("batch_schedule=seesaw turns the LR schedule's decay into batch growth;"
                               " use a decaying schedule (schedule=cosine|wsd|step)")
-        if parse_budget(cfg.budget)[1] == "steps":
+        if parse_budget(spec.budget)[1] == "steps":
             raise ConfigError(f"batch_schedule=seesaw keeps the examples of the run at constant B and "
                               f"takes fewer steps; give budget in epochs, examples or tokens, not "
-                              f"budget={cfg.budget}")
-        check_max_batch_size(self.max_batch_size, cfg.batch_size, quantum)
+                              f"budget={spec.budget}")
+        check_max_batch_size(self.max_batch_size, spec.batch_size, spec.quantum)
 
-    def stages(self, cfg, num_train, quantum, tokens_per_example=None):
-        reference = BatchPlan([0], num_train, cfg.batch_size, budget=parse_budget(cfg.budget),
-                              warmup_epochs=cfg.schedule.warmup_epochs,
-                              warmup_steps=cfg.schedule.warmup_steps,
+    def stages(self, spec, num_train, tokens_per_example=None):
+        reference = BatchPlan([0], num_train, spec.batch_size, budget=parse_budget(spec.budget),
+                              warmup_epochs=spec.schedule.warmup_epochs,
+                              warmup_steps=spec.schedule.warmup_steps,
                               tokens_per_example=tokens_per_example)
         steps = jnp.arange(reference.total_steps)
-        multiplier = np.asarray(jax.vmap(lr_multiplier(cfg.schedule, reference))(steps), np.float64)
-        cap = self.max_batch_size or (num_train // quantum) * quantum
+        multiplier = np.asarray(jax.vmap(lr_multiplier(spec.schedule, reference))(steps), np.float64)
+        cap = self.max_batch_size or (num_train // spec.quantum) * spec.quantum
         return seesaw_stages(reference, multiplier, cap=cap)
 
 
@@ -231,28 +243,25 @@ def warmup_stages(start: int, batch_size: int, warmup_epochs: float, *, growth: 
             + [(Fraction(warmup_epochs).limit_denominator(10**9), batch_size)])
 
 
-def make_plan(cfg: "Config", num_train: int, num_devices: int = 1,
-              seeds: Sequence[int] | None = None, tokens_per_example: int | None = None) -> BatchPlan:
-    """The plan of one job: stages from ``cfg.batch_schedule``, the budget, the LR warmup.
+def make_plan(spec: PlanSpec, num_train: int, batch_schedule: BatchScheduleConfig,
+              tokens_per_example: int | None = None) -> BatchPlan:
+    """The plan of one job: stages from ``batch_schedule``, the budget, the LR warmup.
 
-    Raises ConfigError when the config does not fit the data (B > N, warmup > training).
+    Raises ConfigError when the plan does not fit the data (B > N, warmup > training).
     """
-    if cfg.batch_size > num_train:
+    if spec.batch_size > num_train:
         raise ConfigError(
-            f"batch_size={cfg.batch_size} is larger than the training set ({num_train} examples);"
+            f"batch_size={spec.batch_size} is larger than the training set ({num_train} examples);"
             f" the largest allowed is {num_train} (full batch)")
-    cap = getattr(cfg.batch_schedule, "max_batch_size", None)
+    cap = getattr(batch_schedule, "max_batch_size", None)
     if cap is not None and cap > num_train:
         raise ConfigError(f"batch_schedule.max_batch_size={cap} is larger than the training set"
                           f" ({num_train} examples)")
-    if seeds is None:
-        seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
-    stages, lr_factors = cfg.batch_schedule.stages(cfg, num_train, batch_quantum(cfg, num_devices),
-                                                   tokens_per_example=tokens_per_example)
-    plan = BatchPlan(seeds, num_train, stages, budget=parse_budget(cfg.budget),
-                     warmup_epochs=cfg.schedule.warmup_epochs,
-                     warmup_steps=cfg.schedule.warmup_steps, lr_factors=lr_factors,
-                     name=cfg.batch_schedule.name, tokens_per_example=tokens_per_example)
+    stages, lr_factors = batch_schedule.stages(spec, num_train, tokens_per_example=tokens_per_example)
+    plan = BatchPlan(spec.seeds, num_train, stages, budget=parse_budget(spec.budget),
+                     warmup_epochs=spec.schedule.warmup_epochs,
+                     warmup_steps=spec.schedule.warmup_steps, lr_factors=lr_factors,
+                     name=batch_schedule.name, tokens_per_example=tokens_per_example)
     if plan.warmup_steps > plan.total_steps:
         raise ConfigError(f"warmup ({plan.warmup_steps} steps) is longer than training "
                           f"({plan.total_steps} steps)")

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from bench import compile_cache
+from bench.core import compile_cache
 from bench import record as rec
 from bench.config import as_dict, result_config
-from bench.evaluator import Evaluation
+from bench.core.evaluator import Evaluation
 from bench.metrics.convergence import convergence_summary
 from bench.record import EvalRow, RunRecord
-from bench.reuse import StaleResults
-from bench.step import TrainState
+from bench.core.reuse import StaleResults
+from bench.core.step import TrainState
 
 if TYPE_CHECKING:
-    from bench.job import Setup
+    from bench.core.job import Setup
 
 # What a checkpoint keeps of each record (the rest is rebuilt from the config).
 CHECKPOINTED_KEYS = ("history", "final", "status", "diverged_at_step", "error", "curvature")

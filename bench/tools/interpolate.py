@@ -13,7 +13,7 @@ names the ``params_r<k>.npz`` beside the record, keyed by ``jax.tree_util.keystr
 of the ``{"params": ..., "stats": ...}`` tree). Both runs must share the model and dataset
 config (same architecture, same data); they usually differ in batch size (and maybe LR).
 
-Evaluation is the training loop's own (``bench.step.make_evaluate``: eval mode, exact means over
+Evaluation is the training loop's own (``bench.core.step.make_evaluate``: eval mode, exact means over
 the whole sets in chunks of ``eval.batch_size``), so alpha = 0 and alpha = 1 reproduce the SB and
 LB records' final metrics to float tolerance. The model is rebuilt from the record's config
 (``bench.config.from_dict(record["config"])``); the data from the config too, unless ``data``
@@ -35,7 +35,7 @@ BatchNorm running statistics (eval mode uses them), ``bn_stats``:
 
 The curve itself is always evaluated in eval mode (running statistics, no dropout).
 
-CLI: ``python -m bench.interpolate SB_RECORD LB_RECORD [--alphas -1 2 31] [--bn-stats interpolate|recompute]
+CLI: ``python -m bench.tools.interpolate SB_RECORD LB_RECORD [--alphas -1 2 31] [--bn-stats interpolate|recompute]
 [--out CSV]``.
 """
 
@@ -82,7 +82,7 @@ def template_tree(cfg: Any, input_shape: tuple[int, ...], num_classes: int):
     from flax import nnx
 
     from bench.models import build_model
-    from bench.step import split_model
+    from bench.core.step import split_model
 
     abstract = nnx.eval_shape(lambda: build_model(cfg.model, input_shape, num_classes,
                                                   nnx.Rngs(jax.random.key(0))))
@@ -149,9 +149,9 @@ def interpolation_curve(record_sb_path: Path | str, record_lb_path: Path | str,
 
     from bench.config import from_dict
     from bench.data import load_dataset
-    from bench.job import eval_indices
-    from bench.parallel import batch_sharded, global_array, make_mesh, put_replicated
-    from bench.step import ModelFns, make_evaluate
+    from bench.core.job import eval_indices
+    from bench.core.parallel import batch_sharded, global_array, make_mesh, put_replicated
+    from bench.core.step import ModelFns, make_evaluate
 
     if bn_stats not in BN_MODES:
         raise ValueError(f"bn_stats={bn_stats!r}; valid: {', '.join(BN_MODES)}")
@@ -203,7 +203,7 @@ def _recompute_fn(fns: Any, cfg: Any, data: Any, mesh: Any, passes: int, example
     import jax
     import jax.numpy as jnp
 
-    from bench.parallel import put_replicated
+    from bench.core.parallel import put_replicated
 
     n = min(examples, data.num_train)
     quantum = math.lcm(mesh.size, cfg.model.ghost_batch_size or 1)
@@ -225,7 +225,7 @@ def _recompute_fn(fns: Any, cfg: Any, data: Any, mesh: Any, passes: int, example
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.interpolate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.tools.interpolate", description=__doc__.split("\n")[0])
     ap.add_argument("record_sb", type=Path, help="small-batch run record (alpha = 0)")
     ap.add_argument("record_lb", type=Path, help="large-batch run record (alpha = 1)")
     ap.add_argument("--alphas", nargs=3, type=float, default=(-1.0, 2.0, 31),

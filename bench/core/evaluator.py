@@ -12,18 +12,18 @@ import jax
 import numpy as np
 
 from bench.config import PRECONDITIONED_OPTIMIZERS
-from bench.data.source import SPLITS, DataSource
+from bench.core.source import SPLITS, DataSource
 from bench.data.text import bits_per_byte
 from bench.metrics.generalization import generalization_gap
 from bench.metrics.probe import CurvatureProbe
 from bench.optim import evaluation_params
-from bench.parallel import global_array, replicated
+from bench.core.parallel import global_array, replicated
 from bench.record import EvalRow
 from bench.rng import RngStream
-from bench.step import TrainState, make_evaluate_sums
+from bench.core.step import TrainState, make_evaluate_sums
 
 if TYPE_CHECKING:
-    from bench.job import Setup
+    from bench.core.job import Setup
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def maybe_initialize_distributed(cfg=None, environ: Mapping[str, str] | None = N
         # CPU collectives across processes (only the CPU backend reads this; no backend may be
         # initialized before jax.distributed.initialize, so don't ask which one is in use)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        from bench.coordinator import COORDINATOR_TIMEOUT_S, wait_for_coordinator
+        from bench.core.coordinator import COORDINATOR_TIMEOUT_S, wait_for_coordinator
 
         wait_for_coordinator(cfg.coordinator, cfg.process_id)  # bounded, one line (not an abort)
         jax.distributed.initialize(coordinator_address=cfg.coordinator,

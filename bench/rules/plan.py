@@ -21,7 +21,7 @@ Epochs to steps (``step_at_epoch``): with one batch size, ``round(e * steps_per_
 classic convention); with stages, the steps whose first example lies before epoch progress e
 (exact at stage boundaries, where the steps per epoch change). The two agree at whole epochs.
 
-Stages come from ``batch_schedule`` (bench.data.batch_schedules); ``lr_factors`` are LR
+Stages come from ``batch_schedule`` (bench.rules.batch_schedules); ``lr_factors`` are LR
 multipliers a batch schedule applies at epochs instead of the LR schedule's own decay
 (Smith et al.'s ``increase``).
 """

@@ -1,4 +1,4 @@
-"""Status of a sweep from its run records: ``python -m bench.status <sweep dir> [--json]``.
+"""Status of a sweep from its run records: ``python -m bench.tools.status <sweep dir> [--json]``.
 
 A job is a Hydra job directory (one with ``.hydra/overrides.yaml``; ``<sweep>/<num>`` in
 a multirun) or, without Hydra metadata, the directory holding its records. Its status
@@ -15,9 +15,9 @@ comes from the records of all its replicas:
     unreadable some record file cannot be read (truncated, not JSON, not a run record, no
                or an unknown status): the error column names it; nothing is reused
 
-``is_finished(output_dir)`` and ``bench.reuse.check_reuse`` (what the training entry point
-calls to skip jobs that are done) share :func:`replicas_done`, so re-running the same sweep
-command into the same sweep dir only runs the rest.
+``bench.core.saved_records.is_finished(output_dir)`` and ``bench.core.reuse.check_reuse``
+(what the training entry point calls to skip jobs that are done) share ``replicas_done``, so
+re-running the same sweep command into the same sweep dir only runs the rest.
 
 Also shown per job:
 
@@ -43,17 +43,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.jobs_file import job_lines
-from bench.record import STATUSES, read_record
-from bench.overrides import config_mismatches, records_config_hash
-from bench.slurm_queue import squeue, sweep_slurm_ids
+from bench.tools.jobs_file import job_lines
+from bench.core.saved_records import DONE, expected_count, field_of, load_records, record_files
+from bench.tools.overrides import config_mismatches, records_config_hash
+from bench.tools.slurm_queue import squeue, sweep_slurm_ids
 
 JOB_STATUSES = ("finished", "diverged", "failed", "running", "missing", "unreadable")
-#: record statuses of a replica that is done: a rerun skips it
-DONE = frozenset({"finished", "diverged"})
 _STYLE = {"finished": "green", "diverged": "yellow", "failed": "red", "running": "cyan",
           "missing": "magenta", "unreadable": "bold red"}
-RECORD_GLOB = "record_r*.json"
 
 
 @dataclass
@@ -76,53 +73,6 @@ class JobStatus:
     unreadable: list[str] = field(default_factory=list)  # "<record file>: why it can't be read"
 
 
-def field_of(record: dict[str, Any], key: str) -> dict[str, Any]:
-    """``record[key]`` when it is a dict, else ``{}`` (a damaged record must not crash us)."""
-    value = record.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def load_records(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[Path, str]]:
-    """``(records, unreadable)``: the run records among ``paths``, and for every other path
-    why it is not one (truncated or invalid JSON, another schema, no or an unknown status)."""
-    records, unreadable = [], {}
-    for p in paths:
-        try:
-            record = read_record(p)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-            if record.get("status") not in STATUSES:
-                raise ValueError(f"status {record.get('status')!r} is not one of "
-                                 f"{', '.join(STATUSES)}")
-            records.append(record)
-        except (OSError, ValueError, AttributeError) as err:
-            unreadable[p] = str(err) or type(err).__name__
-    return records, unreadable
-
-
-def record_files(directory: Path, *, recursive: bool = True) -> list[Path]:
-    """Every file named like a run record under ``directory`` (readable or not)."""
-    found = directory.rglob(RECORD_GLOB) if recursive else directory.glob(RECORD_GLOB)
-    return sorted(found)
-
-
-def _expected_count(records: list[dict[str, Any]]) -> int | None:
-    counts = [field_of(r, "replica").get("count") for r in records]
-    counts = [c for c in counts if isinstance(c, int) and c > 0]
-    return max(counts) if counts else None
-
-
-def replicas_done(records: list[dict[str, Any]], unreadable: dict[Path, str] | None = None) -> bool:
-    """True if ``records`` cover every replica of the job (``replica.count``), each one
-    done (``DONE``), and no record file was unreadable."""
-    if not records or unreadable:
-        return False
-    expected = _expected_count(records)
-    if expected is not None and len(records) < expected:
-        return False
-    return all(r["status"] in DONE for r in records)
-
-
 def aggregate_status(statuses: list[str], expected_replicas: int | None = None, *,
                      unreadable: bool = False) -> str:
     """A job's status from its replicas' record statuses (see module docstring)."""
@@ -139,17 +89,6 @@ def aggregate_status(statuses: list[str], expected_replicas: int | None = None, 
     if all(s in DONE for s in statuses):
         return "finished"
     return "unreadable"   # a status that no run record may have
-
-
-def is_finished(output_dir: Path | str) -> bool:
-    """True if ``output_dir`` holds records for all replicas and each says finished or
-    diverged: the job is done and a re-submitted sweep skips it. Failed or interrupted
-    ("running") jobs, and directories without records, are not finished. Only records
-    directly in ``output_dir`` count (a sweep root is not a job)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return False
-    return replicas_done(*load_records(record_files(output_dir, recursive=False)))
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -296,7 +235,7 @@ def sweep_report(sweep_dir: Path | str, *, queue: bool = True) -> tuple[list[Job
     for job_dir, paths in records_by_job.items():
         records, bad = load_records(paths)
         statuses = [r["status"] for r in records]
-        expected = _expected_count(records)
+        expected = expected_count(records)
         steps = [field_of(r, "final").get("step") for r in records]
         accs = [field_of(r, "final").get("test_accuracy") for r in records]
         accs = [a for a in accs if isinstance(a, (int, float))]
@@ -400,12 +339,12 @@ def print_table(sweep_dir: Path | str, jobs: list[JobStatus], note: str | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.status", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.tools.status", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        print(f"bench.status: {args.sweep_dir} is not a directory", file=sys.stderr)
+        print(f"bench.tools.status: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
     jobs, note = sweep_report(args.sweep_dir)
     if args.json:

@@ -1,5 +1,5 @@
 """A job directory's configuration as its records state it, against its Hydra overrides
-(``bench.status`` flags a directory reused with other overrides)."""
+(``bench.tools.status`` flags a directory reused with other overrides)."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@ dataset, the K replicas, the batch plan, the batch-size rules' optimizer hyperpa
 model as pure functions, the execution policy, and the clocks and compiled programs every part
 of the build shares.
 
-bench.loop builds the rest from a Setup, top to bottom: the data source (bench.data.source),
-the train program (bench.program), the evaluator and the curvature meter (bench.evaluator),
-the records (bench.run_records). :class:`Job` holds the same parts in one object for tools
-that drive training themselves (bench.profile, bench.perf, bench.advise, tests).
+bench.core.loop builds the rest from a Setup, top to bottom: the data source (bench.core.source),
+the train program (bench.core.program), the evaluator and the curvature meter (bench.core.evaluator),
+the records (bench.core.run_records). :class:`Job` holds the same parts in one object for tools
+that drive training themselves (bench.tools.profile, bench.perf, bench.tools.advise, tests).
 """
 
 from __future__ import annotations
@@ -20,20 +20,19 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bench import compile_cache
-from bench.config import Config, validate
+from bench.core import compile_cache
+from bench.config import Config, job_plan, validate
 from bench.data import ArrayDataset, open_dataset
-from bench.data.batch_schedules import make_plan
-from bench.data.source import DataSource, eval_indices, open_source
+from bench.core.source import DataSource, eval_indices, open_source
 from bench.data.stream import StreamDataset
-from bench.evaluator import CurvatureMeter, Evaluator
-from bench.execution import ExecutionPolicy
-from bench.optim import adaptive_hyperparams
-from bench.parallel import make_mesh, maybe_initialize_distributed
-from bench.program import TrainProgram
+from bench.core.evaluator import CurvatureMeter, Evaluator
+from bench.core.execution import ExecutionPolicy
+from bench.rules.lr_scaling import adaptive_hyperparams
+from bench.core.parallel import make_mesh, maybe_initialize_distributed
+from bench.core.program import TrainProgram
 from bench.record import Replica as ReplicaDict
-from bench.step import ModelFns, TrainState, split_model
-from bench.timings import Programs, Timings
+from bench.core.step import ModelFns, TrainState, split_model
+from bench.core.timings import Programs, Timings
 
 __all__ = ["Job", "Replica", "Setup", "eval_indices", "replica_grid"]
 
@@ -84,7 +83,7 @@ class Setup:
             return rules[b, lr]
 
         self.replicas = replica_grid(cfg, lambda lr: rule(cfg.batch_size, lr)[0])
-        self.plan = make_plan(cfg, n, self.mesh.size, [r.seed for r in self.replicas], tokens_per_example=tokens)
+        self.plan = job_plan(cfg, n, self.mesh.size, [r.seed for r in self.replicas], tokens_per_example=tokens)
         first = self.replicas[0].base_lr  # rules that read the LR (timescale) allow one LR per job
         self.hyperparams_by_batch = {b: rule(b, first)[0] for b in self.plan.sizes() if rule(b, first)[1]}
         self.timings = Timings()
@@ -102,8 +101,8 @@ class Setup:
 
 
 class Job:
-    """loop.run's build in one object: ``setup``, ``source``, ``program`` (bench.program),
-    ``evaluator``, ``meter`` (bench.evaluator; None without ``metrics.hessian``), plus the names
+    """loop.run's build in one object: ``setup``, ``source``, ``program`` (bench.core.program),
+    ``evaluator``, ``meter`` (bench.core.evaluator; None without ``metrics.hessian``), plus the names
     tools use: ``cfg``, ``data``, ``mesh``, ``plan``, ``replicas``, ``policy``, ``fns``,
     ``train_fns``, ``tx``, ``lr_multiplier``, ``probe``, ``timings``, ``num_params``,
     ``x_train``/``y_train``/``x_test``/``y_test`` (on device; None when streamed), ``stream``,

@@ -11,7 +11,7 @@ when the data is streamed)::
 
 Saves are asynchronous (arrays are copied off the device before ``save`` returns, so
 donated buffers are safe); call ``wait_until_finished()`` before the process exits, in
-particular after the forced save on preemption (see ``bench.preemption``).
+particular after the forced save on preemption (see ``bench.core.preemption``).
 
 PRNG keys: typed keys (``jax.random.key``, any impl) and raw ``uint32`` key data both
 round-trip bit-identically with orbax-checkpoint 0.12 (tested); pass the abstract state
@@ -206,7 +206,7 @@ class Checkpointer:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices("bench.checkpoint: rejected steps moved")
+            multihost_utils.sync_global_devices("bench.core.checkpoint: rejected steps moved")
         self._manager.reload()
         latest = self._manager.latest_step()
         print(f"checkpoint: resuming from step {latest}" if latest is not None

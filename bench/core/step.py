@@ -3,11 +3,11 @@
 A job trains K replicas (LR values x seeds) at once: every leaf of :class:`TrainState` has a
 leading replica axis and the per-replica step is ``jax.vmap``-ed. Several steps are fused into
 one jitted call, a *block*, with ``lax.scan`` (fewer dispatches, identical numbers). Where a
-batch comes from is the data source's ``take`` (bench.data.source): gathered on device from
+batch comes from is the data source's ``take`` (bench.core.source): gathered on device from
 indices (in memory) or the batch itself (streamed); either way it is sharded over the mesh's
 ``data`` axis, so 1 and N devices (and processes) compute the same global-batch quantities.
 How the programs are shaped on this backend (scan unrolling, replica loops) is the caller's
-bench.execution.ExecutionPolicy, passed in explicitly.
+bench.core.execution.ExecutionPolicy, passed in explicitly.
 
 A replica whose loss or gradient becomes non-finite is frozen (its state stops changing) and
 ``diverged_step`` records when; the other replicas go on.
@@ -25,8 +25,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from bench.data.source import gather_chunk
-from bench.execution import ExecutionPolicy, current
+from bench.core.source import gather_chunk
+from bench.core.execution import ExecutionPolicy, current
 
 Batch = dict[str, jax.Array]
 
@@ -240,7 +240,7 @@ def make_evaluate_sums(fns: ModelFns, take: Callable, *, loop_replicas: bool, un
 def make_evaluate(fns: ModelFns, mesh: Mesh, policy: ExecutionPolicy | None = None) -> Callable:
     """``evaluate(params, stats, x_all, y_all, idx[C, c], mask[C, c]) -> (loss[K], acc[K])``:
     the in-memory evaluation of :func:`make_evaluate_sums` over device-resident arrays as one
-    function (for tools that evaluate parameters outside a job, e.g. bench.interpolate);
+    function (for tools that evaluate parameters outside a job, e.g. bench.tools.interpolate);
     ``policy``: an ExecutionPolicy (default: the current backend's)."""
     policy = policy or current()
     sums_of = make_evaluate_sums(fns, gather_chunk(mesh), loop_replicas=policy.loop_over_replicas, unroll=policy.scan_unroll())

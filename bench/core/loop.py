@@ -1,8 +1,8 @@
 """The training loop of one job, top to bottom: build, resume, train/evaluate/measure, finish.
 
-The build, as :func:`run` reads: the job's facts (bench.job.Setup), the data source
-(bench.data.source), the compiled train program (bench.program), the evaluator and the
-curvature meter (bench.evaluator), the records' ledger (bench.run_records), checkpoints. The
+The build, as :func:`run` reads: the job's facts (bench.core.job.Setup), the data source
+(bench.core.source), the compiled train program (bench.core.program), the evaluator and the
+curvature meter (bench.core.evaluator), the records' ledger (bench.core.run_records), checkpoints. The
 loop calls the evaluator and the meter and hands their rows to the ledger.
 
 K vectorized replicas train at once. The loop resumes from the latest checkpoint in
@@ -19,21 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.checkpoint import Checkpointer
+from bench.core.checkpoint import Checkpointer
 from bench.config import Config
 from bench.data import ArrayDataset
-from bench.data.plan import BatchPlan
-from bench.data.source import DataSource, open_source
+from bench.rules.plan import BatchPlan
+from bench.core.source import DataSource, open_source
 from bench.data.stream import StreamDataset
-from bench.evaluator import CurvatureMeter, Evaluator
-from bench.job import Setup
-from bench.parallel import same_on_all_processes
-from bench.preemption import PreemptionFlag, mark_saved, mark_unsaved, requeue_if_slurm
-from bench.program import TrainProgram
-from bench.progress import Progress
+from bench.core.evaluator import CurvatureMeter, Evaluator
+from bench.core.job import Setup
+from bench.core.parallel import same_on_all_processes
+from bench.core.preemption import PreemptionFlag, mark_saved, mark_unsaved, requeue_if_slurm
+from bench.core.program import TrainProgram
+from bench.core.progress import Progress
 from bench.record import RunRecord
-from bench.run_records import RunRecords
-from bench.step import TrainState
+from bench.core.run_records import RunRecords
+from bench.core.step import TrainState
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def run(cfg: Config, output_dir: Path | str, *,
                 break
             count = cadence.steps_in_next_call(step)
             state, metrics = train(state, step, count)
-            mark_unsaved()  # from here a signal waits for the next poll (bench.preemption)
+            mark_unsaved()  # from here a signal waits for the next poll (bench.core.preemption)
             step, lrs = step + count, metrics["lr"][-1]
             progress.advance(count, metrics)
             if flag.any_process_requested():  # preemption or time limit: save, then requeue

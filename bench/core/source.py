@@ -5,7 +5,7 @@
 - :class:`StreamedSource` (``dataset.loader=stream``): grain reads this process's rows of every
   batch and evaluation chunk (bench.data.stream); a call receives the batches themselves.
 
-The compiled programs (bench.step) are the same for both: each source hands them ``data``
+The compiled programs (bench.core.step) are the same for both: each source hands them ``data``
 (device arrays every call receives), ``inputs`` (what changes per call) and a pure ``take``
 that turns one step's (one chunk's) inputs into the batch, so the in-memory vs streamed choice
 is made once, here. Either way a batch is sharded over the mesh's ``data`` axis.
@@ -22,9 +22,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bench.data import ArrayDataset
-from bench.data.plan import BatchPlan
+from bench.rules.plan import BatchPlan
 from bench.data.stream import LocalSlice, StreamDataset, TrainStream, eval_chunks
-from bench.parallel import batch_sharded, global_array, process_local_array, put_replicated
+from bench.core.parallel import batch_sharded, global_array, process_local_array, put_replicated
 from bench.rng import RngStream
 from bench.schema import ConfigError
 

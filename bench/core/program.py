@@ -1,5 +1,5 @@
 """The compiled training program of a job (:class:`TrainProgram`): the optimizer, the LR
-schedule, the K replicas' initial state, and blocks of fused steps (bench.step) fed by the data
+schedule, the K replicas' initial state, and blocks of fused steps (bench.core.step) fed by the data
 source, each (steps per call, batch size) compiled once and timed as training time."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bench.data.source import DataSource
+from bench.core.source import DataSource
 from bench.models.matmul_conv import with_matmul_convs
 from bench.optim import make_optimizer
-from bench.parallel import replicated
+from bench.core.parallel import replicated
 from bench.rng import RngStream
-from bench.schedules import lr_multiplier
-from bench.step import ModelFns, TrainState, make_train_block, split_model
+from bench.rules.lr_schedules import lr_multiplier
+from bench.core.step import ModelFns, TrainState, make_train_block, split_model
 
 if TYPE_CHECKING:
-    from bench.job import Setup
+    from bench.core.job import Setup
 
 
 class TrainProgram:

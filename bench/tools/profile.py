@@ -1,7 +1,7 @@
-"""Memory and throughput of the training step vs batch size: ``python -m bench.profile``.
+"""Memory and throughput of the training step vs batch size: ``python -m bench.tools.profile``.
 
-    python -m bench.profile                                   # default CNN on MNIST-1D, B = 32..1024
-    python -m bench.profile model=resnet dataset=cifar10 batch_sizes=[32,64,128,256,512,1024,2048,4096] \\
+    python -m bench.tools.profile                                   # default CNN on MNIST-1D, B = 32..1024
+    python -m bench.tools.profile model=resnet dataset=cifar10 batch_sizes=[32,64,128,256,512,1024,2048,4096] \\
         --memory-gb 16 --out outputs/profile/cifar10-resnet
 
 Positional arguments are Hydra overrides composed with ``conf/`` exactly as for
@@ -11,7 +11,7 @@ full batch N). Options: ``--memory-gb`` (budget, GiB = 2**30 bytes), ``--out`` (
 ``--steps`` (fused steps per timed call), ``--warmup`` and ``--repeats`` (timed calls),
 ``--saturation`` (throughput fraction, default 0.9).
 
-For each B the program builds the job's own training call through :class:`bench.job.Job`
+For each B the program builds the job's own training call through :class:`bench.core.job.Job`
 (same model, optimizer, sharding and ``lax.scan``-fused steps as training; no second step
 implementation), compiles it ahead of time and measures
 
@@ -77,7 +77,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 def profiling_config(cfg: Config, batch_size: int) -> Config:
     """The job config for one profiled B: constant B, a budget long enough for any schedule."""
-    from bench.data.batch_schedules import BATCH_SCHEDULES
+    from bench.rules.batch_schedules import BATCH_SCHEDULES
 
     return dataclasses.replace(cfg, batch_size=int(batch_size), budget="1000000000steps",
                                batch_schedule=BATCH_SCHEDULES.create("constant"), progress=False)
@@ -103,7 +103,7 @@ def memory_stats(compiled: Any) -> dict[str, int]:
 
 
 def _prepare(cfg: Config, batch_size: int, data, steps: int):
-    from bench.job import Job
+    from bench.core.job import Job
 
     job = Job(profiling_config(cfg, batch_size), data)
     state = job.init_state()
@@ -336,7 +336,7 @@ def format_summary(s: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- CLI
 
 
-def build_parser(prog: str = "python -m bench.profile") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m bench.tools.profile") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides (as for bench.train) and batch_sizes=[...]")

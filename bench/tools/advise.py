@@ -1,12 +1,12 @@
-"""Which batch size and learning rate to use: ``python -m bench.advise``.
+"""Which batch size and learning rate to use: ``python -m bench.tools.advise``.
 
-    python -m bench.advise                                     # default CNN on MNIST-1D (profiles, measures)
-    python -m bench.advise model=resnet dataset=cifar10 --profile outputs/profile/cifar10-resnet \\
+    python -m bench.tools.advise                                     # default CNN on MNIST-1D (profiles, measures)
+    python -m bench.tools.advise model=resnet dataset=cifar10 --profile outputs/profile/cifar10-resnet \\
         --memory-gb 16 --noise-steps 500 --out outputs/advice/cifar10-resnet
 
 Three limits, each from a measurement, bound the useful batch size:
 
-1. **Memory** (``bench.profile``): the largest profiled B whose compiled peak memory fits the
+1. **Memory** (``bench.tools.profile``): the largest profiled B whose compiled peak memory fits the
    budget (``--memory-gb``). A larger B does not fit (gradient accumulation can emulate it,
    but buys no speed: the step time grows with it).
 2. **Gradient noise scale** B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018, measured with
@@ -15,7 +15,7 @@ Three limits, each from a measurement, bound the useful batch size:
    Well below B_noise doubling B halves the steps (perfect scaling); above it, steps barely fall
    while examples (compute) grow. At B = B_noise both are twice their minimum: the compromise
    the paper recommends.
-3. **Throughput** (``bench.profile``): the saturation batch size, the smallest B reaching 90% of
+3. **Throughput** (``bench.tools.profile``): the saturation batch size, the smallest B reaching 90% of
    the best examples/s. Beyond it a step costs proportionally more time, so a larger B cannot
    shorten an epoch; it only trades steps for examples.
 
@@ -27,7 +27,7 @@ scaling beyond it (Hoffer et al. 2017; the linear rule fails there), with Goyal'
 warmup whenever the LR is scaled up. ``--rule`` picks linear, sqrt or McCandlish's formula instead.
 
 :func:`recommend` holds the whole decision and is pure (constructed inputs in tests). The CLI
-reads a profile (``--profile DIR`` from ``bench.profile``) or runs one, takes B_noise from
+reads a profile (``--profile DIR`` from ``bench.tools.profile``) or runs one, takes B_noise from
 ``--noise-scale``, from a run record (``--record``, last ``noise_scale_simple_ema``), or measures
 it: trains the configured job ``--noise-steps`` steps at its own batch size (B_noise grows as
 training proceeds; at initialization it is an underestimate), then averages |G|^2 and tr(Sigma)
@@ -52,7 +52,7 @@ import numpy as np
 
 from bench.config import Config, ConfigError
 from bench.hydra_conf import compose_config
-from bench.profile import (DEFAULT_BATCH_SIZES, GIB, fit_line, saturation_batch_size,
+from bench.tools.profile import (DEFAULT_BATCH_SIZES, GIB, fit_line, saturation_batch_size,
                            split_overrides)
 
 RULES = ("linear-sqrt", "linear", "sqrt", "mccandlish")
@@ -119,7 +119,7 @@ def recommend(profile_table, noise_scale: float | None, memory_budget_bytes: flo
     """The batch size and LR the three limits imply (pure; see the module docstring).
 
     ``profile_table``: rows with batch_size, peak_memory_bytes, step_seconds and
-    examples_per_second (a DataFrame from bench.profile or a list of dicts). ``noise_scale``:
+    examples_per_second (a DataFrame from bench.tools.profile or a list of dicts). ``noise_scale``:
     B_simple (None: unknown, no noise limit). ``memory_budget_bytes``: None for no budget.
     """
     if rule not in RULES:
@@ -226,8 +226,8 @@ def measure_noise_scale(cfg: Config, *, data=None, train_steps: int = 200, draws
     import jax
 
     from bench.config import ReplicasConfig
-    from bench.data.batch_schedules import BATCH_SCHEDULES
-    from bench.job import Job
+    from bench.rules.batch_schedules import BATCH_SCHEDULES
+    from bench.core.job import Job
     from bench.metrics.noise_scale import gradient_noise_scale
 
     cfg = dataclasses.replace(cfg, replicas=ReplicasConfig(), batch_schedule=BATCH_SCHEDULES.create("constant"),
@@ -334,10 +334,10 @@ def figure(profile_table, rec: Recommendation, title: str = ""):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.advise", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bench.tools.advise", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides (as for bench.train); batch_sizes=[...] to profile")
-    p.add_argument("--profile", default=None, help="directory with profile.csv from bench.profile (else profiled now)")
+    p.add_argument("--profile", default=None, help="directory with profile.csv from bench.tools.profile (else profiled now)")
     p.add_argument("--memory-gb", type=float, default=None, help="memory budget in GiB (2**30 bytes)")
     p.add_argument("--noise-scale", type=float, default=None, help="known B_simple (skips the measurement)")
     p.add_argument("--record", default=None, help="run record with noise_scale_simple_ema in its history")
@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import pandas as pd
 
-    from bench import profile as prof
+    from bench.tools import profile as prof
 
     args = build_parser().parse_args(argv)
     try:
@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = pd.read_csv(Path(args.profile) / "profile.csv")
             print(f"profile: {Path(args.profile) / 'profile.csv'} ({len(table)} batch sizes)")
         else:
-            print("profiling (bench.profile) ...")
+            print("profiling (bench.tools.profile) ...")
             table, _ = prof.profile(cfg, sizes or DEFAULT_BATCH_SIZES, steps=3, repeats=3,
                                     memory_budget_bytes=budget)
         noise: dict[str, Any]

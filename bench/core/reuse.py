@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from bench.config import Config, ConfigError, from_dict, result_config
 from bench.record import config_hash
-from bench.status import load_records, record_files, replicas_done
+from bench.core.saved_records import load_records, record_files, replicas_done
 
 Reuse = Literal["new", "finished", "resume"]
 

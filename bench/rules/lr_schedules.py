@@ -3,7 +3,7 @@
 ``lr(step) = peak_lr * lr_multiplier(cfg.schedule, plan, peak_over_base)(step)``: a linear
 warmup over ``plan.warmup_steps`` (from 0, or from the unscaled LR with ``warmup_from=base``,
 Goyal et al. 2017), then the option's shape. Every epoch is turned into steps by the job's
-:class:`~bench.data.plan.BatchPlan` (``step_at_epoch``), which owns all step counts; with
+:class:`~bench.rules.plan.BatchPlan` (``step_at_epoch``), which owns all step counts; with
 Smith et al.'s ``batch_schedule=increase`` the step schedule's decays become the plan's LR
 factors (1 while B absorbs the decay), and with Seesaw the cuts where B doubles (1/sqrt(2)).
 
@@ -18,7 +18,7 @@ from typing import Callable
 import jax.numpy as jnp
 import optax
 
-from bench.data.plan import BatchPlan
+from bench.rules.plan import BatchPlan
 from bench.schema import ConfigError, Registry, frozen, param
 
 SCHEDULES: Registry["ScheduleConfig"] = Registry("schedule", default="constant")
