@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import numpy as np
 
 from bench.data.base import ArrayDataset, DataInfo, standardize
+from bench.data.disk_cache import cached_arrays
 
 # What load_mnist1d returns (the package's default split), known without generating it.
 INFO = DataInfo("mnist1d", (40, 1), 10, 4000, 1000)
@@ -20,7 +23,13 @@ def load_mnist1d(seed: int | None = None) -> ArrayDataset:
     args = get_dataset_args()
     if seed is not None:
         args.seed = seed
-    data = make_dataset(args)
+
+    def make() -> dict[str, np.ndarray]:
+        made = make_dataset(args)
+        return {k: made[k] for k in ("x", "y", "x_test", "y_test")}
+
+    key = {"mnist1d": version("mnist1d"), "args": vars(args)}
+    data = cached_arrays("mnist1d", key, make)  # generating takes seconds; same arrays
     x_train, x_test = standardize(data["x"][..., None], data["x_test"][..., None], axis=(0, 1))
     return ArrayDataset("mnist1d", x_train, data["y"].astype(np.int32), x_test,
                         data["y_test"].astype(np.int32), num_classes=10)
