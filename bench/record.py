@@ -122,6 +122,8 @@ class Timings(TypedDict):
     train_seconds: float
     eval_seconds: float
     metrics_seconds: float
+    data_seconds: float             # loading the dataset (each attempt)
+    startup_seconds: float          # the process before the job: imports, composition, checks
     total_seconds: float
     resumed_at_steps: list[int]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,12 +65,15 @@ class Setup:
     """The facts of one job. Bad input fails here, before anything compiles."""
 
     def __init__(self, cfg: Config, data: ArrayDataset | StreamDataset | None = None):
+        self.timings = Timings()  # first: its start-up clock ends and the job's begins here
         maybe_initialize_distributed(cfg.distributed)
         compile_cache.enable(cfg.compile_cache_dir)  # before anything compiles
         self.mesh = make_mesh()
         self.cfg = cfg = validate(cfg, num_devices=self.mesh.size, run=True, data=data)
         self.policy = ExecutionPolicy.for_backend()
+        loading = time.perf_counter()
         self.data = data if data is not None else open_dataset(cfg.dataset)
+        self.timings.data_seconds = time.perf_counter() - loading
         tokens, n = self.data.tokens_per_example, self.data.num_train
         # Adam's b1, b2, eps per (batch size, base LR) when a rule sets them (sde, half-lives,
         # timescales): computed once each, for every B of the plan, so an impossible value fails
@@ -86,7 +90,6 @@ class Setup:
         self.plan = job_plan(cfg, n, self.mesh.size, [r.seed for r in self.replicas], tokens_per_example=tokens)
         first = self.replicas[0].base_lr  # rules that read the LR (timescale) allow one LR per job
         self.hyperparams_by_batch = {b: rule(b, first)[0] for b in self.plan.sizes() if rule(b, first)[1]}
-        self.timings = Timings()
         self.programs = Programs(self.timings)
         graphdef, params, _ = split_model(nnx.eval_shape(lambda: self.build_model(jax.random.key(0))))
         self.num_params = int(sum(math.prod(p.shape) for p in jax.tree.leaves(params)))

@@ -84,6 +84,16 @@ class Progress:
         for label, cell in lines:
             table.add_row(label, *(cell(r, r["final"] or {}, r["convergence"]) for r in records))
         Console().print(table)
-        t = records[0]["timings"]
-        Console().print(f"time: train {t['train_seconds']:.1f}s, eval {t['eval_seconds']:.1f}s, "
-                        f"compile {t['compile_seconds']:.1f}s, total {t['total_seconds']:.1f}s")
+        Console().print(time_line(records[0]["timings"]))
+
+
+def time_line(t: dict[str, Any]) -> str:
+    """Where the process's wall time went: start-up (imports, composition, checks), then the
+    job's clocks; "other" is the job's time no clock names (placing data, tracking, writing)."""
+    parts = ("data", "compile", "train", "eval", "metrics")
+    other = t["total_seconds"] - sum(t.get(f"{p}_seconds", 0.0) for p in parts)
+    wall = t.get("startup_seconds", 0.0) + t["total_seconds"]
+    share = lambda x: f"{100 * x / wall:.0f}%" if wall > 0 else "-"  # noqa: E731
+    named = ", ".join(f"{p} {t.get(f'{p}_seconds', 0.0):.1f}s" for p in parts)
+    return (f"time: start-up {t.get('startup_seconds', 0.0):.1f}s, {named}, other {other:.1f}s; "
+            f"wall {wall:.1f}s (train {share(t['train_seconds'])}, eval {share(t['eval_seconds'])})")
