@@ -28,7 +28,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 from jax.flatten_util import ravel_pytree
 
 from bench.metrics.hessian import Batch, LossFn, PyTree, jit_loss, num_examples
@@ -125,6 +124,8 @@ def ratio_interval(value: float, stderr: float, dof: float, level: float = 0.95)
     """value -/+ t_{(1+level)/2, dof} stderr (NaNs when dof < 1 or the stderr is unknown)."""
     if not (dof >= 1 and math.isfinite(stderr) and math.isfinite(value)):
         return math.nan, math.nan
+    import scipy.stats  # here, not at module level: 1-2 s of every training process's start-up
+
     half = float(scipy.stats.t.ppf(0.5 + level / 2, dof)) * stderr
     return value - half, value + half
 

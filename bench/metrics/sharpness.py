@@ -30,7 +30,6 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
 from bench.metrics.operator import Batch, HessianOperator, LossFn, PyTree, estimator, num_examples
@@ -117,6 +116,8 @@ def keskar_sharpness(
         y0 = np.asarray(jax.random.uniform(key, bound.shape, jnp.float32, -1.0, 1.0), np.float64) * bound
     else:
         y0 = np.zeros_like(bound)
+    import scipy.optimize  # here, not at module level: a second of every training process's start-up
+
     res = scipy.optimize.minimize(
         objective,
         y0,
