@@ -78,7 +78,9 @@ def seesaw_verdicts(runs: pd.DataFrame, history: pd.DataFrame, *, cosine: str, s
         {"seesaw_loss": s["mean"], "cosine_loss": c["mean"], "seesaw_minus_cosine": diff, "tolerance": tol,
          "base_lr": c["base_lr"], "seesaw_steps": s["steps"], "cosine_steps": c["steps"],
          "steps_saved": saved, "seesaw_best_lr": own["base_lr"], "seesaw_best_loss": own["mean"],
-         "seesaw_best_minus_cosine": float(own["mean"]) - float(c["mean"])},
+         "seesaw_best_minus_cosine": float(own["mean"]) - float(c["mean"]),
+         "cosine_lr_at_grid_edge": bool(c["base_lr"] == runs.loc[runs["name"] == cosine, "base_lr"].max()
+                                        or c["base_lr"] == runs.loc[runs["name"] == cosine, "base_lr"].min())},
         table=table)]
 
 
@@ -114,8 +116,8 @@ class Seesaw(Finding):
     def comparison(self, verdicts, bl):
         return [Comparison(
             "serial steps saved at matched loss (equal tokens)",
-            f"{v.numbers['steps_saved']:.0%} ({fmt(v.numbers['seesaw_steps'], 0)} vs "
-            f"{fmt(v.numbers['cosine_steps'], 0)} steps); loss {fmt(v.numbers['seesaw_loss'])} vs "
+            f"{v.numbers['steps_saved']:.0%} ({v.numbers['seesaw_steps']:.0f} vs "
+            f"{v.numbers['cosine_steps']:.0f} steps); loss {fmt(v.numbers['seesaw_loss'])} vs "
             f"{fmt(v.numbers['cosine_loss'])}",
             "matches cosine at equal FLOPs with ~36% less wall-clock time (150M-600M, Chinchilla scale)",
             "meterez2025 (abstract)", ("meterez2025/",))
