@@ -62,7 +62,7 @@ def test_the_offline_preset_doubles_b_where_cosine_halves_the_lr():
     """From a from-scratch cosine (linear warmup, then cos to 0 over the rest): B doubles at
     the first step the multiplier is <= 1/2, 1/4, 1/8 (capped at 32), at equal examples."""
     from analysis.reproduce.plan import load_preset
-    from bench.config import job_plan
+    from bench.job_plan import job_plan
     n = 14279                                                   # pydoc sequences of 32 tokens
     plan = job_plan(load_preset(SEE).config, n, tokens_per_example=32)
     ref = job_plan(load_preset(COS).config, n, tokens_per_example=32)
