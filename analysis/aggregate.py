@@ -134,6 +134,40 @@ def lr_table(runs: pd.DataFrame, value: str = "test_loss") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def best_lr_rows(runs: pd.DataFrame, arms: Sequence[str], value: str = "test_loss") -> pd.DataFrame:
+    """Per arm (in ``arms`` order): the ``lr_table`` row of its best LR (lowest mean final
+    ``value`` over seeds) and the steps that arm takes at that LR (``steps``)."""
+    f = runs[runs["name"].isin(arms)] if "name" in runs else runs.iloc[0:0]
+    table = lr_table(f, value)
+    rows = []
+    for arm in arms if len(table) else ():
+        g = table[table["name"] == arm].sort_values("mean", kind="stable")
+        if g.empty:
+            continue
+        r = g.iloc[0].to_dict()
+        steps = f.loc[(f["name"] == arm) & (f["base_lr"] == r["base_lr"]), "total_steps"]
+        r["steps"] = float(steps.iloc[0]) if len(steps) else math.nan
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def arm_curve(history: pd.DataFrame, arm: str, base_lr: float, value: str = "test_loss") -> pd.DataFrame:
+    """Per eval step of arm ``arm`` at ``base_lr``: the seed mean, min and max of ``value``
+    (``loss``, ``lo``, ``hi``), the tokens seen and the batch size then (``b``; NaN where the
+    history lacks it). Empty when the history holds no such rows."""
+    cols = ["step", "loss", "lo", "hi", "tokens", "b"]
+    if history.empty or "name" not in history:
+        return pd.DataFrame(columns=cols)
+    h = history[(history["name"] == arm) & np.isclose(history["base_lr"].astype(float), float(base_lr))]
+    if h.empty:
+        return pd.DataFrame(columns=cols)
+    h = h.assign(_b=h["current_batch_size"] if "current_batch_size" in h else np.nan,
+                 _t=h["tokens"] if "tokens" in h else np.nan)
+    g = h.groupby("step").agg(loss=(value, "mean"), lo=(value, "min"), hi=(value, "max"),
+                              tokens=("_t", "first"), b=("_b", "first"))
+    return g.sort_index().reset_index()[cols]
+
+
 def best_per_batch(table: pd.DataFrame) -> pd.DataFrame:
     """Per (name, batch_size) of an ``lr_table``: the best LR row (lowest mean) plus the LR
     sensitivity band: ``band_low`` / ``band_high`` (lowest and highest finite mean over the LR

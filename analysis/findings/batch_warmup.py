@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.aggregate import finished, lr_table
+from analysis.aggregate import arm_curve, best_lr_rows, finished
+from analysis.findings._schedules import schedule_figure
 from analysis.findings.base import Arm, Comparison, Finding, FigureBuilders
-from analysis.plotting import NoData, arm_label, new_figure
+from analysis.plotting import NoData, arm_label
 from analysis.report_format import fmt
 from analysis.verdicts import Verdict, directional_verdict, match_tolerance, noise, seeds_of
 
@@ -25,19 +25,8 @@ LOSS = "test_loss"
 
 def warmup_table(runs: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
     """Per arm (in ``arms`` order): its best LR by mean final test loss, that loss (mean, std,
-    n over seeds) and the steps the arm takes (``total_steps``)."""
-    f = runs[runs["name"].isin(arms)] if "name" in runs else runs.iloc[0:0]
-    table = lr_table(f)
-    rows = []
-    for arm in arms if len(table) else ():
-        g = table[table["name"] == arm].sort_values("mean", kind="stable")
-        if g.empty:
-            continue
-        r = g.iloc[0].to_dict()
-        steps = f.loc[(f["name"] == arm) & (f["base_lr"] == r["base_lr"]), "total_steps"]
-        r["steps"] = float(steps.iloc[0]) if len(steps) else math.nan
-        rows.append(r)
-    return pd.DataFrame(rows)
+    n over seeds) and the steps the arm takes (``steps``)."""
+    return best_lr_rows(runs, arms, LOSS)
 
 
 def warmup_verdicts(runs: pd.DataFrame, history: pd.DataFrame, *, small: str, large: str,
@@ -102,44 +91,24 @@ def _steps_to_loss(history: pd.DataFrame, arm: str, base_lr: float, loss: float)
     (inf if never)."""
     if history.empty or "name" not in history:
         return math.nan
-    h = history[(history["name"] == arm) & np.isclose(history["base_lr"].astype(float), float(base_lr))]
-    if h.empty:
+    curve = arm_curve(history, arm, base_lr, LOSS)
+    if curve.empty:
         return math.nan
-    mean = h.groupby("step")[LOSS].mean().sort_index()
-    hit = mean[mean <= loss]
-    return float(hit.index[0]) if len(hit) else math.inf
+    hit = curve[curve["loss"] <= loss]
+    return float(hit["step"].iloc[0]) if len(hit) else math.inf
 
 
 def warmup_figure(runs: pd.DataFrame, history: pd.DataFrame, arms: Sequence[str]) -> Figure:
     """Per arm (best LR): test loss vs steps, vs tokens, and the batch size vs tokens."""
-    r = runs[runs["name"].isin(arms)]
-    table = lr_table(r)
+    table = best_lr_rows(runs, arms, LOSS)
     if table.empty:
         raise NoData("warmup: no runs")
-    fig, axes = new_figure(ncols=3, width=4.2, height=3.6)
-    for i, arm in enumerate(arms):
-        t = table[table["name"] == arm].sort_values("mean", kind="stable")
-        if t.empty:
-            continue
-        lr = float(t["base_lr"].iloc[0])
-        h = history[(history["name"] == arm) & np.isclose(history["base_lr"].astype(float), lr)]
-        g = h.groupby("step").agg(loss=("test_loss", "mean"), tokens=("tokens", "first"),
-                                  b=("current_batch_size", "first")).reset_index()
-        label = f"{arm_label(arm)} (lr {lr:.2g}, {int(g['step'].max())} steps)"
-        axes[0].plot(g["step"], g["loss"], "-", color=f"C{i}", label=label)
-        axes[1].plot(g["tokens"], g["loss"], "-", color=f"C{i}")
-        axes[2].step(g["tokens"], g["b"], where="pre", color=f"C{i}")
-    axes[0].set_xlabel("steps")
-    axes[1].set_xlabel("tokens")
-    axes[2].set_xlabel("tokens")
-    for a in axes[:2]:
-        a.set_ylabel("test loss (nats / token)")
-        a.set_ylim(top=min(a.get_ylim()[1], 3.5))
-    axes[2].set_ylabel("batch size (sequences)")
-    axes[2].set_yscale("log", base=2)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Batch-size warmup vs constant small / large batches (equal tokens, best LR per arm)", fontsize=10)
-    return fig
+    curves = []
+    for r in table.to_dict("records"):
+        g = arm_curve(history, r["name"], r["base_lr"], LOSS)
+        label = f"{arm_label(r['name'])} (lr {float(r['base_lr']):.2g}, {int(g['step'].max()) if len(g) else 0} steps)"
+        curves.append((label, g))
+    return schedule_figure(curves, "Batch-size warmup vs constant small / large batches (equal tokens, best LR per arm)")
 
 
 class BatchWarmup(Finding):
