@@ -10,7 +10,8 @@ them (:func:`process_local_array`).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -157,3 +158,49 @@ def same_on_all_processes(text: str) -> str:
     padded[:len(data)] = data
     chosen = np.asarray(multihost_utils.broadcast_one_to_all(padded))
     return bytes(chosen[:int(np.argmin(chosen))]).decode() if 0 in chosen else bytes(chosen).decode()
+
+
+def tree_sum(parts: list):
+    """The pairwise sum of pytrees ``parts`` in one fixed tree (left half + right half): the
+    order never depends on where the parts were computed."""
+    if len(parts) == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return jax.tree.map(jax.numpy.add, tree_sum(parts[:half]), tree_sum(parts[half:]))
+
+
+@dataclass(frozen=True)
+class FixedOrderReduction:
+    """``parallel.deterministic_reduction``: a batch's mean over ``blocks`` fixed blocks of
+    consecutive examples, each computed whole on one device, all-gathered (a copy, no
+    arithmetic) and summed in one fixed tree. XLA's all-reduce sums per-device partials in an
+    order that depends on the topology (in-process vs gloo ring across processes), and SGD
+    amplifies the last-bit differences (about 1e-2 in the weights after 200 steps of the
+    default CNN); here the sum is the same for any number of processes and devices that
+    divides ``blocks``, one device included."""
+
+    mesh: Mesh
+    blocks: int
+
+    def __call__(self, fn: Callable) -> Callable:
+        """``fn(params, stats, x, y, key) -> (loss, acc, grads, stats)`` of one block turned
+        into the same function of the whole (sharded) batch: every output the block mean."""
+        devices, blocks = self.mesh.size, self.blocks
+        if blocks % devices:
+            raise ValueError(f"{blocks} reduction blocks cannot be split over {devices} devices")
+        per_device = blocks // devices
+
+        def local(params, stats, x, y, key):
+            size = x.shape[0] // per_device
+            first = jax.lax.axis_index(DATA_AXIS) * per_device
+            # a Python loop, not vmap: every block is the same program of one block's shapes
+            outs = [fn(params, stats, x[i * size:(i + 1) * size], y[i * size:(i + 1) * size],
+                       jax.random.fold_in(key, first + i)) for i in range(per_device)]
+            stacked = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *outs)
+            every = jax.lax.all_gather(stacked, DATA_AXIS, tiled=True)   # [blocks, ...]
+            total = tree_sum([jax.tree.map(lambda leaf, j=j: leaf[j], every) for j in range(blocks)])
+            return jax.tree.map(lambda s: s / blocks, total)
+
+        data = P(DATA_AXIS)
+        return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), data, data, P()),
+                             out_specs=P(), check_vma=False)
