@@ -191,12 +191,12 @@ class FixedOrderReduction:
         per_device = blocks // devices
 
         def local(params, stats, x, y, key):
-            size = x.shape[0] // per_device
             first = jax.lax.axis_index(DATA_AXIS) * per_device
-            # a Python loop, not vmap: every block is the same program of one block's shapes
-            outs = [fn(params, stats, x[i * size:(i + 1) * size], y[i * size:(i + 1) * size],
-                       jax.random.fold_in(key, first + i)) for i in range(per_device)]
-            stacked = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *outs)
+            split = lambda a: a.reshape((per_device, a.shape[0] // per_device) + a.shape[1:])
+            keys = jax.vmap(lambda j: jax.random.fold_in(key, first + j))(jax.numpy.arange(per_device))
+            # vmapped, not a Python loop: one program per step whatever the block count (an
+            # unrolled loop of blocks inside unrolled steps took minutes to compile)
+            stacked = jax.vmap(fn, in_axes=(None, None, 0, 0, 0))(params, stats, split(x), split(y), keys)
             every = jax.lax.all_gather(stacked, DATA_AXIS, tiled=True)   # [blocks, ...]
             total = tree_sum([jax.tree.map(lambda leaf, j=j: leaf[j], every) for j in range(blocks)])
             return jax.tree.map(lambda s: s / blocks, total)
