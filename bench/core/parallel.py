@@ -204,3 +204,17 @@ class FixedOrderReduction:
         data = P(DATA_AXIS)
         return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), data, data, P()),
                              out_specs=P(), check_vma=False)
+
+    def total(self, values: jax.Array) -> jax.Array:
+        """The sum of a per-example vector sharded over the data axis: each device's part
+        summed, the parts all-gathered and added in one fixed tree (evaluation sums)."""
+        def local(v):
+            parts = jax.lax.all_gather(jax.numpy.sum(v)[None], DATA_AXIS, tiled=True)
+            return tree_sum([parts[j] for j in range(parts.shape[0])])
+        return jax.shard_map(local, mesh=self.mesh, in_specs=P(DATA_AXIS), out_specs=P(),
+                             check_vma=False)(values)
+
+
+def reduction_for(cfg: Any, mesh: Mesh) -> FixedOrderReduction | None:
+    """The job's fixed-order reduction (``cfg``: its ``parallel`` section), None when off."""
+    return FixedOrderReduction(mesh, cfg.reduction_blocks) if cfg.deterministic_reduction else None

@@ -224,26 +224,30 @@ def make_train_block(fns: ModelFns, tx: optax.GradientTransformation, lr_multipl
     return block
 
 
-def chunk_sums(fns: ModelFns, params, stats, x, y, m) -> tuple[jax.Array, jax.Array]:
-    """Masked sums of the loss and of correct predictions over one evaluation chunk."""
+def chunk_sums(fns: ModelFns, params, stats, x, y, m,
+               reduction: FixedOrderReduction | None = None) -> tuple[jax.Array, jax.Array]:
+    """Masked sums of the loss and of correct predictions over one evaluation chunk
+    (``reduction``: summed across devices in a fixed order)."""
     logits, _ = fns.apply(params, stats, x, train=False)
     losses = fns.losses(logits, y)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     if losses.ndim > 1:  # sequences [c, T]: every one has T targets, so the mean of
         losses, correct = losses.mean(-1), correct.mean(-1)  # means is the token mean
-    return jnp.sum(losses * m), jnp.sum(correct * m)
+    total = jnp.sum if reduction is None else reduction.total
+    return total(losses * m), total(correct * m)
 
 
-def make_evaluate_sums(fns: ModelFns, take: Callable, *, loop_replicas: bool, unroll: int | bool) -> Callable:
+def make_evaluate_sums(fns: ModelFns, take: Callable, *, loop_replicas: bool, unroll: int | bool,
+                       reduction: FixedOrderReduction | None = None) -> Callable:
     """``evaluate(params, stats, data, inputs[C, ...], sums[K, 2]) -> sums[K, 2]``: the masked
     loss and correct-prediction sums of C evaluation chunks added, in order, to ``sums``; the
     mean over a set is ``sums / mask total`` (padding masked out). ``take(data, inputs_c) ->
     (x, y, mask)`` is the data source's. Replicas are vmapped, or looped over
-    (``loop_replicas``: ExecutionPolicy.loop_over_replicas)."""
+    (``loop_replicas``: ExecutionPolicy.loop_over_replicas); ``reduction``: :func:`chunk_sums`'."""
 
     def one_replica(params, stats, data, inputs, sums):
         def body(sums, inputs_c):
-            loss, correct = chunk_sums(fns, params, stats, *take(data, inputs_c))
+            loss, correct = chunk_sums(fns, params, stats, *take(data, inputs_c), reduction)
             return jnp.stack([sums[0] + loss, sums[1] + correct]), None
 
         if jax.tree.leaves(inputs)[0].shape[0] == 1:  # one chunk: no loop (see make_train_block)
