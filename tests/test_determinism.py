@@ -69,7 +69,7 @@ def test_layouts_it_cannot_reduce_are_one_error(keys, devices, message):
 
 
 def test_batch_sizes_are_whole_blocks_of_ghost_batches():
-    from bench.config import plan_spec
+    from bench.job_plan import plan_spec
 
     cfg = from_dict({"parallel": {"deterministic_reduction": True, "reduction_blocks": 4},
                      "model": {"name": "mlp", "batch_norm": True, "ghost_batch_size": 8},
