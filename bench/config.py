@@ -113,6 +113,41 @@ class DistributedConfig:
 
 
 @frozen
+class ParallelConfig:
+    """How data parallelism sums a batch's gradient (README "Deterministic reduction")."""
+    deterministic_reduction: bool = param(
+        False, help="sum gradients over reduction_blocks fixed blocks in a fixed order: "
+                    "bit-identical records for any process and device count dividing them")
+    reduction_blocks: int = param(8, ge=1, help="blocks of consecutive examples per (micro)batch "
+                                                "with deterministic_reduction (a multiple of the "
+                                                "device count)")
+
+    def quantum_blocks(self) -> int:
+        """Every (micro)batch splits into this many equal blocks (1: no constraint)."""
+        return self.reduction_blocks if self.deterministic_reduction else 1
+
+    def check_layout(self, model: Any, micro: int, num_devices: int) -> None:
+        if not self.deterministic_reduction:
+            return
+        blocks = self.reduction_blocks
+        if blocks % num_devices:
+            raise ConfigError(f"parallel.reduction_blocks={blocks} must be a multiple of the device "
+                              f"count ({num_devices})")
+        if micro % blocks:
+            raise ConfigError(f"parallel.reduction_blocks={blocks} must divide the microbatch size {micro}")
+        ghost = getattr(model, "ghost_batch_size", None)
+        if ghost and (micro // blocks) % ghost:
+            raise ConfigError(f"model.ghost_batch_size={ghost} must divide each reduction block "
+                              f"({micro // blocks} examples: microbatch / parallel.reduction_blocks)")
+        # models with a ghost_batch_size key and no batch_norm switch always normalize (ResNets)
+        if getattr(model, "batch_norm", hasattr(model, "ghost_batch_size")) and not ghost:
+            raise ConfigError(
+                f"parallel.deterministic_reduction=true computes each block of {micro // blocks} "
+                f"examples apart, so BatchNorm cannot see the whole batch; set "
+                f"model.ghost_batch_size to a divisor of {micro // blocks}")
+
+
+@frozen
 class Config:
     dataset: DatasetConfig = group(DATASETS)
     model: ModelConfig = group(MODELS)
@@ -127,6 +162,7 @@ class Config:
     metrics: MetricsConfig = section(MetricsConfig)
     checkpoint: CheckpointConfig = section(CheckpointConfig, results=False)
     distributed: DistributedConfig = section(DistributedConfig, results=False)
+    parallel: ParallelConfig = section(ParallelConfig)
     seed: int = param(0, ge=0, le=MAX_SEED,
                       help="root seed of the replica (init, dropout, data order, probes)")
     loss: str = param("cross_entropy", choices=("cross_entropy", "mse"),
@@ -179,6 +215,7 @@ def validate(cfg: Config, *, num_devices: int = 1, run: bool = False, data: Any 
         raise ConfigError(
             f"batch_size={cfg.batch_size} (microbatch {micro}) is not divisible by the number of "
             f"devices ({num_devices}); use a multiple of {num_devices}")
+    cfg.parallel.check_layout(cfg.model, micro, num_devices)
     ghost = cfg.model.batch_multiple()
     if micro % ghost:
         raise ConfigError(f"model.ghost_batch_size={ghost} must divide the microbatch size {micro}")

@@ -16,7 +16,10 @@ def plan_spec(cfg: Config, num_devices: int = 1, seeds: Sequence[int] | None = N
     """The keys of ``cfg`` that its batch plan depends on (seeds: the replicas', by default)."""
     if seeds is None:
         seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
-    quantum = batch_quantum(cfg.accumulate, num_devices, cfg.model.batch_multiple())
+    # with deterministic reduction each of the blocks must hold whole ghost batches
+    blocks = cfg.parallel.quantum_blocks()
+    quantum = batch_quantum(cfg.accumulate * blocks, 1 if blocks > 1 else num_devices,
+                            cfg.model.batch_multiple())
     return PlanSpec(cfg.batch_size, cfg.budget, cfg.schedule, tuple(seeds), quantum)
 
 

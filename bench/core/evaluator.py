@@ -20,6 +20,7 @@ from bench.optim import evaluation_params
 from bench.core.parallel import global_array, replicated
 from bench.record import EvalRow
 from bench.rng import RngStream
+from bench.core.parallel import reduction_for
 from bench.core.step import TrainState, make_evaluate_sums
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ class Evaluator:
         policy, cfg = setup.policy, setup.cfg
         self.program = jax.jit(make_evaluate_sums(
             setup.fns, source.take_eval, loop_replicas=policy.loop_over_replicas,
-            unroll=policy.scan_unroll(cfg.model.has_attention)), donate_argnums=(4,))
+            unroll=policy.scan_unroll(cfg.model.has_attention),
+            reduction=reduction_for(cfg.parallel, setup.mesh)), donate_argnums=(4,))
 
     def eval_params(self, state: TrainState) -> Any:
         """The weights evaluated: the exponentially weighted average with ``eval.ewa_decay``, else

@@ -15,7 +15,7 @@ from flax import nnx
 from bench.core.source import DataSource
 from bench.models.matmul_conv import with_matmul_convs
 from bench.optim import make_optimizer
-from bench.core.parallel import replicated
+from bench.core.parallel import reduction_for, replicated
 from bench.rng import RngStream
 from bench.rules.lr_schedules import lr_multiplier
 from bench.core.step import ModelFns, TrainState, make_train_block, split_model
@@ -45,7 +45,8 @@ class TrainProgram:
         self.call = jax.jit(make_train_block(
             self.train_fns, self.tx, self.lr_multiplier, cfg.accumulate, source.take_train,
             unroll=setup.policy.scan_unroll(cfg.model.has_attention),
-            hyperparams=by_batch or None, ewa_decay=cfg.eval.ewa_decay), donate_argnums=(0,))
+            hyperparams=by_batch or None, ewa_decay=cfg.eval.ewa_decay,
+            reduction=reduction_for(cfg.parallel, setup.mesh)), donate_argnums=(0,))
 
     def init_state(self) -> TrainState:
         """Replica k's init depends only on its own seed (identical alone or in a group)."""

@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from bench.core.parallel import FixedOrderReduction
 from bench.core.source import gather_chunk
 from bench.core.execution import ExecutionPolicy, current
 
@@ -113,17 +114,8 @@ def _tree_all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
-                      lr_multiplier: Callable, accumulate: int,
-                      hyperparams: Mapping[int, dict[str, float]] | None = None,
-                      ewa_decay: float | None = None) -> Callable:
-    """One SGD step of one replica on its batch (x [B, ...], y [B] or [B, T]).
-
-    ``hyperparams[B]``: optimizer hyperparameters (Adam's b1, b2, eps) that follow the batch
-    size, set in the optimizer state like the LR (B is static in each compiled program);
-    ``ewa_decay``: also update ``state.ewa``, the weights' exponentially weighted average.
-    """
-
+def block_gradients(fns: ModelFns) -> Callable:
+    """``(params, stats, x, y, key) -> (loss, accuracy, grads, new_stats)`` of one batch."""
     def grads_and_stats(params, stats, x, y, key):
         def loss_fn(p):
             logits, new_stats = fns.apply(p, stats, x, train=True, dropout_key=key)
@@ -131,31 +123,52 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
             return losses.mean(), (new_stats, (jnp.argmax(logits, -1) == y).mean())
         (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, acc, grads, new_stats
+    return grads_and_stats
 
-    def accumulated(params, stats, x, y, key):
+
+def accumulated(compute: Callable, accumulate: int) -> Callable:
+    """``compute`` over ``accumulate`` microbatches in a scan, gradients averaged."""
+    def split(a):
         # Microbatch j holds examples j, j+A, j+2A, ...: the leading (sharded) axis stays whole
         # on each device, so accumulation keeps the data-parallel layout.
-        def split(a):
-            a = a.reshape((a.shape[0] // accumulate, accumulate) + a.shape[1:])
-            return jnp.moveaxis(a, 1, 0)
+        a = a.reshape((a.shape[0] // accumulate, accumulate) + a.shape[1:])
+        return jnp.moveaxis(a, 1, 0)
 
+    def run(params, stats, x, y, key):
         def body(carry, inp):
             stats, gsum, lsum, asum = carry
             xm, ym, j = inp
-            loss, acc, g, stats = grads_and_stats(params, stats, xm, ym, jax.random.fold_in(key, j))
-            gsum = jax.tree.map(jnp.add, gsum, g)
-            return (stats, gsum, lsum + loss, asum + acc), None
+            loss, acc, g, stats = compute(params, stats, xm, ym, jax.random.fold_in(key, j))
+            return (stats, jax.tree.map(jnp.add, gsum, g), lsum + loss, asum + acc), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        init = (stats, zeros, jnp.zeros(()), jnp.zeros(()))
+        init = (stats, jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()))
         (stats, gsum, lsum, asum), _ = jax.lax.scan(
             body, init, (split(x), split(y), jnp.arange(accumulate)))
         # Rolled on every backend: memory is that of one microbatch, the point of accumulating
         # (unrolled, XLA keeps several microbatches live). On CPU this costs speed for convs.
         grads = jax.tree.map(lambda g: g / accumulate, gsum)
         return lsum / accumulate, asum / accumulate, grads, stats
+    return run
 
-    compute = grads_and_stats if accumulate == 1 else accumulated
+
+def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
+                      lr_multiplier: Callable, accumulate: int,
+                      hyperparams: Mapping[int, dict[str, float]] | None = None,
+                      ewa_decay: float | None = None,
+                      reduction: FixedOrderReduction | None = None) -> Callable:
+    """One SGD step of one replica on its batch (x [B, ...], y [B] or [B, T]).
+
+    ``hyperparams[B]``: optimizer hyperparameters (Adam's b1, b2, eps) that follow the batch
+    size, set in the optimizer state like the LR (B is static in each compiled program);
+    ``ewa_decay``: also update ``state.ewa``, the weights' exponentially weighted average;
+    ``reduction``: each (micro)batch's gradient summed in a fixed order (bit-identical on any
+    device layout), else by XLA's all-reduce.
+    """
+    compute = block_gradients(fns)
+    if reduction is not None:
+        compute = reduction(compute)
+    if accumulate > 1:
+        compute = accumulated(compute, accumulate)
 
     def step(state: TrainState, x: jax.Array, y: jax.Array):
         key = jax.random.fold_in(state.dropout_key, state.step)
@@ -190,12 +203,15 @@ def make_replica_step(fns: ModelFns, tx: optax.GradientTransformation,
 def make_train_block(fns: ModelFns, tx: optax.GradientTransformation, lr_multiplier: Callable,
                      accumulate: int, take: Callable, *, unroll: int | bool,
                      hyperparams: Mapping[int, dict[str, float]] | None = None,
-                     ewa_decay: float | None = None) -> Callable:
+                     ewa_decay: float | None = None,
+                     reduction: FixedOrderReduction | None = None) -> Callable:
     """``block(state, data, inputs[n, ...]) -> (state, metrics[n, K])``: n fused steps (a block),
     not yet jitted. ``take(data, inputs_t) -> (x, y)`` [K, B, ...] is the data source's (a
     gather from the device-resident set, or the streamed batch itself); ``unroll``: the
-    ExecutionPolicy's ``scan_unroll``; ``hyperparams``, ``ewa_decay``: ``make_replica_step``'s."""
-    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, hyperparams, ewa_decay))
+    ExecutionPolicy's ``scan_unroll``; ``hyperparams``, ``ewa_decay``, ``reduction``:
+    ``make_replica_step``'s."""
+    vstep = jax.vmap(make_replica_step(fns, tx, lr_multiplier, accumulate, hyperparams, ewa_decay,
+                                       reduction))
 
     def block(state: TrainState, data: Any, inputs: Any) -> tuple[TrainState, Any]:
         def body(state, inputs_t):
@@ -208,26 +224,30 @@ def make_train_block(fns: ModelFns, tx: optax.GradientTransformation, lr_multipl
     return block
 
 
-def chunk_sums(fns: ModelFns, params, stats, x, y, m) -> tuple[jax.Array, jax.Array]:
-    """Masked sums of the loss and of correct predictions over one evaluation chunk."""
+def chunk_sums(fns: ModelFns, params, stats, x, y, m,
+               reduction: FixedOrderReduction | None = None) -> tuple[jax.Array, jax.Array]:
+    """Masked sums of the loss and of correct predictions over one evaluation chunk
+    (``reduction``: summed across devices in a fixed order)."""
     logits, _ = fns.apply(params, stats, x, train=False)
     losses = fns.losses(logits, y)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     if losses.ndim > 1:  # sequences [c, T]: every one has T targets, so the mean of
         losses, correct = losses.mean(-1), correct.mean(-1)  # means is the token mean
-    return jnp.sum(losses * m), jnp.sum(correct * m)
+    total = jnp.sum if reduction is None else reduction.total
+    return total(losses * m), total(correct * m)
 
 
-def make_evaluate_sums(fns: ModelFns, take: Callable, *, loop_replicas: bool, unroll: int | bool) -> Callable:
+def make_evaluate_sums(fns: ModelFns, take: Callable, *, loop_replicas: bool, unroll: int | bool,
+                       reduction: FixedOrderReduction | None = None) -> Callable:
     """``evaluate(params, stats, data, inputs[C, ...], sums[K, 2]) -> sums[K, 2]``: the masked
     loss and correct-prediction sums of C evaluation chunks added, in order, to ``sums``; the
     mean over a set is ``sums / mask total`` (padding masked out). ``take(data, inputs_c) ->
     (x, y, mask)`` is the data source's. Replicas are vmapped, or looped over
-    (``loop_replicas``: ExecutionPolicy.loop_over_replicas)."""
+    (``loop_replicas``: ExecutionPolicy.loop_over_replicas); ``reduction``: :func:`chunk_sums`'."""
 
     def one_replica(params, stats, data, inputs, sums):
         def body(sums, inputs_c):
-            loss, correct = chunk_sums(fns, params, stats, *take(data, inputs_c))
+            loss, correct = chunk_sums(fns, params, stats, *take(data, inputs_c), reduction)
             return jnp.stack([sums[0] + loss, sums[1] + correct]), None
 
         if jax.tree.leaves(inputs)[0].shape[0] == 1:  # one chunk: no loop (see make_train_block)
