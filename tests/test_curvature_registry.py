@@ -72,7 +72,7 @@ def test_metrics_section_keeps_every_users_key_in_registry_order():
 def test_every_key_is_declared_once_across_the_registry():
     clash = Metric("clash", METRICS[0].keys, {"other": float}, METRICS[0].measure,
                    METRICS[0].enabled, METRICS[0].cost)
-    with pytest.raises(ValueError, match=r"config key \['lanczos_iters', 'top_k'\] declared twice"):
+    with pytest.raises(ValueError, match=r"config key \['lanczos_iters', 'top_from_slq', 'top_k'\] declared twice"):
         check_registry((*METRICS, clash))
 
 

@@ -338,9 +338,11 @@ def test_measure_reports_enabled_metrics_consistently(problem):
     np.testing.assert_allclose(out["trace_sigma"] / out["grad_norm_sq"], out["noise_scale_simple"], rtol=1e-12)
     assert out["two_over_lr"] == 4.0 and out["curvature_subset_size"] == 96
 
-    # Each probe family has its own folded key: the Lanczos result reproduces alone.
-    alone = hs.lanczos_top_eigenvalues(
-        loss_fn, problem.params, problem.data, jax.random.fold_in(key, 1), k=3, num_iters=30, chunk_size=40
+    # Each probe family has its own folded key: the top eigenvalues (shared with the density by
+    # default: its SLQ runs, key fold 4) reproduce alone.
+    alone = hs.slq_lanczos(
+        loss_fn, problem.params, problem.data, jax.random.fold_in(key, 4), k=3, num_iters=30, num_probes=2,
+        chunk_size=40
     )
     np.testing.assert_allclose(out["hessian_eigenvalues"], np.asarray(alone.eigenvalues), rtol=1e-12)
 
@@ -348,4 +350,4 @@ def test_measure_reports_enabled_metrics_consistently(problem):
     off = dataclasses.replace(cfg, hessian=False, density=False, sharpness=False, noise_scale=False)
     out2, ema2 = measure(off, loss_fn, problem.params, problem.data, key, state=ema)
     assert ema2 == ema
-    assert set(out2) == {"curvature_subset_size", "curvature_seconds"}
+    assert set(out2) == {"curvature_subset_size", "curvature_hvps", "curvature_seconds"} and out2["curvature_hvps"] == 0

@@ -15,7 +15,8 @@ keys each writes are declared in its entry (``bench.metrics.suite.record_keys``)
 the cadence (``cfg.every``); ``measure`` ignores it.
 
 Output: a flat dict of JSON-able values (a non-finite value is stored as None); keys of
-disabled metrics are absent. Always: ``curvature_subset_size``, ``curvature_seconds`` and, when
+disabled metrics are absent. Always: ``curvature_subset_size``, ``curvature_hvps`` (the HVPs the
+enabled metrics run, ``suite_hvps``), ``curvature_seconds`` and, when
 ``lr`` is given, ``two_over_lr`` = 2 / lr (the edge-of-stability threshold of Cohen et al. 2021).
 """
 
@@ -32,7 +33,7 @@ from bench.metrics.hessian import Batch, LossFn, PyTree, num_examples
 from bench.metrics.registry import Cost, Measurement, Metric, eps_tag
 from bench.metrics.suite import METRICS
 
-__all__ = ["KEY_SUBSET", "enabled_metrics", "eps_tag", "estimated_cost", "measure", "select_subset"]
+__all__ = ["KEY_SUBSET", "enabled_metrics", "eps_tag", "estimated_cost", "measure", "select_subset", "suite_hvps"]
 
 KEY_SUBSET = 0  # folded into the measurement key for the curvature subset (metrics use 1, 2, ...)
 
@@ -53,6 +54,12 @@ def enabled_metrics(cfg: Any, metrics: Iterable[Metric] = METRICS) -> list[Metri
 def estimated_cost(cfg: Any, m: Measurement, metrics: Iterable[Metric] = METRICS) -> dict[str, Cost]:
     """Each enabled metric's work at one measurement (HVP and gradient example passes)."""
     return {metric.name: metric.cost(cfg, m) for metric in enabled_metrics(cfg, metrics)}
+
+
+def suite_hvps(costs: dict[str, Cost], subset_size: int) -> float:
+    """The HVPs of one measurement, in HVPs of the whole curvature subset (minibatch HVPs, e.g.
+    batch sharpness's, count by their share of examples; power iteration at its maximum)."""
+    return sum(c.hvp_examples for c in costs.values()) / subset_size
 
 
 def measure(
@@ -86,7 +93,8 @@ def measure(
     subset = select_subset(data, jax.random.fold_in(key, KEY_SUBSET), cfg.subset_size)
     m = Measurement(loss_fn, params, subset, data, key, cfg.chunk_size or None, rolled, step, lr,
                     preconditioner, batch_size, dict(state or {}), dict(positions or {}))
-    out: dict[str, Any] = {"curvature_subset_size": num_examples(subset)}
+    out: dict[str, Any] = {"curvature_subset_size": num_examples(subset),
+                           "curvature_hvps": suite_hvps(estimated_cost(cfg, m, metrics), num_examples(subset))}
     for metric in enabled_metrics(cfg, metrics):
         t = time.perf_counter()
         out.update(metric.measure(cfg, m))

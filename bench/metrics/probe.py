@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 from flax import nnx
 
 from bench.core import execution
-from bench.metrics.curvature import KEY_SUBSET, estimated_cost, measure, select_subset
+from bench.metrics.curvature import KEY_SUBSET, estimated_cost, measure, select_subset, suite_hvps
 from bench.metrics.hessian import num_examples
 from bench.metrics.registry import Cost, Measurement
 from bench.metrics.sharpness import loss_and_grad_at
@@ -52,7 +52,7 @@ class CostEstimate(NamedTuple):
     subset_size: int
 
     def line(self) -> str:
-        hvps = sum(c.hvp_examples for c in self.work.values()) / self.subset_size
+        hvps = suite_hvps(self.work, self.subset_size)
         parts = ", ".join(f"{name} {sec:.1f} s" for name, sec in self.seconds.items())
         return (f"curvature: ~{sum(self.seconds.values()):.1f} s per measurement ({hvps:.0f} HVPs of "
                 f"{self.subset_size} examples at {self.hvp_seconds * 1e3:.1f} ms, gradient "

@@ -70,6 +70,15 @@ class Measurement:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
     # where in training this is, per unit ("steps", and "examples" / "tokens" when known)
     positions: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # work computed once per measurement and read by several metrics (``once``)
+    shared: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def once(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` at the first call with ``name`` in this measurement; its result after
+        (e.g. the SLQ Lanczos runs that give both the density and the top eigenvalues)."""
+        if name not in self.shared:
+            self.shared[name] = compute()
+        return self.shared[name]
 
     def key(self, fold: int) -> jax.Array:
         return jax.random.fold_in(self.root_key, fold)

@@ -67,6 +67,7 @@ MetricsConfig = metrics_config(METRICS)
 # ``OptimizerConfig.stability_thresholds``, added by the run records).
 RECORD_KEYS: dict[str, Any] = {
     "curvature_subset_size": int,  # examples curvature was measured on
+    "curvature_hvps": float,  # HVPs of that subset the measurement ran (bench.metrics.curvature.suite_hvps)
     "curvature_seconds": float,  # wall time of the measurement
     "two_over_lr": float,  # 2 / lr, the edge-of-stability threshold of Cohen et al. 2021
     "stability_threshold": float, "preconditioned_stability_threshold": float,
