@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from bench.metrics.batch_sharpness import BATCH_SHARPNESS
+from bench.metrics.noise_exact import NOISE_EXACT
 from bench.metrics.noise_tracking import NOISE_SCALE
 from bench.metrics.preconditioned import PRECONDITIONED
 from bench.metrics.registry import Metric, check_registry, expand
@@ -23,7 +24,7 @@ __all__ = ["METRICS", "MetricsConfig", "ProbeKeys", "RECORD_KEYS", "metrics_conf
            "summary_columns"]
 
 METRICS: tuple[Metric, ...] = (LANCZOS, POWER, HUTCHINSON, DENSITY, SHARPNESS, NOISE_SCALE,
-                               PRECONDITIONED, BATCH_SHARPNESS)
+                               PRECONDITIONED, BATCH_SHARPNESS, NOISE_EXACT)
 
 
 @frozen
