@@ -33,7 +33,8 @@ from jax.flatten_util import ravel_pytree
 from bench.metrics.hessian import Batch, LossFn, PyTree, jit_loss, num_examples
 
 __all__ = ["NoiseScaleEstimate", "NoiseScaleSummary", "exact_noise_scale", "gradient_noise_scale",
-           "ratio_interval", "summarize", "two_batch_estimates"]
+           "moments_noise_scale", "per_example_moments", "ratio_interval", "summarize",
+           "two_batch_estimates"]
 
 
 class NoiseScaleEstimate(NamedTuple):
@@ -130,33 +131,48 @@ def ratio_interval(value: float, stderr: float, dof: float, level: float = 0.95)
     return value - half, value + half
 
 
-def _grad_moments(loss_fn: LossFn, params: PyTree, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """(sum_i g_i, sum_i |g_i|^2) over the examples of ``batch`` (per-example gradients)."""
-    def one(example: Batch) -> jax.Array:
+def _grad_moments(loss_fn: LossFn, params: PyTree, batch: Batch) -> tuple[PyTree, PyTree]:
+    """(sum_i g_i, sum_i |g_i|^2) over the examples of ``batch``, per parameter leaf (per-example
+    gradients, vmapped): the first params-shaped, the second a scalar per leaf."""
+    def one(example: Batch) -> PyTree:
         single = jax.tree.map(lambda a: a[None], example)
-        return ravel_pytree(jax.grad(loss_fn)(params, single))[0]
+        return jax.grad(loss_fn)(params, single)
     grads = jax.vmap(one)(batch)
-    return jnp.sum(grads, axis=0), jnp.sum(grads**2)
+    return (jax.tree.map(lambda g: jnp.sum(g, axis=0), grads),
+            jax.tree.map(lambda g: jnp.sum(g**2), grads))
 
 
 _moments = jit_loss()(_grad_moments)
 
 
-def exact_noise_scale(loss_fn: LossFn, params: PyTree, data: Batch, *,
-                      chunk_size: int | None = 256) -> NoiseScaleEstimate:
-    """|G|^2, tr(Sigma) and B_simple of ``data`` exactly, from every per-example gradient
-    (vmapped, ``chunk_size`` examples at a time: memory chunk_size x P; one compiled program per
-    chunk shape). ``loss_fn`` is a per-batch MEAN loss, so a batch of one is one example's loss.
-    ``g_small_sq``/``g_big_sq`` hold the mean |g_i|^2 and |G|^2."""
+def per_example_moments(loss_fn: LossFn, params: PyTree, data: Batch, *,
+                        chunk_size: int | None = 256) -> tuple[PyTree, PyTree]:
+    """(sum_i g_i, sum_i |g_i|^2) over every example of ``data``, per parameter leaf, from the
+    per-example gradients ``chunk_size`` examples at a time (memory chunk_size x P; one compiled
+    program per chunk shape). ``loss_fn`` is a per-batch MEAN loss, so a batch of one is one
+    example's loss. Any group of leaves (a layer, the norm layers) sums its leaves' moments."""
     n = num_examples(data)
     chunk = n if chunk_size is None else max(1, min(int(chunk_size), n))
-    total, sq = None, 0.0
+    total = sq = None
     for start in range(0, n, chunk):
         part = jax.tree.map(lambda a: a[start:start + chunk], data)
         s, q = _moments(loss_fn, params, part)
-        total = s if total is None else total + s
-        sq = sq + q
-    mean = total / n
-    grad_norm_sq = jnp.sum(mean**2)
-    trace_sigma = (sq - n * grad_norm_sq) / (n - 1)
-    return NoiseScaleEstimate(grad_norm_sq, trace_sigma, trace_sigma / grad_norm_sq, sq / n, grad_norm_sq)
+        total, sq = (s, q) if total is None else (jax.tree.map(jnp.add, total, s), jax.tree.map(jnp.add, sq, q))
+    return total, sq
+
+
+def moments_noise_scale(total: PyTree, sq: PyTree, n: int) -> NoiseScaleEstimate:
+    """|G|^2, tr(Sigma) and B_simple of ``n`` examples from their summed gradients and summed
+    squared gradient norms (all leaves of ``total`` and ``sq`` together)."""
+    grad_norm_sq = sum(jnp.sum((t / n) ** 2) for t in jax.tree.leaves(total))
+    sq_sum = sum(jax.tree.leaves(sq))
+    trace_sigma = (sq_sum - n * grad_norm_sq) / (n - 1)
+    return NoiseScaleEstimate(grad_norm_sq, trace_sigma, trace_sigma / grad_norm_sq, sq_sum / n, grad_norm_sq)
+
+
+def exact_noise_scale(loss_fn: LossFn, params: PyTree, data: Batch, *,
+                      chunk_size: int | None = 256) -> NoiseScaleEstimate:
+    """|G|^2, tr(Sigma) and B_simple of ``data`` exactly, from every per-example gradient
+    (``per_example_moments``). ``g_small_sq``/``g_big_sq`` hold the mean |g_i|^2 and |G|^2."""
+    total, sq = per_example_moments(loss_fn, params, data, chunk_size=chunk_size)
+    return moments_noise_scale(total, sq, num_examples(data))

@@ -14,8 +14,8 @@ the effective number of measurements behind them (sum w)^2 / sum w^2, their weig
 (``noise_ema_lag``, in the unit) and an interval from the measurements' own variances. The
 smoothed value averages over parameter states as well as draws: it lags the current B_simple.
 
-``noise_exact``: also |G|^2, tr(Sigma) and B_simple computed exactly from every per-example
-gradient of the probe's data (N gradients; for models and data sets where that fits).
+The exact statistics from per-example gradients (``metrics.noise_exact``, overall, per layer and
+of the norm layers) are the suite's ``noise_exact`` entry (bench.metrics.noise_exact).
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from typing import Any
 
 import jax
 
-from bench.metrics.hessian import num_examples
-from bench.metrics.noise_scale import (exact_noise_scale, gradient_noise_scale, ratio_interval,
-                                       ratio_stderr, summarize)
+from bench.metrics.noise_scale import gradient_noise_scale, ratio_interval, ratio_stderr, summarize
 from bench.metrics.registry import Cost, Float, Measurement, Metric, num
 from bench.schema import ConfigError, frozen, param
 
@@ -112,8 +110,6 @@ class NoiseScaleKeys:
         None, gt=0, help="smoothing half-life in metrics.noise_half_life_unit (replaces "
                          "metrics.noise_ema); null: per measurement")
     noise_half_life_unit: str = param("steps", choices=UNITS)
-    noise_exact: bool = param(False, help="also B_simple from every per-example gradient (N "
-                                          "gradients of the probe's data)")
 
     def check(self, where: str) -> None:
         default = NoiseScaleKeys.__dataclass_fields__["noise_ema"].default
@@ -157,10 +153,6 @@ def _measure(cfg: Any, m: Measurement) -> dict[str, Any]:
            "noise_scale_simple_ema_stderr": num(ema_se),
            "noise_scale_simple_ema_interval": [num(v) for v in ratio_interval(ema.b_simple, ema_se, dof)],
            "noise_ema_measurements": num(ema.effective_measurements), "noise_ema_lag": num(ema.lag)}
-    if cfg.noise_exact:
-        exact = exact_noise_scale(m.loss_fn, m.params, m.data, chunk_size=m.chunk_size)
-        out.update(grad_norm_sq_exact=num(exact.grad_norm_sq), trace_sigma_exact=num(exact.trace_sigma),
-                   noise_scale_simple_exact=num(exact.b_simple))
     return out
 
 
@@ -176,10 +168,7 @@ NOISE_SCALE = Metric(
             "noise_scale_simple_ema": Float,  # trace_sigma_ema / grad_norm_sq_ema
             "noise_scale_simple_ema_stderr": Float, "noise_scale_simple_ema_interval": list[Float],
             "noise_ema_measurements": Float,  # effective number of measurements smoothed over
-            "noise_ema_lag": Float,  # their weighted mean age, in noise_half_life_unit
-            "grad_norm_sq_exact": Float, "trace_sigma_exact": Float,  # noise_exact: from every
-            "noise_scale_simple_exact": Float},  # per-example gradient
+            "noise_ema_lag": Float},  # their weighted mean age, in noise_half_life_unit
     measure=_measure, enabled=lambda cfg: cfg.noise_scale,
-    cost=lambda cfg, m: Cost(grad_examples=cfg.noise_draws * cfg.noise_num_small * cfg.noise_small_batch
-                             + (num_examples(m.data) if cfg.noise_exact else 0)),
+    cost=lambda cfg, m: Cost(grad_examples=cfg.noise_draws * cfg.noise_num_small * cfg.noise_small_batch),
     folds=(KEY_NOISE,))

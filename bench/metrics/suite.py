@@ -4,6 +4,17 @@
 is one module that defines its :class:`~bench.metrics.registry.Metric` and one entry here;
 ``MetricsConfig`` (the ``metrics`` section of the config), the record schema
 (``record_keys``) and the summary columns of analysis (``summary_columns``) follow from it.
+
+Noise record keys (stable; read by analyses from records): ``noise_scale`` (two-batch draws)
+writes ``grad_norm_sq``, ``trace_sigma``, ``noise_scale_simple`` with ``_stderr`` /
+``_interval`` and the smoothed ``noise_scale_simple_ema`` (+ ``_interval``,
+``noise_ema_measurements``, ``noise_ema_lag``); ``noise_exact`` (per-example gradients on
+fresh subsets) writes ``grad_norm_sq_exact``, ``trace_sigma_exact``, ``noise_scale_simple_exact``
+(+ ``_stderr``, ``_interval``), ``noise_exact_examples``, ``noise_exact_draws``; with
+``noise_per_layer`` the dicts keyed by layer path ``noise_scale_layers`` (+ ``_interval``),
+``grad_norm_sq_layers``, ``trace_sigma_layers``; with ``noise_norm_layers``
+``noise_scale_norm`` (+ ``_stderr``, ``_interval``), ``grad_norm_sq_norm``,
+``trace_sigma_norm``, ``noise_norm_params``, ``noise_norm_layer_paths``.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import dataclasses
 from typing import Any
 
 from bench.metrics.batch_sharpness import BATCH_SHARPNESS
+from bench.metrics.noise_exact import NOISE_EXACT
 from bench.metrics.noise_tracking import NOISE_SCALE
 from bench.metrics.preconditioned import PRECONDITIONED
 from bench.metrics.registry import Metric, check_registry, expand
@@ -23,7 +35,7 @@ __all__ = ["METRICS", "MetricsConfig", "ProbeKeys", "RECORD_KEYS", "metrics_conf
            "summary_columns"]
 
 METRICS: tuple[Metric, ...] = (LANCZOS, POWER, HUTCHINSON, DENSITY, SHARPNESS, NOISE_SCALE,
-                               PRECONDITIONED, BATCH_SHARPNESS)
+                               PRECONDITIONED, BATCH_SHARPNESS, NOISE_EXACT)
 
 
 @frozen
