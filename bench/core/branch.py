@@ -113,6 +113,19 @@ def open_parent(cfg: "Config") -> Parent:
                   tuple(float(v) for v in np.atleast_1d(extra["last_lr"])))
 
 
+def check_parent_unchanged(output_dir: Path, records: list[dict[str, Any]], cfg: "Config") -> None:
+    """Refuse to reuse a branch's records when its parent checkpoint is not the one they
+    started from (its seal differs from their ``parent`` block)."""
+    from bench.core.reuse import StaleResults
+
+    seal = open_parent(cfg).seal
+    for record in records:
+        if (record.get("parent") or {}).get("checkpoint_sha256") != seal:
+            raise StaleResults(f"{output_dir} holds a branch of another checkpoint ({cfg.init_from} step "
+                               f"{open_parent(cfg).step} changed since); use another output_dir, or delete "
+                               f"that directory to start over")
+
+
 def replica_sources(cfg: "Config", parent: Parent, count: int) -> np.ndarray:
     """Which parent replica each of the ``count`` branch replicas starts from."""
     k, pick = parent.num_replicas, cfg.init_from_replica
