@@ -5,7 +5,8 @@ The build, as :func:`run` reads: the job's facts (bench.core.job.Setup), the dat
 curvature meter (bench.core.evaluator), the records' ledger (bench.core.run_records), checkpoints. The
 loop calls the evaluator and the meter and hands their rows to the ledger.
 
-K vectorized replicas train at once. The loop resumes from the latest checkpoint in
+K vectorized replicas train at once. A branch (``init_from``) starts from another job's
+checkpoint (bench.core.branch). The loop resumes from the latest checkpoint in
 ``output_dir/checkpoints`` when there is one (a requeued or restarted job), and on SIGTERM /
 SIGUSR1 / SIGUSR2 saves a checkpoint, writes the records (status ``running``) and returns early
 (requeueing itself under SLURM).
@@ -88,15 +89,12 @@ def run(cfg: Config, output_dir: Path | str, *,
     train = TrainProgram(setup, source)      # optimizer, schedule, init, fused steps
     evaluate = Evaluator(setup, source)      # -> eval rows
     meter = CurvatureMeter(setup, source) if cfg.metrics.hessian else None  # -> curvature stats
-    # several processes write one job: all use process 0's directory (Hydra's default run dir
-    # is a timestamp, which processes started a second apart would not share)
+    # all processes use process 0's directory (Hydra's default, a timestamp, may differ)
     output_dir = Path(same_on_all_processes(str(output_dir)))
-    records = RunRecords(setup, output_dir)  # the ledger
-    cadence = Cadence.of(cfg, plan, start=setup.start_step)
+    records, cadence = RunRecords(setup, output_dir), Cadence.of(cfg, plan, start=setup.start_step)
     ckpt = Checkpointer(output_dir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
                         max_to_keep=cfg.checkpoint.max_to_keep)
-    # Start: a requeued or restarted job resumes from its latest checkpoint; else a branch
-    # starts from its parent's (bench.core.branch), a fresh run from its init.
+    # Start: the job's own latest checkpoint, else a branch's parent's, else the init.
     state, step, lrs = _start(setup, train, ckpt, records, meter, source)
     mark_saved()  # nothing to lose yet: a signal from here stops the process at once
 
