@@ -160,22 +160,25 @@ class MerrillCBS(Finding):
             opts.update({k: preset.meta[k] for k in ("tolerance", "smoothing_alpha") if k in preset.meta})
         return opts
 
-    def _cells(self, runs, history, reference="", branch="", tolerance=0.01, smoothing_alpha=0.5, **_):
+    @staticmethod
+    def _cells(runs, history, reference: str, branch: str, tolerance: float, smoothing_alpha: float) -> pd.DataFrame:
         if runs.empty or not reference or not branch:
             return pd.DataFrame()
         return cbs_table(runs, history, reference=reference, branch=branch, tolerance=tolerance,
                          smoothing_alpha=smoothing_alpha)
 
-    def verdicts(self, runs, history, *, rise=1.0, plateau=1.0, **opts):
-        cells = self._cells(runs, history, **opts)
+    def verdicts(self, runs, history, *, reference="", branch="", tolerance=0.01, smoothing_alpha=0.5,
+                 rise=1.0, plateau=1.0, **_):
+        cells = self._cells(runs, history, reference, branch, tolerance, smoothing_alpha)
         seeds = tuple(sorted(int(s) for s in cells["seed"].unique())) if not cells.empty else ()
         return [*trajectory_verdicts(cells, rise=rise, plateau=plateau, seeds=seeds),
                 *(noise_verdict(cells, k, seeds) for k in NOISE_KEYS)]
 
-    def figures(self, runs, history, out, **opts) -> FigureBuilders:
-        return {"merrill_local_cbs": lambda: cbs_figure(self._cells(runs, history, **opts)),
-                "merrill_branch_losses": lambda: branches_figure(runs, history, opts.get("branch", ""),
-                                                                 opts.get("reference", ""))}
+    def figures(self, runs, history, out, *, reference="", branch="", tolerance=0.01, smoothing_alpha=0.5,
+                **_) -> FigureBuilders:
+        return {"merrill_local_cbs": lambda: cbs_figure(self._cells(runs, history, reference, branch, tolerance,
+                                                                    smoothing_alpha)),
+                "merrill_branch_losses": lambda: branches_figure(runs, history, branch, reference)}
 
     def comparison(self, verdicts, bl):
         t = verdicts[0].table if verdicts and verdicts[0].table is not None else pd.DataFrame()
