@@ -138,6 +138,16 @@ class Config:
     steps_per_call: int = param(25, ge=1, le=MAX_STEPS_PER_CALL,
                                 help="training steps fused into one jitted call (at most up to "
                                      "the next evaluation)")
+    init_from: str | None = param(
+        None, help="output_dir of a run whose checkpoint this run starts from (a branch: "
+                   "bench.core.branch); null: a fresh run")
+    init_from_step: int | None = param(None, ge=0, help="the saved step of init_from (null: its latest)")
+    init_from_optimizer: str = param(
+        "keep", choices=("keep", "reset"),
+        help="keep: the parent's optimizer statistics; reset: a fresh state of this run's optimizer")
+    init_from_replica: int | None = param(
+        None, ge=0, help="the parent replica every replica starts from (null: replica i from i, "
+                         "or all from a parent of one)")
     save_params: bool = param(False, help="store final params beside the record")
     output_dir: str | None = param(None, results=False, help="default: Hydra's run directory")
     progress: bool = param(True, results=False, help="progress bar and eval lines")

@@ -126,6 +126,19 @@ class Timings(TypedDict):
     resumed_at_steps: list[int]
 
 
+class Parent(TypedDict):
+    """The checkpoint a branch started from (bench.core.branch); None for a fresh run."""
+    output_dir: str         # the parent job's output_dir
+    run_id: str             # the parent replica's run id
+    step: int               # the parent's step of that checkpoint
+    examples: int           # examples (and tokens) the parent had seen there: the branch's start
+    tokens: int | None
+    config_hash: str        # the parent's
+    checkpoint_sha256: str  # SHA-256 of the step's checksum manifest (bench.core.checkpoint)
+    replica: int            # the parent replica this one started from
+    branch_step: int        # the branch's own step there (its plan entered at ``examples``)
+
+
 class RunRecord(TypedDict):
     schema: str                     # SCHEMA
     run_id: str | None              # "<config hash>-r<replica index>"
@@ -143,6 +156,7 @@ class RunRecord(TypedDict):
     diverged_at_step: int | None
     error: str | None               # one line
     artifacts: dict[str, str]       # name -> path relative to the record (e.g. final params)
+    parent: Parent | None           # the checkpoint a branch started from (init_from)
 
 
 def curvature_row_keys(metrics_config: Any | None = None) -> dict[str, Any]:
@@ -230,7 +244,7 @@ def empty_record() -> RunRecord:
         "schema": SCHEMA, "run_id": None, "status": "running", "config": {}, "config_hash": None,
         "replica": {}, "experiment": {}, "environment": {}, "history": [], "final": None,
         "convergence": {}, "curvature": None, "timings": {}, "diverged_at_step": None,
-        "error": None, "artifacts": {},
+        "error": None, "artifacts": {}, "parent": None,
     }
 
 

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bench.core import compile_cache
+from bench.core import branch, compile_cache
 from bench.config import Config, job_plan, validate
 from bench.data import ArrayDataset, open_dataset
 from bench.core.source import DataSource, eval_indices, open_source
@@ -84,6 +84,15 @@ class Setup:
 
         self.replicas = replica_grid(cfg, lambda lr: rule(cfg.batch_size, lr)[0])
         self.plan = job_plan(cfg, n, self.mesh.size, [r.seed for r in self.replicas], tokens_per_example=tokens)
+        # a branch (init_from): the parent's checkpoint, which parent replica each replica
+        # starts from, and the step of this plan it enters at (bench.core.branch)
+        self.parent, self.start_step, self.replica_sources = None, 0, None
+        if cfg.init_from is not None:
+            self.parent = branch.open_parent(cfg)
+            self.replica_sources = branch.replica_sources(cfg, self.parent, len(self.replicas))
+            self.start_step = branch.entry_step(self.plan, self.parent, cfg)
+            self.plan = branch.BranchedPlan(self.plan, self.start_step, self.parent.data_epoch,
+                                            self.parent.data_offset)
         first = self.replicas[0].base_lr  # rules that read the LR (timescale) allow one LR per job
         self.hyperparams_by_batch = {b: rule(b, first)[0] for b in self.plan.sizes() if rule(b, first)[1]}
         self.timings = Timings()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.core.branch import start_state
 from bench.core.checkpoint import Checkpointer
 from bench.config import Config
 from bench.data import ArrayDataset
@@ -47,11 +48,13 @@ class Cadence:
     steps_per_call: int
     dense_every: int | None = None  # also every dense_every steps up to dense_until
     dense_until: int = 0
+    start: int = 0              # the first step (a branch's entry step): always evaluated
 
     @classmethod
-    def of(cls, cfg: Config, plan: BatchPlan) -> "Cadence":
+    def of(cls, cfg: Config, plan: BatchPlan, start: int = 0) -> "Cadence":
         return cls(plan, cfg.eval.cadence(cfg.batch_size), cfg.metrics.every,
-                   cfg.metrics.hessian, cfg.steps_per_call, cfg.metrics.dense_every, cfg.metrics.dense_until)
+                   cfg.metrics.hessian, cfg.steps_per_call, cfg.metrics.dense_every, cfg.metrics.dense_until,
+                   start)
 
     def measures_at(self, step: int) -> bool:
         return self.measures and (step == self.plan.total_steps or (
@@ -59,7 +62,8 @@ class Cadence:
             self.dense_every is not None and step <= self.dense_until and step % self.dense_every == 0))
 
     def evaluates_at(self, step: int) -> bool:
-        return step % self.eval_every == 0 or step == self.plan.total_steps or self.measures_at(step)
+        return (step % self.eval_every == 0 or step in (self.start, self.plan.total_steps)
+                or self.measures_at(step))
 
     def steps_in_next_call(self, step: int) -> int:
         """Up to the next evaluation or measurement, at most ``steps_per_call``, and never past
@@ -88,21 +92,17 @@ def run(cfg: Config, output_dir: Path | str, *,
     # is a timestamp, which processes started a second apart would not share)
     output_dir = Path(same_on_all_processes(str(output_dir)))
     records = RunRecords(setup, output_dir)  # the ledger
-    cadence = Cadence.of(cfg, plan)
+    cadence = Cadence.of(cfg, plan, start=setup.start_step)
     ckpt = Checkpointer(output_dir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
                         max_to_keep=cfg.checkpoint.max_to_keep)
-    state, step, lrs = train.init_state(), 0, train.initial_lrs()
-
-    # Resume: a requeued or restarted job continues from its latest checkpoint.
-    if (latest := ckpt.latest_step()) is not None:
-        state, step, lrs = _resume(ckpt, latest, state, records, meter, source)
+    # Start: a requeued or restarted job resumes from its latest checkpoint; else a branch
+    # starts from its parent's (bench.core.branch), a fresh run from its init.
+    state, step, lrs = _start(setup, train, ckpt, records, meter, source)
     mark_saved()  # nothing to lose yet: a signal from here stops the process at once
 
     # Train, evaluating and measuring on the cadence; save on checkpoints and signals.
     tracker = _tracker(setup, records, output_dir) if records.primary else None
-    progress = Progress(plan.total_steps, enabled=cfg.progress and records.primary, start=step)
-    if meter is not None and progress.enabled:  # curvature: cost estimate first, a line per metric
-        meter.probe.report = progress.note
+    progress = _progress(setup, records, meter, step)
     with PreemptionFlag() as flag, ckpt, progress, closing(source):
         while True:
             if cadence.evaluates_at(step):
@@ -142,6 +142,27 @@ def run(cfg: Config, output_dir: Path | str, *,
     return records.records
 
 
+def _start(setup: Setup, train: TrainProgram, ckpt: Checkpointer, records: RunRecords,
+           meter: CurvatureMeter | None, source: DataSource) -> tuple[TrainState, int, np.ndarray]:
+    """The state, step and LRs training starts from: the job's own latest checkpoint, else the
+    parent's (a branch), else the init."""
+    if (latest := ckpt.latest_step()) is not None:
+        return _resume(ckpt, latest, train.init_state(), records, meter, source)
+    if setup.parent is not None:
+        parent, step = setup.parent, setup.start_step
+        state = start_state(setup.cfg, train, parent, setup.replica_sources, step)
+        return state, step, np.asarray(parent.last_lr)[setup.replica_sources]
+    return train.init_state(), 0, train.initial_lrs()
+
+
+def _progress(setup: Setup, records: RunRecords, meter: CurvatureMeter | None, step: int) -> Progress:
+    """The progress bar and eval lines (process 0); curvature: its cost estimate, a line per metric."""
+    progress = Progress(setup.plan.total_steps, enabled=setup.cfg.progress and records.primary, start=step)
+    if meter is not None and progress.enabled:
+        meter.probe.report = progress.note
+    return progress
+
+
 def _resume(ckpt: Checkpointer, step: int, state: TrainState, records: RunRecords,
             meter: CurvatureMeter | None, source: DataSource) -> tuple[TrainState, int, np.ndarray]:
     """The state, step and LRs of checkpoint ``step``; the records, clocks, input position and
@@ -157,7 +178,7 @@ def _save(ckpt: Checkpointer, step: int, state: TrainState, records: RunRecords,
           meter: CurvatureMeter | None, source: DataSource, *, force: bool = False) -> None:
     """A checkpoint (arrays, what the records need to resume, the input position); then the
     records written as they are. ``force`` (a signal): save now and wait until it is on disk."""
-    extra = records.checkpoint_extra(lrs, meter.state_dict() if meter is not None else None)
+    extra = records.checkpoint_extra(step, lrs, meter.state_dict() if meter is not None else None)
     ckpt.save(step, state, extra, force=force, data=source.pipeline)
     if force:
         ckpt.wait_until_finished()

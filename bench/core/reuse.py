@@ -86,4 +86,8 @@ def check_reuse(output_dir: Path | str, cfg: Config) -> Reuse:
             raise StaleResults(
                 f"{output_dir} holds records of a different configuration ({'; '.join(diff)});"
                 f" use another output_dir, or delete that directory to start over")
+    if cfg.init_from is not None:  # a branch: only of the same parent checkpoint, byte for byte
+        from bench.core.branch import check_parent_unchanged
+
+        check_parent_unchanged(output_dir, records, cfg)
     return "finished" if replicas_done(records) else "resume"

@@ -57,7 +57,9 @@ class RunRecords:
                 "num_params": setup.num_params, "steps_per_epoch": plan.steps_per_epoch,
                 "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
                 "batch_schedule": cfg.batch_schedule.name, "batch_stages": plan.describe()},
-            environment=rec.environment())
+            environment=rec.environment(),
+            parent=None if setup.parent is None else setup.parent.block(
+                int(setup.replica_sources[replica.index]), setup.start_step))
         return record
 
     @property
@@ -121,19 +123,31 @@ class RunRecords:
     def statuses(self) -> list[str]:
         return [r["status"] for r in self.records]
 
-    def checkpoint_extra(self, lrs: np.ndarray, noise_ema: Any) -> dict[str, Any]:
-        """What a checkpoint keeps beside the arrays to resume these records exactly (and the
-        curvature meter's noise-scale EMAs, ``noise_ema``)."""
+    def checkpoint_extra(self, step: int, lrs: np.ndarray, noise_ema: Any) -> dict[str, Any]:
+        """What a checkpoint of ``step`` keeps beside the arrays to resume these records exactly
+        (and the curvature meter's noise-scale EMAs, ``noise_ema``); its ``position`` (counters,
+        data epoch and offset) is what a branch from it starts at (bench.core.branch)."""
+        plan, parent = self.setup.plan, self.setup.parent
+        data_epoch, data_offset = plan.data_epoch(step)
         return {"records": [{k: r[k] for k in CHECKPOINTED_KEYS} for r in self.records],  # type: ignore[literal-required]
                 "config_hash": self.config_hash, "last_lr": lrs, "timings": self.setup.timings.as_dict(),
-                "noise_ema": noise_ema}
+                "noise_ema": noise_ema,
+                "position": {"step": step, "examples": plan.examples(step), "tokens": plan.tokens(step),
+                             "data_epoch": data_epoch, "data_offset": data_offset},
+                "parent_sha256": None if parent is None else parent.seal}
 
     def restore(self, extra: dict[str, Any], step: int) -> tuple[np.ndarray, Any]:
         """Put back a checkpoint's histories, statuses and clocks; returns the replicas' last LRs
-        and the saved noise-scale EMAs. A checkpoint of another configuration is refused."""
+        and the saved noise-scale EMAs. A checkpoint of another configuration, or of a branch
+        whose parent checkpoint changed since, is refused."""
+        where = self.output_dir / "checkpoints"
         if extra.get("config_hash", self.config_hash) != self.config_hash:
-            raise StaleResults(f"{self.output_dir / 'checkpoints'} holds a checkpoint of a different "
+            raise StaleResults(f"{where} holds a checkpoint of a different "
                                f"configuration; use another output_dir, or delete it to start over")
+        parent = self.setup.parent
+        if parent is not None and extra.get("parent_sha256") != parent.seal:
+            raise StaleResults(f"{where} holds a branch of another checkpoint (the parent's step "
+                               f"{parent.step} changed since); use another output_dir, or delete it to start over")
         for record, saved in zip(self.records, extra["records"], strict=True):
             record.update(saved)  # type: ignore[typeddict-item]
         self.setup.timings.restore(extra["timings"], step)

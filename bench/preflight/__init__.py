@@ -55,11 +55,11 @@ Check = Callable[[Context], None]
 
 def run(cfg: "Config", *, num_devices: int = 1, data: DataInfo | None = None) -> None:
     """Every config check, and with ``data`` every run check; the first failure raises."""
-    from bench.preflight import data as data_checks, keys, paths
+    from bench.preflight import branch, data as data_checks, keys, paths
 
     ctx = Context(cfg, num_devices, data)
-    run_checks = data_checks.CHECKS + paths.CHECKS if data is not None else []
-    for check in keys.CHECKS + run_checks:
+    run_checks = data_checks.CHECKS + paths.CHECKS + branch.RUN_CHECKS if data is not None else []
+    for check in keys.CHECKS + branch.CHECKS + run_checks:
         check(ctx)
 
 
