@@ -28,6 +28,7 @@ class JobSpec:
     budget: str
     overrides: tuple[str, ...]      # Hydra overrides after +experiment=<preset>
     preset: str = ""                # the job's preset ("": the plan's)
+    after: str = ""                 # the job whose checkpoints this one branches from (runs first)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,44 @@ def _epoch_overrides(cfg: Config, scale: float) -> list[str]:
     return out
 
 
+RECORDS = "{records}"  # in a branch job's init_from: the reproduction's records directory
+
+
+def _branch_points(meta: dict[str, Any], parent: Config, scale: float) -> tuple[list[int], int, int]:
+    """(checkpoint steps, tokens per parent step, Delta tokens) of a staged preset; a smoke run
+    (``scale`` != 1) scales the steps onto the parent's scaled checkpoint cadence."""
+    spec = meta["branch_from"]
+    every = parent.checkpoint.every_steps
+    if not every:
+        raise ValueError(f"{spec['preset']} saves no checkpoints (checkpoint.every_steps) to branch from")
+    scaled = _cadence(every, scale)
+    steps = sorted({max(int(round(s * scale / scaled)) * scaled, scaled) for s in spec["steps"]}) \
+        if scale != 1 else [int(s) for s in spec["steps"]]
+    per_step = parent.batch_size * int(getattr(parent.dataset, "context", 1) or 1)
+    return steps, per_step, max(int(round(int(spec["delta_tokens"]) * scale)), 1)
+
+
+def _branch_jobs(preset: str, meta: dict[str, Any], sizes: Sequence[int], seed_list: tuple[int, ...],
+                 budget_scale: float, prefix: str) -> list[JobSpec]:
+    """A staged arm: from each checkpoint step s of the parent arm's job, one job per swept B
+    trained for Delta tokens (budget = the parent's tokens at s + Delta: counters continue)."""
+    spec = meta["branch_from"]
+    parent, params = read_preset(spec["preset"])
+    if len(params.get("batch_size", [parent.batch_size])) != 1:
+        raise ValueError(f"{spec['preset']}: a branched-from arm trains one batch size")
+    parent_job = (f"{spec['preset']}-" if prefix else "") + f"B{parent.batch_size}"
+    steps, per_step, delta = _branch_points(meta, parent, budget_scale)
+    jobs = []
+    for s in steps:
+        for b in sizes:
+            budget = f"{s * per_step + delta}tokens"
+            ov = [f"batch_size={b}", f"replicas.seeds={_list(seed_list)}", "progress=false",
+                  f"init_from={RECORDS}/{parent_job}", f"init_from_step={s}",
+                  f"init_from_optimizer={spec.get('init_from_optimizer', 'keep')}", f"budget={budget}"]
+            jobs.append(JobSpec(f"{prefix}s{s}-B{b}", b, budget, tuple(ov), preset, parent_job))
+    return jobs
+
+
 def _preset_jobs(preset: str, name: str, seed_list: tuple[int, ...], budget_scale: float,
                  batch_sizes: Sequence[int] | None, prefix: str) -> tuple[Config, list[JobSpec], tuple[int, ...], tuple[str, ...]]:
     """(config, jobs, batch sizes, rules) of one offline preset: a job per swept B (and rule)."""
@@ -121,6 +160,9 @@ def _preset_jobs(preset: str, name: str, seed_list: tuple[int, ...], budget_scal
     rules = tuple(params.get("scaling", [cfg.scaling.name]))
     if batch_sizes is not None:
         sizes = tuple(b for b in sizes if b in set(batch_sizes))
+    meta = preset_meta(preset)
+    if "branch_from" in meta:
+        return cfg, _branch_jobs(preset, meta, sizes, seed_list, budget_scale, prefix), sizes, rules
     jobs = []
     for b in sizes:
         for rule in rules:
@@ -134,6 +176,8 @@ def _preset_jobs(preset: str, name: str, seed_list: tuple[int, ...], budget_scal
                        "eval.every_steps_at=null", *_epoch_overrides(cfg, budget_scale)]
                 if cfg.metrics.every:
                     ov.append(f"metrics.every={_cadence(cfg.metrics.every, budget_scale)}")
+                if cfg.checkpoint.every_steps:
+                    ov.append(f"checkpoint.every_steps={_cadence(cfg.checkpoint.every_steps, budget_scale)}")
                 if cfg.metrics.dense_every:
                     ov += [f"metrics.dense_every={_cadence(cfg.metrics.dense_every, budget_scale)}",
                            f"metrics.dense_until={int(round(cfg.metrics.dense_until * budget_scale))}"]
@@ -202,12 +246,22 @@ def paper_commands(name: str, *, launcher: str = "slurm_gpu", out: Path | str | 
         cmd = [python, "-m", "bench.train", "-m", f"+experiment={preset}", f"logger.finding={name}"]
         if launcher != "basic":
             cmd.append(f"hydra/launcher={launcher}")
-        cmd.append(f"hydra.sweep.dir={out / preset}")
         if seeds is not None:
             cmd.append(f"replicas.seeds={_list(tuple(range(int(seeds))))}")
-        cmds.append([*cmd, *overrides])
+        meta = preset_meta(preset)
+        if "branch_from" not in meta:
+            cmds.append([*cmd, f"hydra.sweep.dir={out / preset}", *overrides])
+            continue
+        # a staged arm: one sweep per checkpoint of the parent's (single) job, Hydra's subdir 0
+        parent = meta["branch_from"]["preset"]
+        steps, per_step, delta = _branch_points(meta, read_preset(parent)[0], 1.0)
+        for s in steps:
+            cmds.append([*cmd, f"init_from={out / parent / '0'}", f"init_from_step={s}",
+                         f"init_from_optimizer={meta['branch_from'].get('init_from_optimizer', 'keep')}",
+                         f"budget={s * per_step + delta}tokens", f"hydra.sweep.dir={out / preset / f's{s}'}",
+                         *overrides])
     return cmds
 
 
-__all__ = ["CONF_DIR", "JobSpec", "Plan", "finding_options", "launchers", "offline_plan",
+__all__ = ["CONF_DIR", "RECORDS", "JobSpec", "Plan", "finding_options", "launchers", "offline_plan",
            "paper_commands", "preset_meta", "read_preset", "scaled_budget"]

@@ -28,7 +28,7 @@ from analysis.wandb_report import maybe_log_report
 from analysis.load import load_records, load_tables
 from analysis.plotting import save_figures
 from analysis.report import build_report
-from analysis.reproduce.plan import JobSpec, Plan, finding_options, offline_plan, paper_commands
+from analysis.reproduce.plan import RECORDS, JobSpec, Plan, finding_options, offline_plan, paper_commands
 
 REPO = CONF_DIR.parent
 
@@ -46,7 +46,8 @@ def run_jobs(plan: Plan, records_dir: Path, extra: Sequence[str] = ()) -> list[d
     data_cache: dict[str, Any] = {}
     done = []
     for i, job in enumerate(plan.jobs, 1):
-        cfg = compose_config([f"+experiment={job.preset or plan.preset}", *job.overrides,
+        overrides = [o.replace(RECORDS, str(records_dir.resolve())) for o in job.overrides]
+        cfg = compose_config([f"+experiment={job.preset or plan.preset}", *overrides,
                               f"logger.finding={plan.finding}", *extra])
         job_dir = records_dir / job.name
         if check_reuse(job_dir, cfg) == "finished":
@@ -235,7 +236,8 @@ def reproduce_paper(name: str, out: Path, *, launcher: str, seeds: int | None,
         for cmd in cmds:
             print(shlex.join(cmd))
         return 0
-    for cmd, preset in zip(cmds, finding.paper_presets):
+    for cmd in cmds:  # a staged arm has one command per checkpoint, after its parent's
+        preset = next(c.split("=", 1)[1] for c in cmd if c.startswith("+experiment="))
         _log("running: " + shlex.join(cmd))
         proc = subprocess.run(cmd, cwd=REPO)
         if proc.returncode != 0:
