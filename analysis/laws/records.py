@@ -35,6 +35,12 @@ def _tokens(runs: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(runs["total_steps"], errors="coerce") * pd.to_numeric(runs["batch_size"]) * per
 
 
+def _scheduled(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose batch size changes during training (a record names its constant B "constant")."""
+    sched = runs.get("batch_schedule", pd.Series(None, index=runs.index))
+    return sched.notna() & ~sched.astype(str).isin(["constant", "none", ""])
+
+
 def grid_table(runs: pd.DataFrame, metric: str = "final_test_loss") -> tuple[pd.DataFrame, dict[str, int]]:
     """The grid table from ``load_records`` rows, and how many runs were left out and why."""
     if metric not in runs:
@@ -42,7 +48,7 @@ def grid_table(runs: pd.DataFrame, metric: str = "final_test_loss") -> tuple[pd.
     dropped: dict[str, int] = {}
     keep = pd.Series(True, index=runs.index)
     for why, mask in (("not finished", runs["status"] != "finished"),
-                      ("batch-size schedule", runs.get("batch_schedule", pd.Series(None, index=runs.index)).notna()),
+                      ("batch-size schedule", _scheduled(runs)),
                       (f"no finite {metric}", ~np.isfinite(pd.to_numeric(runs[metric], errors="coerce")))):
         mask = mask & keep
         if mask.any():
