@@ -11,12 +11,12 @@ runs bench.preflight's checks of the data's metadata and the output paths.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from bench.data import DATASETS, DatasetConfig
-from bench.rules.batch_schedules import (BATCH_SCHEDULES, BatchScheduleConfig, PlanSpec,
-                                         batch_quantum, make_plan)
-from bench.rules.plan import BatchPlan, parse_budget
+from bench.job_plan import plan_spec
+from bench.rules.batch_schedules import BATCH_SCHEDULES, BatchScheduleConfig
+from bench.rules.plan import parse_budget
 from bench.metrics.suite import MetricsConfig  # the union of the curvature metrics' keys
 from bench.models import MODELS, ModelConfig
 from bench.optim import OPTIMIZERS, AdamFamily, OptimizerConfig
@@ -165,21 +165,6 @@ def from_hydra(cfg: Any) -> Config:
     def plain(value: Any) -> Any:
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return from_dict({k: plain(cfg[k]) for k in cfg if k not in NOT_SETTINGS})
-
-
-def plan_spec(cfg: Config, num_devices: int = 1, seeds: Sequence[int] | None = None) -> PlanSpec:
-    """The keys of ``cfg`` that its batch plan depends on (seeds: the replicas', by default)."""
-    if seeds is None:
-        seeds = cfg.replicas.seeds if cfg.replicas.seeds is not None else (cfg.seed,)
-    quantum = batch_quantum(cfg.accumulate, num_devices, cfg.model.batch_multiple())
-    return PlanSpec(cfg.batch_size, cfg.budget, cfg.schedule, tuple(seeds), quantum)
-
-
-def job_plan(cfg: Config, num_train: int, num_devices: int = 1, seeds: Sequence[int] | None = None,
-             tokens_per_example: int | None = None) -> BatchPlan:
-    """The batch plan of a job with config ``cfg`` on ``num_train`` examples."""
-    return make_plan(plan_spec(cfg, num_devices, seeds), num_train, cfg.batch_schedule,
-                     tokens_per_example)
 
 
 def validate(cfg: Config, *, num_devices: int = 1, run: bool = False, data: Any = None) -> Config:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import bench.core.loop
-from bench.config import ConfigError, job_plan, validate
+from bench.job_plan import job_plan
+from bench.config import ConfigError, validate
 from bench.rules.batch_schedules import halving_levels, increase_stages, warmup_stages
 from bench.rules.plan import BatchPlan, epoch_permutation
 from bench.rules.lr_schedules import lr_multiplier

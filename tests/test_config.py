@@ -8,7 +8,8 @@ import typing
 import pytest
 import yaml
 
-from bench.config import GROUPS, Config, ConfigError, from_dict, job_plan, validate
+from bench.job_plan import job_plan
+from bench.config import GROUPS, Config, ConfigError, from_dict, validate
 from bench.rules.plan import parse_budget
 from bench.hydra_conf import CONF_DIR, compose, compose_config, group_options, preflight
 from bench.rules.lr_scaling import SCALING_RULES

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench.config import job_plan
+from bench.job_plan import job_plan
 from analysis.findings import get
 from analysis.reproduce.plan import preset_meta, read_preset
 from conftest import REPO

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from bench.config import ConfigError
-from bench.config import job_plan
+from bench.job_plan import job_plan
 from bench.core.job import Job
 from bench.core.loop import run
 from bench.metrics.convergence import convergence_summary

@@ -319,7 +319,7 @@ def test_replicas_with_batch_warmup_follow_the_schedule():
     cfg = from_hydra(compose(["replicas.seeds=[3,4]", "batch_schedule=warmup",
                               "batch_schedule.start_batch_size=32", "batch_schedule.warmup_epochs=1",
                               "budget=3epochs"]))
-    from bench.config import job_plan
+    from bench.job_plan import job_plan
     together = job_plan(cfg, 4000)
     assert len(set(together.sizes())) > 1
     for k, seed in enumerate((3, 4)):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from bench.config import from_hydra, validate
-from bench.config import job_plan
+from bench.job_plan import job_plan
 from bench.hydra_conf import compose
 from conftest import REPO
 

@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from bench.config import GROUPS, from_hydra, validate
-from bench.config import job_plan
+from bench.job_plan import job_plan
 from bench.hydra_conf import compose as compose_conf
 from conftest import REPO
 

@@ -21,8 +21,9 @@ import numpy as np
 from flax import nnx
 
 from bench.core import compile_cache
-from bench.config import Config, job_plan, validate
+from bench.config import Config, validate
 from bench.data import ArrayDataset, open_dataset
+from bench.job_plan import job_plan
 from bench.core.source import DataSource, eval_indices, open_source
 from bench.data.stream import StreamDataset
 from bench.core.evaluator import CurvatureMeter, Evaluator

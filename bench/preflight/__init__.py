@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from bench.data.base import DataInfo
+from bench.job_plan import job_plan
 
 if TYPE_CHECKING:
     from bench.config import Config
@@ -43,7 +44,6 @@ class Context:
     @functools.cached_property
     def plan(self) -> Any:
         """The job's BatchPlan (None when the training-set size is unknown before loading)."""
-        from bench.config import job_plan
         if self.num_train is None:
             return None
         return job_plan(self.cfg, self.num_train, self.num_devices,

@@ -5,6 +5,7 @@ whose keys never apply, measurements that cannot be drawn."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from bench.preflight import Check, Context
 from bench.schema import ConfigError
@@ -49,6 +50,14 @@ def model_takes_data(ctx: Context) -> None:
                           f" use model=mlp")
 
 
+def _windows_fit(m: Any, keys: tuple[str, str], size: int, where: str, fix: str) -> None:
+    """Each of ``model.<key>`` (a window and its stride) at most ``size``, the input's width."""
+    for key in keys:
+        if getattr(m, key) > size:
+            raise ConfigError(f"model.{key}={getattr(m, key)} is larger than the input of {where} "
+                              f"({size} wide); use at most {size}, {fix}")
+
+
 def cnn_fits_input(ctx: Context) -> None:
     """Each conv's kernel and stride, and each pool's window and stride, within its input."""
     m = ctx.cfg.model
@@ -56,18 +65,12 @@ def cnn_fits_input(ctx: Context) -> None:
         return
     size = min(ctx.data.input_shape[:-1])
     for layer in range(len(m.channels)):
-        for key in ("kernel_size", "conv_stride"):
-            if getattr(m, key) > size:
-                raise ConfigError(f"model.{key}={getattr(m, key)} is larger than the input of conv "
-                                  f"{layer + 1} ({size} wide, {_shape(ctx)}); use at most {size} or "
-                                  f"fewer model.channels")
+        _windows_fit(m, ("kernel_size", "conv_stride"), size, f"conv {layer + 1} of {_shape(ctx)}",
+                     "or fewer model.channels")
         size = math.ceil(size / m.conv_stride)
         if m.pool_size:
-            for key in ("pool_size", "pool_stride"):
-                if getattr(m, key) > size:
-                    raise ConfigError(f"model.{key}={getattr(m, key)} is larger than the input of "
-                                      f"pool {layer + 1} ({size} wide); use at most {size}, "
-                                      f"model.pool_size=0 or fewer model.channels")
+            _windows_fit(m, ("pool_size", "pool_stride"), size, f"pool {layer + 1}",
+                         "model.pool_size=0 or fewer model.channels")
             size = math.ceil(size / m.pool_stride)
 
 

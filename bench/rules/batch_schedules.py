@@ -3,7 +3,7 @@
 Each option is a registered section whose ``stages(spec, num_train)`` gives the
 :class:`~bench.rules.plan.BatchPlan` stages ``[(start_epoch, B)]`` and LR factors;
 :func:`make_plan` builds the job's plan (stages, budget, warmup). Both take a
-:class:`PlanSpec` (the few keys a plan depends on; bench.config.plan_spec reads it from a
+:class:`PlanSpec` (the few keys a plan depends on; bench.job_plan.plan_spec reads it from a
 config), never the whole job config.
 
 - ``constant``: B = ``batch_size`` throughout.
