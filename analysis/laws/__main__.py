@@ -33,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.laws", description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, help="a results directory holding the grid's run records")
     p.add_argument("--out", type=Path, default=None, help="output directory (default <results>/laws)")
-    p.add_argument("--metric", default="final_test_loss", help="the records' final metric to fit")
+    p.add_argument("--metric", default=None, help="the records' final metric to fit (default final_test_loss)")
+    p.add_argument("--data-sizes", type=float, nargs="+", default=None, metavar="D",
+                   help="read each run's loss at these token counts from its evaluations (constant-LR "
+                        "runs: one run gives every D; --metric is then a history column, default test_loss)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap draws per cell (20 .. 10000)")
     p.add_argument("--no-figures", action="store_true", help="write tables and the report only")
     return p
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         return _fail(f"--out {out} exists and is not a directory")
     try:
-        table, history, dropped = load_grid(args.results, args.metric)
+        metric = args.metric or ("test_loss" if args.data_sizes else "final_test_loss")
+        table, history, dropped = load_grid(args.results, metric, args.data_sizes)
         check_grid(table)
     except GridError as exc:
         return _fail(str(exc))

@@ -97,7 +97,7 @@ def power_law(cells: pd.DataFrame, target: str, variables: Sequence[str], *,
         sample = _usable(sample, target, variables)
         try:
             _, e, _ = fit_power_law(sample[target], {v: sample[v] for v in variables})
-        except ValueError:
+        except (ValueError, OverflowError):  # a degenerate draw (e.g. all cells at one N) is skipped
             continue
         boot[r] = [e[v] for v in variables]
     ok = np.isfinite(boot).all(axis=1)
