@@ -74,7 +74,8 @@ def test_all_findings_in_one_report(tmp_path):
 
 def test_empty_results_are_inconclusive_not_errors(tmp_path):
     text = R.build_report(tmp_path, list(names()))
-    assert text.count("**Verdict: inconclusive**") == len(names())   # one per finding
+    assert text.count("**Verdict: inconclusive**") >= len(names())   # at least one per finding
+    assert "**Verdict: reproduced**" not in text and "**Verdict: not reproduced**" not in text
     assert "status counts: no runs" in text
 
 

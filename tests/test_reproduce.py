@@ -147,9 +147,8 @@ def test_paper_dry_run_prints_the_hydra_commands(capsys):
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert shlex.split(line) == [
         "python", "-m", "bench.train", "-m", "+experiment=goyal_linear", "logger.finding=goyal",
-        "hydra/launcher=local",
-        "hydra.sweep.dir=results/goyal-paper/goyal_linear", "replicas.seeds=[0,1,2]",
-        "dataset.data_dir=/data/tfds"]
+        "hydra/launcher=local", "replicas.seeds=[0,1,2]",
+        "hydra.sweep.dir=results/goyal-paper/goyal_linear", "dataset.data_dir=/data/tfds"]
     assert sweep_params("goyal_linear")["scaling"] == "linear,none,sqrt"   # the rules compared
     assert main(["shallue", "--scale", "paper", "--dry-run", "--launcher", "basic"]) == 0
     assert capsys.readouterr().out.strip() == (
