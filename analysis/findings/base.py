@@ -90,11 +90,13 @@ class Finding:
     paper: ClassVar[tuple[Arm, ...]]
     defaults: ClassVar[Mapping[str, Any]] = {}
     list_roles: ClassVar[tuple[str, ...]] = ()
+    #: preset ``reproduce:`` keys passed on as options (e.g. the data sizes a preset states)
+    meta_options: ClassVar[tuple[str, ...]] = ()
     one_paper_report: ClassVar[bool] = False
 
     def options(self, presets: Sequence[Preset]) -> dict[str, Any]:
         """Verdict and figure options: ``defaults``, then ``{role: the arm's record name}`` for
-        the arms among ``presets`` (list roles collect a list)."""
+        the arms among ``presets`` (list roles collect a list), then the presets' ``meta_options``."""
         roles = {arm.preset: arm.role for arm in (*self.offline, *self.paper)}
         opts: dict[str, Any] = dict(self.defaults)
         for preset in presets:
@@ -103,6 +105,7 @@ class Finding:
                 opts.setdefault(role, []).append(preset.config.name)
             elif role:
                 opts[role] = preset.config.name
+            opts.update({key: preset.meta[key] for key in self.meta_options if key in preset.meta})
         return opts
 
     def verdicts(self, runs: pd.DataFrame, history: pd.DataFrame, **options: Any) -> list[Verdict]:

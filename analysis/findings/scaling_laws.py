@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 
 from analysis.baselines import load_baselines
-from analysis.findings.base import Arm, Comparison, Finding, FigureBuilders, Preset
+from analysis.findings.base import Arm, Comparison, Finding, FigureBuilders
 from analysis.laws.audit import audit, published_laws
 from analysis.laws.figures import landscape_figure, laws_figure
 from analysis.laws.landscape import cell_optima
@@ -93,12 +92,8 @@ class ScalingLaws(Finding):
     paper = (Arm("scaling_laws_paper_n1"), Arm("scaling_laws_paper_n2"), Arm("scaling_laws_paper_n3"))
     defaults = {"n_tolerance": 0.2, "n_boot": 200}
     one_paper_report = True
+    meta_options = META_OPTIONS
 
-    def options(self, presets: Sequence[Preset]) -> dict[str, Any]:
-        opts = super().options(presets)
-        for preset in presets:
-            opts.update({key: preset.meta[key] for key in META_OPTIONS if key in preset.meta})
-        return opts
 
     def _laws(self, runs, history, data_sizes, n_boot):
         try:

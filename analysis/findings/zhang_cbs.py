@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.critical_batch import cbs_cell, steps_per_seed
-from analysis.findings.base import Arm, Comparison, Finding, FigureBuilders, Preset
+from analysis.findings.base import Arm, Comparison, Finding, FigureBuilders
 from analysis.plotting import NoData, arm_label, log2_batch_axis, new_figure
 from analysis.report_format import fmt
 from analysis.steps_to_result import Goal
@@ -201,12 +200,8 @@ class ZhangCBS(Finding):
     offline = (Arm("zhang_offline_n1"), Arm("zhang_offline_n2"))
     paper = (Arm("zhang_cbs_151m"), Arm("zhang_cbs_604m"))
     one_paper_report = True
+    meta_options = META_OPTIONS
 
-    def options(self, presets: Sequence[Preset]) -> dict[str, Any]:
-        opts = super().options(presets)
-        for preset in presets:
-            opts.update({key: preset.meta[key] for key in META_OPTIONS if key in preset.meta})
-        return opts
 
     def verdicts(self, runs, history, *, data_sizes=(), overhead=0.2, model_factor=2.0, **_):
         cells = zhang_cells(runs, history, data_sizes=data_sizes or (), overhead=overhead)
